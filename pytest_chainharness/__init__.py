@@ -1,0 +1,29 @@
+"""pytest-chainharness: real multi-node blockchain networks as pytest fixtures.
+
+Public names are re-exported here one by one; everything in ``_modules`` is private.
+"""
+
+from __future__ import annotations
+
+from ._errors import ChainHarnessError, ChainTimeout, NetworkStartError, ToolNotFound
+from ._testnet import NodeSpec, Testnet, build_testnet
+from .chain import Chain, Head, Node
+from .providers import NodeState, ProcessProvider, Provider
+
+__all__ = [
+    "Chain",
+    "ChainHarnessError",
+    "ChainTimeout",
+    "Head",
+    "NetworkStartError",
+    "Node",
+    "NodeSpec",
+    "NodeState",
+    "ProcessProvider",
+    "Provider",
+    "Testnet",
+    "ToolNotFound",
+    "build_testnet",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,170 @@
+"""Command-line options and ini keys, resolved and checked once into ``Settings``.
+
+Every option has an ini key with the same name in snake case (``--chain-nodes`` →
+``chain_nodes``); the command line wins. Bad values raise ``pytest.UsageError`` (exit 4)
+naming the option and what is allowed, before anything is started.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .clients import CLIENTS
+from .providers import BACKENDS
+
+__all__ = ["Settings", "add_options", "read_settings"]
+
+DEFAULT_NODES = 4
+DEFAULT_MAX_NODES = 32
+DEFAULT_ACCOUNTS = 512
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved chain options of one pytest run."""
+
+    nodes: int
+    max_nodes: int
+    client: str
+    backend: str
+    period: int
+    #: None: draw a fresh random seed for this run.
+    seed: int | None
+    keep: bool
+    geth: str | None
+    accounts: int
+    signers: int | None
+    start_timeout: float
+    chain_id: int
+
+
+# (dest/ini name, flag, help, ini type, default)
+_OPTIONS: list[tuple[str, str, str, str, Any]] = [
+    ("chain_nodes", "--chain-nodes", "nodes in the network, 1..chain_max_nodes (default 4)",
+     "string", None),
+    ("chain_client", "--chain-client",
+     f"client adapter: {', '.join(CLIENTS)} (default geth)", "string", None),
+    ("chain_backend", "--chain-backend",
+     f"where nodes run: {'|'.join(BACKENDS)} (default auto)", "string", None),
+    ("chain_period", "--chain-period", "block period in seconds (default 1)", "string", None),
+    ("chain_seed", "--chain-seed",
+     "seed for keys, accounts and fault schedules (default: random, printed in the header)",
+     "string", None),
+    ("chain_geth", "--chain-geth",
+     "path of the geth binary (default: $CHAINHARNESS_GETH, the tools folder, PATH)",
+     "string", None),
+]
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("chainharness", "multi-node blockchain networks")
+    for dest, flag, help_text, ini_type, default in _OPTIONS:
+        group.addoption(flag, dest=dest, default=default, help=help_text)
+        parser.addini(dest, help=help_text, type=ini_type, default=default)  # type: ignore[arg-type]
+    group.addoption(
+        "--chain-keep", dest="chain_keep", action="store_true", default=None,
+        help="leave the network running after the session and print how to reach it",
+    )
+    parser.addini("chain_keep", "leave the network running after the session", type="bool",
+                  default=False)
+    parser.addini("chain_max_nodes", f"largest allowed --chain-nodes (default {DEFAULT_MAX_NODES})",
+                  default=str(DEFAULT_MAX_NODES))
+    parser.addini("chain_accounts",
+                  f"genesis-funded accounts shared by all workers (default {DEFAULT_ACCOUNTS})",
+                  default=str(DEFAULT_ACCOUNTS))
+    parser.addini("chain_signers", "how many nodes are Clique signers (default: all)",
+                  default="")
+    parser.addini("chain_start_timeout", "seconds the network may take to be ready (default 60)",
+                  default="60")
+    parser.addini("chain_id", "chain id of the network (default 1337)", default="1337")
+
+
+def _raw(config: pytest.Config, name: str) -> Any:
+    cli = config.getoption(name, default=None)
+    if cli is not None:
+        return cli, f"--{name.replace('_', '-')}"
+    value = config.getini(name)
+    return (value if value not in ("", None) else None), f"ini {name}"
+
+
+def _int(config: pytest.Config, name: str, default: int, low: int, high: int | None) -> int:
+    value, where = _raw(config, name)
+    if value is None:
+        return default
+    allowed = f"{low}..{high}" if high is not None else f">= {low}"
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise pytest.UsageError(
+            f"{where}={value!r}: expected a whole number {allowed}"
+        ) from None
+    if number < low or (high is not None and number > high):
+        raise pytest.UsageError(f"{where}={number}: out of range, allowed {allowed}")
+    return number
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Resolve and check every chain option; ``pytest.UsageError`` on a bad value."""
+    max_nodes = _int(config, "chain_max_nodes", DEFAULT_MAX_NODES, 1, 256)
+    nodes = _int(config, "chain_nodes", DEFAULT_NODES, 1, max_nodes)
+
+    client, where = _raw(config, "chain_client")
+    client = str(client or "geth")
+    if client not in CLIENTS:
+        if Path(client).suffix in (".yaml", ".yml", ".toml", ".json"):
+            raise pytest.UsageError(
+                f"{where}={client}: node spec files are not supported by this version; "
+                f"choose one of: {', '.join(CLIENTS)}"
+            )
+        raise pytest.UsageError(
+            f"{where}={client!r}: unknown client; choose one of: {', '.join(CLIENTS)}"
+        )
+    max_for_client = CLIENTS[client].max_nodes
+    if nodes > max_for_client:
+        raise pytest.UsageError(
+            f"--chain-nodes={nodes}: the {client} client runs at most {max_for_client} "
+            f"node{'s' if max_for_client > 1 else ''}"
+        )
+
+    backend, where = _raw(config, "chain_backend")
+    backend = str(backend or "auto")
+    if backend not in BACKENDS:
+        raise pytest.UsageError(f"{where}={backend!r}: choose one of: {', '.join(BACKENDS)}")
+    if backend == "docker":
+        raise pytest.UsageError(
+            f"{where}=docker: the docker backend is not available in this version; "
+            "use process or auto"
+        )
+
+    seed_value, _ = _raw(config, "chain_seed")
+    seed = None if seed_value is None else _int(config, "chain_seed", 0, 0, 2**63 - 1)
+
+    keep_cli = config.getoption("chain_keep", default=None)
+    keep = bool(keep_cli) if keep_cli is not None else bool(config.getini("chain_keep"))
+
+    geth, _ = _raw(config, "chain_geth")
+    signers_raw, _ = _raw(config, "chain_signers")
+    signers = None if signers_raw is None else _int(config, "chain_signers", nodes, 1, nodes)
+    timeout_raw, _ = _raw(config, "chain_start_timeout")
+    try:
+        start_timeout = float(timeout_raw) if timeout_raw is not None else 60.0
+    except ValueError:
+        raise pytest.UsageError(f"ini chain_start_timeout={timeout_raw!r}: expected seconds") from None
+    return Settings(
+        nodes=nodes,
+        max_nodes=max_nodes,
+        client=client,
+        backend=backend,
+        period=_int(config, "chain_period", 1, 1, 3600),
+        seed=seed,
+        keep=keep,
+        geth=str(geth) if geth else None,
+        accounts=_int(config, "chain_accounts", DEFAULT_ACCOUNTS, 1, 100_000),
+        signers=signers,
+        start_timeout=start_timeout,
+        chain_id=_int(config, "chain_id", 1337, 1, 2**32),
+    )

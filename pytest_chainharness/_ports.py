@@ -1,0 +1,46 @@
+"""Free TCP ports on 127.0.0.1 for node endpoints."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+__all__ = ["PortAllocator"]
+
+
+class PortAllocator:
+    """Hands out ports the kernel reports free, never the same one twice per process.
+
+    A port is only known to be free while we hold it, so another program can still take it
+    between our choice and the node's bind; providers detect that from the node's log and
+    ask for fresh ports (see ``ClientAdapter.port_conflict``).
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._given: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self, count: int) -> list[int]:
+        """Return ``count`` distinct ports that were free a moment ago."""
+        with self._lock, ExitStack() as stack:
+            ports: list[int] = []
+            for sock in self._sockets(stack):
+                port = sock.getsockname()[1]
+                if port in self._given:
+                    continue
+                ports.append(port)
+                if len(ports) == count:
+                    break
+            self._given.update(ports)
+            return ports
+
+    def _sockets(self, stack: ExitStack) -> Iterator[socket.socket]:
+        # All sockets stay open until the batch is complete so the kernel cannot hand the
+        # same ephemeral port out twice within one batch.
+        while True:
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((self.host, 0))
+            yield sock

@@ -1,0 +1,107 @@
+"""Linux process helpers: state of any pid, run markers, and reaping orphans."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = [
+    "RUN_MARKER",
+    "become_subreaper",
+    "find_marked",
+    "kill_pids",
+    "pid_state",
+]
+
+#: Environment variable set on every process the harness starts; its value is the run id,
+#: so a teardown (or a later stale sweep) can find processes no handle is left for.
+RUN_MARKER = "CHAINHARNESS_RUN"
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def pid_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (``R``, ``S``, ``T``, ``Z``...), None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return stat[stat.rindex(")") + 2]
+
+
+def alive(pid: int) -> bool:
+    state = pid_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def find_marked(run_id: str) -> list[int]:
+    """Pids of live processes whose environment carries ``RUN_MARKER=run_id``."""
+    needle = f"{RUN_MARKER}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in env.split(b"\0") and alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt orphaned descendants so it can reap them.
+
+    Nodes started by an xdist worker outlive that worker; without a subreaper they would be
+    re-parented to pid 1, which on some machines never reaps them (they stay zombies).
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float = 5.0) -> list[int]:
+    """Signal each pid's process group (or the pid) and wait until all are gone.
+
+    Returns the pids still alive after ``timeout``.
+    """
+    pending = set(pids)
+    for pid in pending:
+        try:
+            os.killpg(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if sig != signal.SIGKILL:
+            # A paused process cannot act on SIGTERM until it runs again.
+            try:
+                os.killpg(pid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + timeout
+    while pending:
+        for pid in list(pending):
+            _reap(pid)
+            if not alive(pid):
+                pending.discard(pid)
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.01)
+    return sorted(pending)

@@ -1,0 +1,75 @@
+"""The start stage: lay out, launch and wait for a network; never leave half of one behind."""
+
+from __future__ import annotations
+
+import time
+
+from ._errors import NetworkStartError
+from ._rpc import RPCError
+from .chain import POLL_INTERVAL, Chain
+from .providers.base import NodeState
+
+__all__ = ["launch"]
+
+#: How often one node may be given fresh ports after another program took one.
+PORT_RETRIES = 3
+
+
+def launch(chain: Chain, *, timeout: float = 60.0) -> None:
+    """Set up and start every node of ``chain``, then wait until the network is ready.
+
+    Ready means: every node answers RPC, is connected to every other node and has a block
+    above genesis. On any failure every node is torn down before ``NetworkStartError`` is
+    raised, with the failing node's last 50 log lines.
+    """
+    provider = chain.provider
+    try:
+        provider.setup()
+        provider.start_nodes()
+        _await_ready(chain, timeout)
+    except BaseException:
+        provider.teardown()
+        raise
+
+
+def _await_ready(chain: Chain, timeout: float) -> None:
+    provider = chain.provider
+    expected_peers = len(chain.nodes) - 1 if chain.adapter.has_peers else 0
+    retries = dict.fromkeys(range(len(chain.nodes)), 0)
+    deadline = time.monotonic() + timeout
+    while True:
+        ready = True
+        for node in chain.nodes:
+            state = provider.state(node.index)
+            if state is NodeState.EXITED:
+                log = provider.logs(node.index, 200)
+                if chain.adapter.port_conflict(log) and retries[node.index] < PORT_RETRIES:
+                    # Another program bound one of the ports between our choice and the
+                    # node's bind: take fresh ports instead of failing the run.
+                    retries[node.index] += 1
+                    provider.reassign_ports(node.index)
+                    provider.start(node.index)
+                    ready = False
+                    continue
+                raise NetworkStartError(
+                    f"{node.name} exited while the network was starting; "
+                    f"last 50 lines of its log:\n{provider.logs(node.index, 50)}"
+                )
+            if not ready:
+                continue
+            try:
+                if node.peer_count() < expected_peers or node.head().number < 1:
+                    ready = False
+            except RPCError:
+                ready = False
+        if ready:
+            return
+        if time.monotonic() >= deadline:
+            slow = [n for n in chain.nodes if provider.state(n.index) is NodeState.RUNNING]
+            tails = "\n".join(f"--- {n.name} (last 20 lines)\n{n.logs(20)}" for n in slow[:4])
+            raise NetworkStartError(
+                f"the network was not ready after {timeout:g}s "
+                f"(every node needs RPC, {expected_peers} peers and a block above genesis)\n"
+                f"{chain.status_table()}\n{tails}"
+            )
+        time.sleep(POLL_INTERVAL)

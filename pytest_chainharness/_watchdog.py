@@ -1,0 +1,43 @@
+"""Removes a run's nodes and datadirs when the pytest process that owns them dies.
+
+Started beside every network (``python _watchdog.py OWNER_PID RUN_ID RUN_DIR``) and run as
+a script, not as a module, so it imports only the standard library and ``_proc`` and does
+not load web3 in a second process while the nodes start. A normal teardown kills it
+along with the nodes (it carries the same run marker).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+if __package__:
+    from ._proc import alive, find_marked, kill_pids
+else:  # run as a script: the package folder is sys.path[0]
+    from _proc import alive, find_marked, kill_pids  # type: ignore[no-redef]
+
+__all__ = ["main", "script_path"]
+
+
+def script_path() -> str:
+    return os.path.abspath(__file__)
+
+
+def main(argv: list[str]) -> int:
+    owner, run_id, run_dir = int(argv[0]), argv[1], Path(argv[2])
+    # Leave the terminal's process group: a Ctrl-C meant for pytest must not stop us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while alive(owner):
+        time.sleep(0.25)
+    me = os.getpid()
+    kill_pids([p for p in find_marked(run_id) if p != me])
+    shutil.rmtree(run_dir / "nodes", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

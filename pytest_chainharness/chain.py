@@ -1,0 +1,428 @@
+"""The running network as tests see it: ``Chain``, ``Node`` and ``Head``.
+
+Every action on a node goes through the provider; every query goes to the node's RPC.
+Waits poll at a short interval against a deadline and never sleep a fixed time; when a
+deadline passes they raise ``ChainTimeout`` with a table of every node's state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from eth_account.signers.local import LocalAccount
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.middleware import ExtraDataToPOAMiddleware
+from web3.types import TxReceipt
+
+from ._errors import ChainHarnessError, ChainTimeout
+from ._rpc import RPCError, rpc_call
+from ._testnet import NodeSpec, Testnet
+from .clients.base import ClientAdapter
+from .providers.base import NodeState, Provider
+
+__all__ = ["Chain", "Head", "Node"]
+
+#: How often waits look again. Blocks come every second at most; 50 ms keeps the added
+#: detection lag small at a negligible RPC cost on loopback.
+POLL_INTERVAL = 0.05
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Head:
+    """The head block of one node."""
+
+    number: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"#{self.number} {self.hash[:10]}"
+
+
+class Node:
+    """One node of the running network."""
+
+    def __init__(self, chain: Chain, spec: NodeSpec) -> None:
+        self._chain = chain
+        self._spec = spec
+        self._w3: Web3 | None = None
+        self._w3_url = ""
+
+    def __repr__(self) -> str:
+        return f"<Node {self.name} {self.state} {self.rpc_url}>"
+
+    @property
+    def name(self) -> str:
+        return self._spec.name
+
+    @property
+    def index(self) -> int:
+        return self._spec.index
+
+    @property
+    def rpc_url(self) -> str:
+        return self._spec.rpc_url
+
+    @property
+    def ws_url(self) -> str:
+        return self._chain.adapter_ws_url(self._spec)
+
+    @property
+    def signer(self) -> bool:
+        """Whether this node seals blocks."""
+        return self._spec.signer
+
+    @property
+    def w3(self) -> Web3:
+        """A web3 client on this node's HTTP endpoint (POA-aware for Clique clients)."""
+        if self._w3 is None or self._w3_url != self.rpc_url:
+            w3 = Web3(Web3.HTTPProvider(self.rpc_url, request_kwargs={"timeout": 10}))
+            if self._chain.adapter.poa:
+                w3.middleware_onion.inject(ExtraDataToPOAMiddleware, layer=0)
+            self._w3, self._w3_url = w3, self.rpc_url
+        return self._w3
+
+    @property
+    def state(self) -> str:
+        """``running``, ``paused``, ``stopped``, ``exited`` or ``new``."""
+        return self._chain.provider.state(self.index).value
+
+    @property
+    def running(self) -> bool:
+        """Started and not paused: the node answers RPC."""
+        return self._chain.provider.state(self.index) is NodeState.RUNNING
+
+    # -- actions (all through the provider) -----------------------------------------------
+
+    def stop(self) -> None:
+        """Graceful stop; the datadir is kept."""
+        self._chain._act(self, "stop", lambda: self._chain.provider.stop(self.index))
+
+    def start(self, *, timeout: float = 30.0) -> None:
+        """Start a stopped node on its datadir; returns once its RPC answers."""
+        self._chain._act(self, "start", lambda: self._chain.provider.start(self.index))
+        self._chain._wait_rpc([self], timeout=timeout)
+
+    def restart(self, *, timeout: float = 30.0) -> None:
+        self.stop()
+        self.start(timeout=timeout)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, the datadir is kept."""
+        self._chain._act(self, "kill", lambda: self._chain.provider.kill(self.index))
+
+    def pause(self) -> None:
+        """Freeze the node (SIGSTOP / container pause)."""
+        self._chain._act(self, "pause", lambda: self._chain.provider.pause(self.index))
+
+    def resume(self) -> None:
+        self._chain._act(self, "resume", lambda: self._chain.provider.resume(self.index))
+
+    def logs(self, tail: int = 200) -> str:
+        """The last ``tail`` lines of the node's output."""
+        return self._chain.provider.logs(self.index, tail)
+
+    def upgrade(self, version_or_image: str, *, timeout: float = 30.0) -> None:
+        """Restart on another client version (or binary path/image), keeping the datadir."""
+        self._chain._act(
+            self,
+            f"upgrade to {version_or_image}",
+            lambda: self._chain.provider.upgrade(self.index, version_or_image),
+        )
+        self._chain._wait_rpc([self], timeout=timeout)
+
+    @property
+    def client_version(self) -> str:
+        return self._chain.provider.client_version(self.index)
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def _rpc(self, method: str, params: list[Any] | None = None, *, timeout: float = 2.0) -> Any:
+        return rpc_call(self.rpc_url, method, params, timeout=timeout)
+
+    def head(self) -> Head:
+        block = self._rpc("eth_getBlockByNumber", ["latest", False])
+        return Head(int(block["number"], 16), str(block["hash"]))
+
+    def peer_count(self) -> int:
+        if not self._chain.adapter.has_peers:
+            return 0
+        return int(self._rpc("net_peerCount"), 16)
+
+
+class Chain:
+    """A running network: its nodes, accounts, waits and faults."""
+
+    def __init__(
+        self,
+        testnet: Testnet,
+        provider: Provider,
+        adapter: ClientAdapter,
+        *,
+        accounts: Sequence[LocalAccount] = (),
+        on_action: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self.testnet = testnet
+        self.provider = provider
+        self.adapter = adapter
+        #: Genesis-funded accounts reserved for this process (an xdist worker's slice).
+        self.accounts: list[LocalAccount] = list(accounts)
+        self.nodes = [Node(self, spec) for spec in testnet.nodes]
+        self._on_action = on_action
+        self._nonces: dict[str, int] = {}
+        self._nonce_lock = threading.Lock()
+        self._partitioned = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Chain {self.client} nodes={len(self.nodes)} backend={self.backend} "
+            f"chain_id={self.chain_id} seed={self.seed}>"
+        )
+
+    # -- description -----------------------------------------------------------------------
+
+    @property
+    def chain_id(self) -> int:
+        return self.testnet.chain_id
+
+    @property
+    def client(self) -> str:
+        return self.testnet.client
+
+    @property
+    def backend(self) -> str:
+        return self.provider.name
+
+    @property
+    def seed(self) -> int:
+        return self.testnet.seed
+
+    def node(self, ref: int | str | Node) -> Node:
+        """A node by index, name or itself."""
+        if isinstance(ref, Node):
+            return ref
+        return self.nodes[self.testnet.node(ref).index]
+
+    def adapter_ws_url(self, spec: NodeSpec) -> str:
+        ws_url = getattr(self.adapter, "ws_url", None)
+        return str(ws_url(spec)) if callable(ws_url) else spec.ws_url
+
+    def _act(self, node: Node, action: str, run: Callable[[], None]) -> None:
+        if self._on_action is not None:
+            self._on_action(node.name, action)
+        run()
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def running_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if n.running]
+
+    def heads(self) -> dict[str, Head]:
+        """Node name → head of every running node (nodes that fail to answer are left out)."""
+        heads = {}
+        for node in self.running_nodes():
+            try:
+                heads[node.name] = node.head()
+            except RPCError:
+                continue
+        return heads
+
+    def status_table(self) -> str:
+        """One line per node: state, height, head hash, peers."""
+        rows = [("node", "state", "height", "head", "peers")]
+        for node in self.nodes:
+            state = node.state
+            height = head = peers = "-"
+            if state == NodeState.RUNNING.value:
+                try:
+                    h = node.head()
+                    height, head = str(h.number), h.hash[:18]
+                    peers = str(node.peer_count()) if self.adapter.has_peers else "n/a"
+                except RPCError as exc:
+                    head = f"rpc error: {str(exc)[-40:]}"
+            rows.append((node.name, state, height, head, peers))
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+
+    # -- waits -----------------------------------------------------------------------------
+
+    def _poll(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        while True:
+            try:
+                result = check()
+                if result is not None:
+                    return result
+            except RPCError as exc:
+                last_error = exc
+            if time.monotonic() >= deadline:
+                detail = f"\nlast error: {last_error}" if last_error else ""
+                raise ChainTimeout(
+                    f"timed out after {timeout:g}s waiting for {what}{detail}\n{self.status_table()}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _select(self, nodes: Sequence[int | str | Node] | None) -> list[Node]:
+        return self.running_nodes() if nodes is None else [self.node(n) for n in nodes]
+
+    def wait_for_height(
+        self, height: int, *, nodes: Sequence[int | str | Node] | None = None, timeout: float = 30.0
+    ) -> None:
+        """Return when every running (or given) node has reached ``height``."""
+
+        def check() -> bool | None:
+            selected = self._select(nodes)
+            if not selected:
+                return None
+            return True if all(n.head().number >= height for n in selected) else None
+
+        self._poll(f"height {height}", check, timeout)
+
+    def wait_converged(self, *, timeout: float = 30.0) -> Head:
+        """Return the head once every running node reports the same one."""
+
+        def check() -> Head | None:
+            running = self.running_nodes()
+            if not running:
+                return None
+            heads = {n.head() for n in running}
+            return heads.pop() if len(heads) == 1 else None
+
+        return self._poll("all running nodes to converge on one head", check, timeout)
+
+    def wait_for_tx(
+        self,
+        tx_hash: bytes | str,
+        *,
+        nodes: Sequence[int | str | Node] | None = None,
+        timeout: float = 30.0,
+    ) -> dict[str, TxReceipt]:
+        """Return node name → receipt once the transaction is in a block on every node."""
+        hex_hash = HexBytes(tx_hash).to_0x_hex()
+        receipts: dict[str, TxReceipt] = {}
+
+        def check() -> dict[str, TxReceipt] | None:
+            for node in self._select(nodes):
+                if node.name in receipts:
+                    continue
+                if node._rpc("eth_getTransactionReceipt", [hex_hash]) is not None:
+                    receipts[node.name] = node.w3.eth.get_transaction_receipt(hex_hash)
+            selected = {n.name for n in self._select(nodes)}
+            return dict(receipts) if selected and selected <= receipts.keys() else None
+
+        return self._poll(f"tx {hex_hash} on every node", check, timeout)
+
+    def _wait_rpc(self, nodes: Sequence[Node], *, timeout: float) -> None:
+        def check() -> bool | None:
+            for node in nodes:
+                state = self.provider.state(node.index)
+                if state is NodeState.EXITED:
+                    raise ChainHarnessError(
+                        f"{node.name} exited while starting; last lines of its log:\n"
+                        f"{node.logs(50)}"
+                    )
+                node._rpc("eth_blockNumber")
+            return True
+
+        self._poll("RPC to answer on " + ", ".join(n.name for n in nodes), check, timeout)
+
+    # -- transactions ----------------------------------------------------------------------
+
+    def _entry_node(self) -> Node:
+        # Node 0 by contract; when a test has stopped it, the first running node instead.
+        if self.nodes[0].running:
+            return self.nodes[0]
+        running = self.running_nodes()
+        if not running:
+            raise ChainHarnessError("no node is running to send the transaction to")
+        return running[0]
+
+    def transfer(self, sender: LocalAccount, to: str, value_wei: int) -> HexBytes:
+        """Sign a value transfer locally, send it to node 0 and return its hash."""
+        node = self._entry_node()
+        w3 = node.w3
+        with self._nonce_lock:
+            pending = w3.eth.get_transaction_count(sender.address, "pending")
+            nonce = max(pending, self._nonces.get(sender.address, 0))
+            self._nonces[sender.address] = nonce + 1
+        base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
+        tip = 10**9
+        tx = {
+            "chainId": self.chain_id,
+            "nonce": nonce,
+            "to": Web3.to_checksum_address(to),
+            "value": value_wei,
+            "gas": 21_000,
+            "maxFeePerGas": 2 * base_fee + tip,
+            "maxPriorityFeePerGas": tip,
+            "type": 2,
+        }
+        signed = sender.sign_transaction(tx)
+        return HexBytes(w3.eth.send_raw_transaction(signed.raw_transaction))
+
+    # -- partitions ------------------------------------------------------------------------
+
+    def _groups(self, groups: Sequence[Sequence[int | str | Node]]) -> list[list[int]]:
+        if len(groups) < 2:
+            raise ValueError("a partition needs at least two groups")
+        resolved = [[self.node(ref).index for ref in group] for group in groups]
+        seen: set[int] = set()
+        for group in resolved:
+            if not group:
+                raise ValueError("a partition group is empty")
+            for index in group:
+                if index in seen:
+                    raise ValueError(f"node{index} appears in more than one group")
+                seen.add(index)
+        missing = sorted(set(range(len(self.nodes))) - seen)
+        if missing:
+            raise ValueError(
+                "every node must be in a group; missing: " + ", ".join(f"node{i}" for i in missing)
+            )
+        return resolved
+
+    @contextmanager
+    def partition(self, *groups: Sequence[int | str | Node]) -> Iterator[str]:
+        """Nodes in different groups cannot reach each other until the block is left.
+
+        Yields how the partition was made (the process backend: ``"peers"``, by dropping
+        peers through the admin API). Heals on exit, also when the body fails.
+        """
+        resolved = self._groups(groups)
+        if self._on_action is not None:
+            self._on_action("*", f"partition {resolved}")
+        how = self.provider.partition(resolved)
+        self._partitioned = True
+        try:
+            yield how
+        finally:
+            self.heal()
+
+    def heal(self) -> None:
+        """Undo any partition."""
+        if self._on_action is not None:
+            self._on_action("*", "heal")
+        self.provider.heal()
+        self._partitioned = False
+
+    # -- readiness -------------------------------------------------------------------------
+
+    def wait_ready(self, *, timeout: float = 60.0) -> None:
+        """Every node answers RPC, has all other nodes as peers and is past genesis."""
+        expected_peers = len(self.nodes) - 1 if self.adapter.has_peers else 0
+
+        def check() -> bool | None:
+            for node in self.nodes:
+                if node.peer_count() < expected_peers or node.head().number < 1:
+                    return None
+            return True
+
+        self._poll(f"{len(self.nodes)} nodes to be ready (peers, height >= 1)", check, timeout)

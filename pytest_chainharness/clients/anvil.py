@@ -1,0 +1,61 @@
+"""anvil (Foundry): a single-node development chain, proof that the adapter seam is real."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+from .._testnet import NodeSpec, Testnet
+from ..tools import find_anvil
+from .geth import genesis
+
+__all__ = ["AnvilAdapter"]
+
+
+class AnvilAdapter:
+    """One anvil node, initialised from the same genesis accounts a geth network has."""
+
+    name = "anvil"
+    max_nodes = 1
+    poa = False
+    has_peers = False
+
+    def __init__(self, root: Path | None = None) -> None:
+        self._root = root
+
+    def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
+        return find_anvil(explicit=explicit or version, root=self._root)
+
+    def version(self, binary: Path) -> str:
+        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+        match = re.search(r"Version:\s*(\S+)", out.stdout)
+        return match.group(1) if match else out.stdout.strip() or "unknown"
+
+    def prepare(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> None:
+        datadir.mkdir(parents=True, exist_ok=True)
+        doc = genesis(testnet)
+        # anvil reads the geth genesis format but has no Clique: plain extraData.
+        doc["extradata"] = "0x"
+        doc["config"].pop("clique", None)
+        (datadir / "genesis.json").write_text(json.dumps(doc))
+
+    def update_peers(self, testnet: Testnet, node: NodeSpec, datadir: Path) -> None:
+        return None
+
+    def command(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> list[str]:
+        argv = [
+            str(binary),
+            "--host", node.host,
+            "--port", str(node.http_port),
+            "--chain-id", str(testnet.chain_id),
+            "--init", str(datadir / "genesis.json"),
+            "--accounts", "0",
+        ]
+        if testnet.period > 0:
+            argv += ["--block-time", str(testnet.period)]
+        return argv
+
+    def port_conflict(self, log_text: str) -> bool:
+        return "Address already in use" in log_text or "address already in use" in log_text

@@ -1,0 +1,140 @@
+"""geth with Clique proof-of-authority (v1.13.x: the last line that seals Clique blocks)."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+
+from .._errors import NetworkStartError
+from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
+from ..tools import find_geth
+
+__all__ = ["GethAdapter", "genesis"]
+
+# Everything up to London at block 0 and nothing later: Shanghai and later forks need the
+# merge, which a Clique network never reaches (contracts compile for EVM "paris").
+_FORKS = (
+    "homesteadBlock", "eip150Block", "eip155Block", "eip158Block", "byzantiumBlock",
+    "constantinopleBlock", "petersburgBlock", "istanbulBlock", "muirGlacierBlock",
+    "berlinBlock", "londonBlock", "arrowGlacierBlock", "grayGlacierBlock",
+)
+_HTTP_APIS = "eth,net,web3,admin,txpool,clique,debug,miner"
+_WS_APIS = "eth,net,web3,txpool"
+
+
+def genesis(testnet: Testnet) -> dict[str, Any]:
+    """The genesis document; every signer is a Clique signer from block 0."""
+    signers = "".join(n.signer_address[2:].lower() for n in testnet.signers)
+    alloc = {addr: {"balance": hex(testnet.balance_wei)} for addr in testnet.account_addresses()}
+    for node in testnet.signers:
+        alloc.setdefault(node.signer_address, {"balance": hex(testnet.balance_wei)})
+    return {
+        "config": {
+            "chainId": testnet.chain_id,
+            **dict.fromkeys(_FORKS, 0),
+            "clique": {"period": testnet.period, "epoch": 30000},
+        },
+        "nonce": "0x0",
+        # An old timestamp lets block 1 be sealed at once instead of one period after init.
+        "timestamp": "0x0",
+        "difficulty": "0x1",
+        "gasLimit": hex(testnet.gas_limit),
+        "extradata": "0x" + "00" * 32 + signers + "00" * 65,
+        "alloc": alloc,
+    }
+
+
+class GethAdapter:
+    """Runs geth nodes as Clique signers peered through static nodes."""
+
+    name = "geth"
+    max_nodes = 64
+    poa = True
+    has_peers = True
+
+    def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
+        self._root = root
+        self.extra_args = list(extra_args or [])
+
+    def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
+        return find_geth(version=version, explicit=explicit, root=self._root)
+
+    def version(self, binary: Path) -> str:
+        out = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=30)
+        match = re.search(r"^Version:\s*(\S+)", out.stdout, re.MULTILINE)
+        return match.group(1) if match else "unknown"
+
+    def prepare(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> None:
+        datadir.mkdir(parents=True, exist_ok=True)
+        genesis_file = datadir / "genesis.json"
+        genesis_file.write_text(json.dumps(genesis(testnet)))
+        result = subprocess.run(
+            [str(binary), "init", "--datadir", str(datadir), str(genesis_file)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-50:])
+            raise NetworkStartError(f"{node.name}: geth init failed:\n{tail}")
+        (datadir / "geth").mkdir(exist_ok=True)
+        (datadir / "geth" / "nodekey").write_text(node.node_key)
+        if node.signer:
+            # A cheap scrypt cost: this key protects a throwaway test network and geth must
+            # decrypt it at every start.
+            keystore = Account.encrypt(
+                bytes.fromhex(node.signer_key), SIGNER_PASSWORD, kdf="scrypt", iterations=2**10
+            )
+            (datadir / "keystore").mkdir(exist_ok=True)
+            (datadir / "keystore" / f"{node.name}.json").write_text(json.dumps(keystore))
+            (datadir / "password").write_text(SIGNER_PASSWORD)
+        self.update_peers(testnet, node, datadir)
+
+    def update_peers(self, testnet: Testnet, node: NodeSpec, datadir: Path) -> None:
+        # geth >= 1.11 ignores static-nodes.json; the config file is the supported place.
+        peers = [n.enode for n in testnet.nodes if n.index != node.index]
+        (datadir / "config.toml").write_text(
+            "[Node.P2P]\nStaticNodes = " + json.dumps(peers) + "\n"
+        )
+
+    def command(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> list[str]:
+        argv = [
+            str(binary),
+            "--datadir", str(datadir),
+            "--config", str(datadir / "config.toml"),
+            "--networkid", str(testnet.chain_id),
+            "--syncmode", "full",
+            "--gcmode", "archive",
+            "--port", str(node.p2p_port),
+            "--authrpc.addr", node.host,
+            "--authrpc.port", str(node.authrpc_port),
+            "--http", "--http.addr", node.host, "--http.port", str(node.http_port),
+            "--http.api", _HTTP_APIS,
+            "--ws", "--ws.addr", node.host, "--ws.port", str(node.ws_port),
+            "--ws.api", _WS_APIS, "--ws.origins", "*",
+            # No discovery and no dials outside loopback: a test network talks only to itself.
+            "--nodiscover", "--nat", "none", "--netrestrict", "127.0.0.0/8",
+            "--ipcdisable",
+            "--cache", "64",
+            "--txpool.globalslots", "20000", "--txpool.accountslots", "64",
+            "--txpool.globalqueue", "4096",
+            "--rpc.txfeecap", "0",
+            "--verbosity", "3",
+        ]
+        if node.signer:
+            argv += [
+                "--mine",
+                "--miner.etherbase", node.signer_address,
+                "--unlock", node.signer_address,
+                "--password", str(datadir / "password"),
+                "--allow-insecure-unlock",
+            ]
+        return argv + self.extra_args
+
+    def port_conflict(self, log_text: str) -> bool:
+        return "address already in use" in log_text

@@ -1,0 +1,173 @@
+"""pytest entry point: options, marks, fixtures and the xdist hand-off. Wiring only."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+
+from ._errors import ToolNotFound
+from ._options import add_options, read_settings
+from ._session import ChainSession, RunInfo
+from .chain import Chain
+from .clients import get_client
+from .providers import resolve_backend
+
+_SESSION_KEY = pytest.StashKey[ChainSession]()
+
+MARKERS = (
+    "chain(min_nodes=None, client=None): skip unless the run's network has at least "
+    "min_nodes nodes and runs the given client",
+    "stage(name): the earliest deploy stage this test must pass for",
+    "disruptive: the test breaks the network; the harness restores it afterwards",
+)
+
+
+# -- options and configuration ---------------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    settings = read_settings(config)
+    workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
+    if workerinput is not None and "chainharness_run_id" in workerinput:
+        run = RunInfo.from_workerinput(workerinput)
+        session = ChainSession(settings, run, owner=False, root=config.rootpath)
+    else:
+        run = RunInfo.new(settings)
+        session = ChainSession(settings, run, owner=True, root=config.rootpath)
+        config.add_cleanup(lambda: _finish(config, session))
+    config.stash[_SESSION_KEY] = session
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(_XdistHooks(session), "chainharness-xdist")
+
+
+class _XdistHooks:
+    """Controller-side xdist hooks, registered only when xdist is active."""
+
+    def __init__(self, session: ChainSession) -> None:
+        self.session = session
+
+    def pytest_configure_node(self, node: Any) -> None:
+        node.workerinput.update(self.session.run.to_workerinput())
+
+
+def _finish(config: pytest.Config, session: ChainSession) -> None:
+    record = session.network_record()
+    if session.settings.keep and record is not None and record.get("status") == "up":
+        _print_kept(config, record)
+        return
+    session.teardown()
+
+
+def _print_kept(config: pytest.Config, record: dict[str, Any]) -> None:
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    lines = ["chainharness: --chain-keep: the network is still running"]
+    for node in record["provider"]["testnet"]["nodes"]:
+        lines.append(f"  {node['name']}: http://{node['host']}:{node['http_port']}")
+    run_dir = record["provider"]["run_dir"]
+    lines.append(f"  state: {run_dir}/process-state.json   logs: {run_dir}/logs")
+    run_id = record["provider"]["run_id"]
+    lines.append(
+        f"  stop it: pkill -f -e 'CHAINHARNESS_RUN={run_id}' is not enough (env); use: "
+        f"python -m pytest_chainharness.down {run_dir}"
+    )
+    text = "\n".join(lines)
+    if tr is not None:
+        tr.write_line(text)
+    else:
+        print(text)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is None or not session.owner:
+        return []
+    s = session.settings
+    adapter = get_client(s.client, root=config.rootpath)
+    try:
+        binary = adapter.find_binary(explicit=s.geth if s.client == "geth" else None)
+        client = f"{s.client} {adapter.version(binary)} ({binary})"
+    except ToolNotFound as exc:
+        client = f"{s.client} NOT FOUND: {exc}"
+    backend, why = resolve_backend(s.backend)
+    return [
+        f"chainharness: {s.nodes} node(s), client {client}",
+        f"chainharness: backend {backend} ({why}), period {s.period}s, "
+        f"seed {session.run.seed} (replay: --chain-seed={session.run.seed}), "
+        f"run {session.run.run_id}",
+    ]
+
+
+# -- marks -----------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    settings = config.stash[_SESSION_KEY].settings
+    for item in items:
+        for mark in item.iter_markers("chain"):
+            reason = _chain_mark_unmet(mark, settings.nodes, settings.client)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def _chain_mark_unmet(mark: pytest.Mark, nodes: int, client: str) -> str | None:
+    unknown = set(mark.kwargs) - {"min_nodes", "client"}
+    if mark.args or unknown:
+        raise pytest.UsageError(
+            f"@pytest.mark.chain takes only min_nodes= and client=, got "
+            f"{', '.join([repr(a) for a in mark.args] + sorted(unknown))}"
+        )
+    min_nodes = mark.kwargs.get("min_nodes")
+    if min_nodes is not None and nodes < int(min_nodes):
+        return f"needs at least {min_nodes} nodes; this run has {nodes} (--chain-nodes={nodes})"
+    wanted = mark.kwargs.get("client")
+    if wanted is not None and wanted != client:
+        return f"needs client {wanted}; this run uses {client} (--chain-client={client})"
+    return None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> None:
+    if item.get_closest_marker("disruptive") is None:
+        return
+    item.config.stash[_SESSION_KEY].restore()
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+def _session(request: pytest.FixtureRequest) -> ChainSession:
+    return request.config.stash[_SESSION_KEY]
+
+
+@pytest.fixture(scope="session")
+def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+    """The running network, started on first use and shared by all xdist workers."""
+    yield _session(request).chain()
+
+
+@pytest.fixture
+def w3(chain: Chain) -> Web3:
+    """web3 on node 0."""
+    return chain.nodes[0].w3
+
+
+@pytest.fixture
+def funded_account(chain: Chain, request: pytest.FixtureRequest) -> LocalAccount:
+    """A genesis-funded account never handed to another test of this run."""
+    return _session(request).funded_account()
+
+
+def chain_artifacts(config: pytest.Config) -> Path:
+    """Where this run keeps node logs (for reports and debugging)."""
+    return config.stash[_SESSION_KEY].run.run_dir / "logs"

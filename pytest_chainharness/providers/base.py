@@ -1,0 +1,112 @@
+"""The ``Provider`` protocol: every action on nodes, faults included, goes through it.
+
+One implementation per infrastructure (``process``; ``docker`` later). Tests, the chain
+API and the CLI never signal a process or call a container engine themselves, so the
+backends stay interchangeable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .._testnet import Testnet
+
+__all__ = ["NodeState", "Provider"]
+
+
+class NodeState(str, Enum):
+    """What a provider knows about one node."""
+
+    #: Started and not frozen.
+    RUNNING = "running"
+    #: Frozen (SIGSTOP / docker pause); answers nothing until resumed.
+    PAUSED = "paused"
+    #: Stopped on purpose (stop or kill); datadir kept.
+    STOPPED = "stopped"
+    #: Gone without being asked to (crash, OOM).
+    EXITED = "exited"
+    #: Never started.
+    NEW = "new"
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """Runs the nodes of one ``Testnet`` somewhere."""
+
+    #: ``process`` or ``docker``.
+    name: str
+    testnet: Testnet
+    #: Unique id of this run; part of every process marker, container label and topic.
+    run_id: str
+
+    def setup(self) -> None:
+        """Lay out every node's datadir (genesis, keys, config)."""
+        ...
+
+    def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
+        """Start the given nodes (all by default) without waiting for readiness."""
+        ...
+
+    def start(self, index: int) -> None:
+        """Start one stopped node on its existing datadir."""
+        ...
+
+    def stop(self, index: int, *, timeout: float = 10.0) -> None:
+        """Graceful stop (SIGTERM, then SIGKILL after ``timeout``); datadir kept."""
+        ...
+
+    def kill(self, index: int) -> None:
+        """Immediate stop (SIGKILL); datadir kept."""
+        ...
+
+    def pause(self, index: int) -> None:
+        """Freeze the node."""
+        ...
+
+    def resume(self, index: int) -> None:
+        """Unfreeze a paused node."""
+        ...
+
+    def state(self, index: int) -> NodeState:
+        """Current state of one node."""
+        ...
+
+    def logs(self, index: int, tail: int = 200) -> str:
+        """The last ``tail`` lines of the node's output."""
+        ...
+
+    def reassign_ports(self, index: int) -> None:
+        """Give a node fresh ports (after another program took one) and rewrite peer lists."""
+        ...
+
+    def upgrade(self, index: int, version: str) -> None:
+        """Restart a node on another client version (or binary/image), same datadir."""
+        ...
+
+    def client_version(self, index: int) -> str:
+        """The client version the node runs now."""
+        ...
+
+    def partition(self, groups: Sequence[Sequence[int]]) -> str:
+        """Cut the network into ``groups``; returns how (``"peers"``, ``"netns"``...)."""
+        ...
+
+    def heal(self) -> None:
+        """Undo any partition."""
+        ...
+
+    def teardown(self) -> None:
+        """Stop every node and remove every datadir; safe to call twice."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable state from which another process can attach."""
+        ...
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Where logs and other run artifacts are kept after teardown."""
+        ...

@@ -1,0 +1,314 @@
+"""The local-process backend: every node is a child process on 127.0.0.1.
+
+Layout of a run directory::
+
+    <run_dir>/nodes/<name>/        datadir (removed at teardown)
+    <run_dir>/logs/<name>.log      node output (kept as a run artifact)
+    <run_dir>/process-state.json   pids, binaries and intent, shared by every attached process
+
+Each node runs in its own process group with ``CHAINHARNESS_RUN=<run id>`` in its
+environment. Any process that attaches (an xdist worker) may stop or restart nodes; the
+shared state file, guarded by a file lock, keeps their view consistent, and teardown also
+sweeps by the environment marker so a node started by anyone is never left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from .._errors import ChainHarnessError, UnsupportedAction
+from .._ports import PortAllocator
+from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state
+from .._rpc import RPCError, rpc_call
+from .._testnet import Testnet
+from ..clients.base import ClientAdapter
+from .base import NodeState
+
+__all__ = ["ProcessProvider"]
+
+
+class ProcessProvider:
+    """Runs a ``Testnet`` as local processes."""
+
+    name = "process"
+
+    def __init__(
+        self,
+        testnet: Testnet,
+        adapter: ClientAdapter,
+        *,
+        run_dir: Path,
+        run_id: str,
+        binary: Path,
+        ports: PortAllocator | None = None,
+    ) -> None:
+        self.testnet = testnet
+        self.adapter = adapter
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.default_binary = binary
+        self._ports = ports or PortAllocator()
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._state_file = run_dir / "process-state.json"
+        self._lock = FileLock(str(run_dir / "process-state.lock"))
+
+    # -- paths and shared state ------------------------------------------------------------
+
+    def datadir(self, index: int) -> Path:
+        return self.run_dir / "nodes" / self.testnet.nodes[index].name
+
+    def log_path(self, index: int) -> Path:
+        return self.run_dir / "logs" / f"{self.testnet.nodes[index].name}.log"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self._state_file.read_text())
+            return data
+        except FileNotFoundError:
+            return {"nodes": {}, "partition": None}
+
+    def _save(self, data: dict[str, Any]) -> None:
+        tmp = self._state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self._state_file)
+
+    def _record(self, index: int, **fields: Any) -> None:
+        with self._lock:
+            data = self._load()
+            entry = data["nodes"].setdefault(str(index), {})
+            entry.update(fields)
+            data["testnet"] = self.testnet.to_dict()
+            self._save(data)
+
+    def _entry(self, index: int) -> dict[str, Any]:
+        entry: dict[str, Any] = self._load()["nodes"].get(str(index), {})
+        return entry
+
+    def _binary(self, index: int) -> Path:
+        return Path(self._entry(index).get("binary") or self.default_binary)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        self.testnet.accounts()  # derive once here, not once per thread
+        with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
+            list(
+                pool.map(
+                    lambda n: self.adapter.prepare(
+                        self.testnet, n, self.datadir(n.index), self.default_binary
+                    ),
+                    self.testnet.nodes,
+                )
+            )
+        with self._lock:
+            data = self._load()
+            data["testnet"] = self.testnet.to_dict()
+            self._save(data)
+
+    def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
+        # Popen is cheap; readiness is awaited by the caller, for all nodes at once.
+        for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
+            self.start(index)
+
+    def start(self, index: int) -> None:
+        if self.state(index) in (NodeState.RUNNING, NodeState.PAUSED):
+            return
+        node = self.testnet.nodes[index]
+        binary = self._binary(index)
+        argv = self.adapter.command(self.testnet, node, self.datadir(index), binary)
+        log = self.log_path(index)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            out.write(f"\n=== chainharness: starting {node.name}: {' '.join(argv)}\n".encode())
+            out.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.datadir(index),
+                env={**os.environ, RUN_MARKER: self.run_id},
+                process_group=0,
+            )
+        self._children[index] = proc
+        self._record(index, pid=proc.pid, intent="running", binary=str(binary))
+
+    def _pid(self, index: int) -> int | None:
+        pid = self._entry(index).get("pid")
+        return int(pid) if pid else None
+
+    def state(self, index: int) -> NodeState:
+        entry = self._entry(index)
+        pid = entry.get("pid")
+        child = self._children.get(index)
+        if child is not None and child.pid == pid:
+            child.poll()  # reap our own child so it does not linger as a zombie
+        if not pid:
+            return NodeState.NEW if not entry else NodeState.STOPPED
+        letter = pid_state(int(pid))
+        if letter is None or letter in ("Z", "X"):
+            return NodeState.STOPPED if entry.get("intent") == "stopped" else NodeState.EXITED
+        if letter in ("T", "t"):
+            return NodeState.PAUSED
+        return NodeState.RUNNING
+
+    def _signal_and_wait(self, index: int, sig: int, timeout: float) -> None:
+        pid = self._pid(index)
+        self._record(index, intent="stopped")
+        if pid is None:
+            return
+        left = kill_pids([pid], sig=sig, timeout=timeout)
+        if left:
+            kill_pids(left, sig=signal.SIGKILL)
+        child = self._children.pop(index, None)
+        if child is not None:
+            child.wait(timeout=5)
+
+    def stop(self, index: int, *, timeout: float = 10.0) -> None:
+        self._signal_and_wait(index, signal.SIGTERM, timeout)
+
+    def kill(self, index: int) -> None:
+        self._signal_and_wait(index, signal.SIGKILL, 5.0)
+
+    def pause(self, index: int) -> None:
+        pid = self._require_pid(index, "pause")
+        os.killpg(pid, signal.SIGSTOP)
+        # SIGSTOP is asynchronous; callers expect the node frozen when pause() returns.
+        self._wait_letter(pid, ("T", "t"))
+
+    def resume(self, index: int) -> None:
+        pid = self._require_pid(index, "resume")
+        os.killpg(pid, signal.SIGCONT)
+        self._wait_letter(pid, ("R", "S", "D"))
+
+    def _wait_letter(self, pid: int, letters: tuple[str, ...]) -> None:
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and pid_state(pid) not in letters:
+            time.sleep(0.002)
+
+    def _require_pid(self, index: int, action: str) -> int:
+        pid = self._pid(index)
+        if pid is None or not alive(pid):
+            name = self.testnet.nodes[index].name
+            raise ChainHarnessError(f"cannot {action} {name}: it is not running")
+        return pid
+
+    def logs(self, index: int, tail: int = 200) -> str:
+        try:
+            lines = self.log_path(index).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return ""
+        return "\n".join(lines[-tail:]) if tail > 0 else ""
+
+    def reassign_ports(self, index: int) -> None:
+        node = self.testnet.nodes[index]
+        node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
+        for other in self.testnet.nodes:
+            self.adapter.update_peers(self.testnet, other, self.datadir(other.index))
+        with self._lock:
+            data = self._load()
+            data["testnet"] = self.testnet.to_dict()
+            self._save(data)
+
+    def refresh(self) -> None:
+        """Reload ports another process may have changed (after a port retry)."""
+        data = self._load()
+        if "testnet" in data:
+            fresh = Testnet.from_dict(data["testnet"])
+            for mine, theirs in zip(self.testnet.nodes, fresh.nodes, strict=True):
+                mine.p2p_port, mine.http_port = theirs.p2p_port, theirs.http_port
+                mine.ws_port, mine.authrpc_port = theirs.ws_port, theirs.authrpc_port
+
+    def upgrade(self, index: int, version: str) -> None:
+        binary = self.adapter.find_binary(version)
+        self.stop(index)
+        self._record(index, binary=str(binary))
+        self.start(index)
+
+    def client_version(self, index: int) -> str:
+        return self.adapter.version(self._binary(index))
+
+    # -- partitions (client-level: no root or namespaces needed) ---------------------------
+
+    def partition(self, groups: Sequence[Sequence[int]]) -> str:
+        if not self.adapter.has_peers:
+            raise UnsupportedAction(f"client {self.adapter.name} has no peers to partition")
+        group_of = {i: g for g, members in enumerate(groups) for i in members}
+        with self._lock:
+            data = self._load()
+            data["partition"] = [list(g) for g in groups]
+            self._save(data)
+        # Both sides drop each other (which also removes the static dial), so nobody redials.
+        for a in self.testnet.nodes:
+            for b in self.testnet.nodes:
+                if a.index != b.index and group_of.get(a.index) != group_of.get(b.index):
+                    self._admin(a.index, "admin_removePeer", b.enode)
+        return "peers"
+
+    def heal(self) -> None:
+        with self._lock:
+            data = self._load()
+            data["partition"] = None
+            self._save(data)
+        for a in self.testnet.nodes:
+            for b in self.testnet.nodes:
+                if a.index < b.index:
+                    self._admin(a.index, "admin_addPeer", b.enode)
+
+    def _admin(self, index: int, method: str, enode: str) -> None:
+        if self.state(index) is not NodeState.RUNNING:
+            return  # a stopped node re-reads its peers when it starts
+        try:
+            rpc_call(self.testnet.nodes[index].rpc_url, method, [enode])
+        except RPCError:
+            pass  # the node went away meanwhile; its next start reapplies the config
+
+    # -- teardown and attach ---------------------------------------------------------------
+
+    def teardown(self) -> None:
+        pids = {int(e["pid"]) for e in self._load()["nodes"].values() if e.get("pid")}
+        pids.update(find_marked(self.run_id))
+        kill_pids(sorted(pids), sig=signal.SIGKILL)
+        for child in self._children.values():
+            child.poll()
+        self._children.clear()
+        shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "provider": self.name,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "binary": str(self.default_binary),
+            "testnet": self.testnet.to_dict(),
+        }
+
+    @classmethod
+    def attach(cls, description: dict[str, Any], adapter: ClientAdapter) -> ProcessProvider:
+        """A provider for a network another process started."""
+        provider = cls(
+            Testnet.from_dict(description["testnet"]),
+            adapter,
+            run_dir=Path(description["run_dir"]),
+            run_id=description["run_id"],
+            binary=Path(description["binary"]),
+        )
+        provider.refresh()
+        return provider
