@@ -98,8 +98,10 @@ def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float 
     deadline = time.monotonic() + timeout
     while pending:
         for pid in list(pending):
-            _reap(pid)
             if not alive(pid):
+                # Reap only once it is dead: WNOHANG on a dying child reaps nothing, and a
+                # zombie nobody reaps stays in the process table for good.
+                _reap(pid)
                 pending.discard(pid)
         if not pending or time.monotonic() > deadline:
             break

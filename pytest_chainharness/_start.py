@@ -26,17 +26,20 @@ def launch(chain: Chain, *, timeout: float = 60.0) -> None:
     try:
         provider.setup()
         provider.start_nodes()
-        _await_ready(chain, timeout)
+        deadline = time.monotonic() + timeout
+        _await(chain, deadline, phase="peers")
+        provider.start_sealing()
+        _await(chain, deadline, phase="blocks")
     except BaseException:
         provider.teardown()
         raise
 
 
-def _await_ready(chain: Chain, timeout: float) -> None:
+def _await(chain: Chain, deadline: float, *, phase: str) -> None:
+    """Wait for every node to have all peers (``peers``) or a block above genesis (``blocks``)."""
     provider = chain.provider
     expected_peers = len(chain.nodes) - 1 if chain.adapter.has_peers else 0
     retries = dict.fromkeys(range(len(chain.nodes)), 0)
-    deadline = time.monotonic() + timeout
     while True:
         ready = True
         for node in chain.nodes:
@@ -58,8 +61,10 @@ def _await_ready(chain: Chain, timeout: float) -> None:
             if not ready:
                 continue
             try:
-                if node.peer_count() < expected_peers or node.head().number < 1:
-                    ready = False
+                if phase == "peers":
+                    ready = node.peer_count() >= expected_peers
+                else:
+                    ready = node.head().number >= 1
             except RPCError:
                 ready = False
         if ready:
@@ -68,7 +73,7 @@ def _await_ready(chain: Chain, timeout: float) -> None:
             slow = [n for n in chain.nodes if provider.state(n.index) is NodeState.RUNNING]
             tails = "\n".join(f"--- {n.name} (last 20 lines)\n{n.logs(20)}" for n in slow[:4])
             raise NetworkStartError(
-                f"the network was not ready after {timeout:g}s "
+                f"the network was not ready in time, waiting for {phase} "
                 f"(every node needs RPC, {expected_peers} peers and a block above genesis)\n"
                 f"{chain.status_table()}\n{tails}"
             )

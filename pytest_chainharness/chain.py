@@ -72,7 +72,7 @@ class Node:
 
     @property
     def ws_url(self) -> str:
-        return self._chain.adapter_ws_url(self._spec)
+        return self._chain.adapter.ws_url(self._spec)
 
     @property
     def signer(self) -> bool:
@@ -209,10 +209,6 @@ class Chain:
         if isinstance(ref, Node):
             return ref
         return self.nodes[self.testnet.node(ref).index]
-
-    def adapter_ws_url(self, spec: NodeSpec) -> str:
-        ws_url = getattr(self.adapter, "ws_url", None)
-        return str(ws_url(spec)) if callable(ws_url) else spec.ws_url
 
     def _act(self, node: Node, action: str, run: Callable[[], None]) -> None:
         if self._on_action is not None:

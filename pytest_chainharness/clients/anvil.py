@@ -44,7 +44,9 @@ class AnvilAdapter:
     def update_peers(self, testnet: Testnet, node: NodeSpec, datadir: Path) -> None:
         return None
 
-    def command(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> list[str]:
+    def command(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, *, seal: bool
+    ) -> list[str]:
         argv = [
             str(binary),
             "--host", node.host,
@@ -56,6 +58,12 @@ class AnvilAdapter:
         if testnet.period > 0:
             argv += ["--block-time", str(testnet.period)]
         return argv
+
+    def start_sealing(self, node: NodeSpec) -> None:
+        return None  # anvil mines on its own from the start
+
+    def ws_url(self, node: NodeSpec) -> str:
+        return f"ws://{node.host}:{node.http_port}"  # anvil serves WebSocket on its HTTP port
 
     def port_conflict(self, log_text: str) -> bool:
         return "Address already in use" in log_text or "address already in use" in log_text

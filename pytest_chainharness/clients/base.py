@@ -44,8 +44,18 @@ class ClientAdapter(Protocol):
         """Rewrite the peer list in ``datadir`` after a port of another node changed."""
         ...
 
-    def command(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> list[str]:
-        """The argv that runs ``node``."""
+    def command(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, *, seal: bool
+    ) -> list[str]:
+        """The argv that runs ``node``; with ``seal`` a signer seals blocks from the start."""
+        ...
+
+    def start_sealing(self, node: NodeSpec) -> None:
+        """Make a running signer start sealing (the first start runs without sealing)."""
+        ...
+
+    def ws_url(self, node: NodeSpec) -> str:
+        """The node's WebSocket endpoint."""
         ...
 
     def port_conflict(self, log_text: str) -> bool:

@@ -11,6 +11,7 @@ from typing import Any
 from eth_account import Account
 
 from .._errors import NetworkStartError
+from .._rpc import rpc_call
 from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
 from ..tools import find_geth
 
@@ -102,7 +103,9 @@ class GethAdapter:
             "[Node.P2P]\nStaticNodes = " + json.dumps(peers) + "\n"
         )
 
-    def command(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> list[str]:
+    def command(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, *, seal: bool
+    ) -> list[str]:
         argv = [
             str(binary),
             "--datadir", str(datadir),
@@ -128,13 +131,24 @@ class GethAdapter:
         ]
         if node.signer:
             argv += [
-                "--mine",
                 "--miner.etherbase", node.signer_address,
                 "--unlock", node.signer_address,
                 "--password", str(datadir / "password"),
                 "--allow-insecure-unlock",
             ]
+        if node.signer and seal:
+            argv.append("--mine")
         return argv + self.extra_args
+
+    def start_sealing(self, node: NodeSpec) -> None:
+        # Sealing starts only once every node is connected: signers that seal before their
+        # peers are known each build their own block 1, and the equal-weight forks that
+        # follow can stall a Clique network for many periods.
+        if node.signer:
+            rpc_call(node.rpc_url, "miner_start", [])
+
+    def ws_url(self, node: NodeSpec) -> str:
+        return node.ws_url
 
     def port_conflict(self, log_text: str) -> bool:
         return "address already in use" in log_text

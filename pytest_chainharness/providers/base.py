@@ -50,6 +50,10 @@ class Provider(Protocol):
         """Start the given nodes (all by default) without waiting for readiness."""
         ...
 
+    def start_sealing(self) -> None:
+        """Let the signers seal, once every node is connected (the start stage calls it)."""
+        ...
+
     def start(self, index: int) -> None:
         """Start one stopped node on its existing datadir."""
         ...

@@ -132,7 +132,8 @@ class ProcessProvider:
             return
         node = self.testnet.nodes[index]
         binary = self._binary(index)
-        argv = self.adapter.command(self.testnet, node, self.datadir(index), binary)
+        seal = bool(self._load().get("sealing"))
+        argv = self.adapter.command(self.testnet, node, self.datadir(index), binary, seal=seal)
         log = self.log_path(index)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -149,6 +150,14 @@ class ProcessProvider:
             )
         self._children[index] = proc
         self._record(index, pid=proc.pid, intent="running", binary=str(binary))
+
+    def start_sealing(self) -> None:
+        for node in self.testnet.nodes:
+            self.adapter.start_sealing(node)
+        with self._lock:
+            data = self._load()
+            data["sealing"] = True  # later starts seal from the first moment
+            self._save(data)
 
     def _pid(self, index: int) -> int | None:
         pid = self._entry(index).get("pid")
