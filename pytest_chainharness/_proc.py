@@ -68,11 +68,14 @@ def become_subreaper() -> bool:
         return False
 
 
-def _reap(pid: int) -> None:
+def _reaped(pid: int) -> bool:
+    """Whether a dead ``pid`` is out of the process table as far as we can tell."""
     try:
-        os.waitpid(pid, os.WNOHANG)
+        # A multi-threaded process (geth) shows as a zombie while its other threads still
+        # exit, and cannot be reaped until they have: keep trying until waitpid says so.
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
     except ChildProcessError:
-        pass
+        return True  # not our child: its parent (or the subreaper) reaps it
 
 
 def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float = 5.0) -> list[int]:
@@ -98,10 +101,9 @@ def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float 
     deadline = time.monotonic() + timeout
     while pending:
         for pid in list(pending):
-            if not alive(pid):
-                # Reap only once it is dead: WNOHANG on a dying child reaps nothing, and a
-                # zombie nobody reaps stays in the process table for good.
-                _reap(pid)
+            # Reap only once it is dead: WNOHANG on a dying child reaps nothing, and a
+            # zombie nobody reaps stays in the process table for good.
+            if not alive(pid) and _reaped(pid):
                 pending.discard(pid)
         if not pending or time.monotonic() > deadline:
             break

@@ -149,7 +149,15 @@ class ProcessProvider:
                 process_group=0,
             )
         self._children[index] = proc
-        self._record(index, pid=proc.pid, intent="running", binary=str(binary))
+        with self._lock:
+            data = self._load()
+            data["nodes"].setdefault(str(index), {}).update(
+                pid=proc.pid, intent="running", binary=str(binary)
+            )
+            # Every pid ever started: a node killed by another xdist worker is re-parented
+            # to the owner when its starter exits, and only the owner can reap it then.
+            data.setdefault("started", []).append(proc.pid)
+            self._save(data)
 
     def start_sealing(self) -> None:
         for node in self.testnet.nodes:
@@ -292,7 +300,9 @@ class ProcessProvider:
     # -- teardown and attach ---------------------------------------------------------------
 
     def teardown(self) -> None:
-        pids = {int(e["pid"]) for e in self._load()["nodes"].values() if e.get("pid")}
+        data = self._load()
+        pids = {int(e["pid"]) for e in data["nodes"].values() if e.get("pid")}
+        pids.update(int(p) for p in data.get("started", []))
         pids.update(find_marked(self.run_id))
         kill_pids(sorted(pids), sig=signal.SIGKILL)
         for child in self._children.values():
