@@ -112,6 +112,8 @@ class ChainSession:
         self.owner = owner
         self.root = root
         self._chain: Chain | None = None
+        self._provider: ProcessProvider | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._accounts: Iterator[LocalAccount] | None = None
         self._accounts_lock = threading.Lock()
         self._network_file = run.run_dir / "network.json"
@@ -143,7 +145,9 @@ class ChainSession:
                 raise NetworkStartError(
                     f"the network of this run failed to start in another worker:\n{record['error']}"
                 )
-        provider = ProcessProvider.attach(record["provider"], self.adapter())
+        # The process that launched the nodes keeps its provider: it holds their Popen handles.
+        provider = self._provider or ProcessProvider.attach(record["provider"], self.adapter())
+        self._provider = provider
         chain = Chain(
             provider.testnet,
             provider,
@@ -182,6 +186,7 @@ class ChainSession:
             provider = ProcessProvider(
                 testnet, adapter, run_dir=self.run.run_dir, run_id=self.run.run_id, binary=binary
             )
+            self._provider = provider
             if not settings.keep:
                 self._start_watchdog()
             launch(Chain(testnet, provider, adapter), timeout=settings.start_timeout)
@@ -198,7 +203,7 @@ class ChainSession:
         return record
 
     def _start_watchdog(self) -> None:
-        subprocess.Popen(
+        self._watchdog = subprocess.Popen(
             [sys.executable, script_path(), str(self.run.owner_pid), self.run.run_id,
              str(self.run.run_dir)],
             stdin=subprocess.DEVNULL,
@@ -264,7 +269,8 @@ class ChainSession:
             return
         record = self._read()
         if record is not None and record.get("status") == "up":
-            ProcessProvider.attach(record["provider"], self.adapter()).teardown()
+            provider = self._provider or ProcessProvider.attach(record["provider"], self.adapter())
+            provider.teardown()
         else:
             # A start that failed half-way tore itself down; sweep anyway in case a
             # worker died in the middle of it.
@@ -275,3 +281,5 @@ class ChainSession:
                 run_id=self.run.run_id,
                 binary=Path(),
             ).teardown()
+        if self._watchdog is not None:
+            self._watchdog.poll()  # killed with the nodes (same run marker); collect its status

@@ -109,6 +109,7 @@ class Node:
         """Start a stopped node on its datadir; returns once its RPC answers."""
         self._chain._act(self, "start", lambda: self._chain.provider.start(self.index))
         self._chain._wait_rpc([self], timeout=timeout)
+        self._chain._catch_up_and_seal(self)
 
     def restart(self, *, timeout: float = 30.0) -> None:
         self.stop()
@@ -137,6 +138,7 @@ class Node:
             lambda: self._chain.provider.upgrade(self.index, version_or_image),
         )
         self._chain._wait_rpc([self], timeout=timeout)
+        self._chain._catch_up_and_seal(self)
 
     @property
     def client_version(self) -> str:
@@ -330,6 +332,25 @@ class Chain:
 
         self._poll("RPC to answer on " + ", ".join(n.name for n in nodes), check, timeout)
 
+    def _catch_up_and_seal(self, node: Node, *, timeout: float = 15.0) -> None:
+        """Let a (re)started signer seal once it has caught up with the running nodes.
+
+        Bounded: a node that cannot catch up (it is partitioned off, or alone) starts
+        sealing after ``timeout`` all the same, as a real operator's node would.
+        """
+        if node.signer:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    others = [n.head().number for n in self.running_nodes() if n is not node]
+                    synced = node.head().number >= max(others, default=0)
+                    if synced and (node.peer_count() > 0 or not others):
+                        break
+                except RPCError:
+                    pass
+                time.sleep(POLL_INTERVAL)
+        self.provider.start_sealing([node.index])
+
     # -- transactions ----------------------------------------------------------------------
 
     def _entry_node(self) -> Node:
@@ -390,7 +411,9 @@ class Chain:
         """Nodes in different groups cannot reach each other until the block is left.
 
         Yields how the partition was made (the process backend: ``"peers"``, by dropping
-        peers through the admin API). Heals on exit, also when the body fails.
+        peers through the admin API). Heals on exit, also when the body fails. With the
+        ``peers`` method a heal takes up to ~35 s to reconnect: geth redials a peer only
+        that long after its previous dial.
         """
         resolved = self._groups(groups)
         if self._on_action is not None:

@@ -10,7 +10,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
-from ._errors import ToolNotFound
+from ._errors import ChainHarnessError, ToolNotFound
 from ._options import add_options, read_settings
 from ._session import ChainSession, RunInfo
 from .chain import Chain
@@ -153,7 +153,13 @@ def _session(request: pytest.FixtureRequest) -> ChainSession:
 @pytest.fixture(scope="session")
 def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
     """The running network, started on first use and shared by all xdist workers."""
-    yield _session(request).chain()
+    try:
+        started = _session(request).chain()
+    except ChainHarnessError as exc:
+        # The message says what to do (install command, node log tail); a traceback
+        # through the harness would only bury it.
+        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
+    yield started
 
 
 @pytest.fixture

@@ -50,8 +50,8 @@ class Provider(Protocol):
         """Start the given nodes (all by default) without waiting for readiness."""
         ...
 
-    def start_sealing(self) -> None:
-        """Let the signers seal, once every node is connected (the start stage calls it)."""
+    def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
+        """Let the given signers (all by default) seal; nodes always start without sealing."""
         ...
 
     def start(self, index: int) -> None:

@@ -132,8 +132,12 @@ class ProcessProvider:
             return
         node = self.testnet.nodes[index]
         binary = self._binary(index)
-        seal = bool(self._load().get("sealing"))
-        argv = self.adapter.command(self.testnet, node, self.datadir(index), binary, seal=seal)
+        # Never seal from the first moment: a signer that seals on a stale head forks the
+        # chain. The chain layer starts sealing once the node has caught up.
+        argv = self.adapter.command(self.testnet, node, self.datadir(index), binary, seal=False)
+        previous = self._children.pop(index, None)
+        if previous is not None:
+            previous.poll()  # it crashed or was killed elsewhere: collect its exit status
         log = self.log_path(index)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -159,13 +163,9 @@ class ProcessProvider:
             data.setdefault("started", []).append(proc.pid)
             self._save(data)
 
-    def start_sealing(self) -> None:
-        for node in self.testnet.nodes:
-            self.adapter.start_sealing(node)
-        with self._lock:
-            data = self._load()
-            data["sealing"] = True  # later starts seal from the first moment
-            self._save(data)
+    def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
+        for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
+            self.adapter.start_sealing(self.testnet.nodes[index])
 
     def _pid(self, index: int) -> int | None:
         pid = self._entry(index).get("pid")

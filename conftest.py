@@ -1,0 +1,36 @@
+"""Project-wide test configuration for pytest-chainharness's own suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_chainharness._errors import ToolNotFound
+from pytest_chainharness.tools import find_anvil, find_geth
+
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _missing(find: object) -> str | None:
+    try:
+        find(root=ROOT)  # type: ignore[operator]
+    except ToolNotFound as exc:
+        return str(exc)
+    return None
+
+
+@pytest.fixture(scope="session")
+def geth_required() -> None:
+    """Skip, saying how to install it, when no geth binary exists on this machine."""
+    missing = _missing(find_geth)
+    if missing:
+        pytest.skip(f"geth is not installed on this machine: {missing}")
+
+
+@pytest.fixture(scope="session")
+def anvil_required() -> None:
+    missing = _missing(find_anvil)
+    if missing:
+        pytest.skip(f"anvil is not installed on this machine: {missing}")

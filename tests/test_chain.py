@@ -1,0 +1,144 @@
+"""The harness against a real 4-node geth Clique network (the session's ``chain``)."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from pytest_chainharness import Chain, ChainTimeout, Head
+
+pytestmark = pytest.mark.usefixtures("geth_required")
+
+
+def test_transfer_is_in_a_block_on_every_node(chain: Chain, funded_account: LocalAccount) -> None:
+    tx = chain.transfer(funded_account, chain.accounts[1].address, 12345)
+    receipts = chain.wait_for_tx(tx)
+    assert set(receipts) == {"node0", "node1", "node2", "node3"}
+    assert len({r["blockHash"] for r in receipts.values()}) == 1
+    assert all(r["status"] == 1 for r in receipts.values())
+
+
+def test_nodes_converge_on_one_head(chain: Chain) -> None:
+    head = chain.wait_converged()
+    assert isinstance(head, Head) and head.number >= 1
+    heads = chain.heads()
+    assert len(heads) == 4
+
+
+_HANDED_OUT: list[str] = []
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_funded_accounts_are_fresh_and_funded(
+    chain: Chain, funded_account: LocalAccount, attempt: int
+) -> None:
+    assert funded_account.address not in _HANDED_OUT
+    _HANDED_OUT.append(funded_account.address)
+    w3 = chain.nodes[0].w3
+    assert w3.eth.get_balance(funded_account.address) > 10**18
+    assert w3.eth.get_transaction_count(funded_account.address) == 0
+    assert funded_account.address not in {a.address for a in chain.accounts}
+
+
+def test_several_transfers_from_one_account_keep_nonces(
+    chain: Chain, funded_account: LocalAccount
+) -> None:
+    hashes = [chain.transfer(funded_account, chain.accounts[2].address, 1) for _ in range(5)]
+    for tx in hashes:
+        chain.wait_for_tx(tx)
+
+
+def test_timeout_shows_the_node_table(chain: Chain) -> None:
+    with pytest.raises(ChainTimeout) as info:
+        chain.wait_for_height(10**9, timeout=0.3)
+    message = str(info.value)
+    assert "height 1000000000" in message
+    for header in ("node", "state", "height", "head", "peers"):
+        assert header in message
+    assert "node3  running" in message
+
+
+def test_node_endpoints(chain: Chain) -> None:
+    node = chain.nodes[2]
+    assert node.name == "node2" and node.index == 2
+    assert node.rpc_url.startswith("http://127.0.0.1:")
+    assert node.ws_url.startswith("ws://127.0.0.1:")
+    assert node.w3.eth.chain_id == chain.chain_id
+    assert "geth" in node.logs(500).lower() or "chainharness" in node.logs(500)
+
+
+@pytest.mark.disruptive
+def test_killed_node_catches_up(chain: Chain) -> None:
+    node3 = chain.nodes[3]
+    node3.kill()
+    assert node3.state == "stopped" and not node3.running
+    assert set(chain.heads()) == {"node0", "node1", "node2"}
+    height = max(h.number for h in chain.heads().values())
+    chain.wait_for_height(height + 3, timeout=30)  # three signers of four keep sealing
+    node3.start()
+    head = chain.wait_converged(timeout=30)
+    assert head.number >= height + 3
+    assert chain.heads()["node3"] == head
+
+
+@pytest.mark.disruptive
+def test_pause_and_resume(chain: Chain) -> None:
+    node = chain.nodes[1]
+    node.pause()
+    assert node.state == "paused" and "node1" not in chain.heads()
+    node.resume()
+    assert node.running
+    chain.wait_converged()
+
+
+@pytest.mark.disruptive
+def test_disruptive_mark_restores_the_network(chain: Chain) -> None:
+    chain.nodes[2].stop()
+    chain.nodes[3].pause()
+    # Nothing restores them here: the disruptive mark does, before the next test runs.
+
+
+def test_network_was_restored_after_disruptive_test(chain: Chain) -> None:
+    assert [n.state for n in chain.nodes] == ["running"] * 4
+    chain.wait_converged()
+
+
+@pytest.mark.disruptive
+def test_partition_heals_even_when_the_body_fails(chain: Chain) -> None:
+    with pytest.raises(RuntimeError, match="boom"), chain.partition([0, 1, 2], [3]) as how:
+        assert how == "peers"
+        assert chain.nodes[3].peer_count() == 0
+        raise RuntimeError("boom")
+    # geth redials a peer only 35 s after its last dial, so a heal can take that long.
+    chain.wait_ready(timeout=60)  # every node has all peers again
+    assert chain.wait_converged(timeout=30)
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        (([0, 1], [1, 2, 3]), "more than one group"),
+        (([0, 1], [2]), "missing: node3"),
+        (([0, 1, 2, 3],), "at least two groups"),
+        (([0, 1], [2, 9]), "out of range"),
+    ],
+)
+def test_bad_partitions_fail_before_anything_changes(
+    chain: Chain, groups: tuple[list[int], ...], message: str
+) -> None:
+    with pytest.raises((ValueError, IndexError), match=message), chain.partition(*groups):
+        pass
+    assert all(n.peer_count() == 3 for n in chain.nodes)
+
+
+@pytest.mark.disruptive
+def test_upgrade_and_rollback_keep_the_datadir(chain: Chain) -> None:
+    node = chain.nodes[1]
+    assert node.client_version.startswith("1.13.15")
+    node.upgrade("1.13.14")
+    assert node.client_version.startswith("1.13.14")
+    height = chain.wait_converged(timeout=30).number
+    assert height > 1  # kept its chain: no resync from genesis needed to agree
+    node.upgrade("1.13.15")
+    assert node.client_version.startswith("1.13.15")
+    chain.wait_converged(timeout=30)

@@ -1,0 +1,211 @@
+"""Start, failure and teardown of whole runs, in child pytest sessions."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_chainharness import NetworkStartError, build_testnet
+from pytest_chainharness._proc import alive
+from pytest_chainharness._start import launch
+from pytest_chainharness.chain import Chain
+from pytest_chainharness.clients import GethAdapter
+from pytest_chainharness.providers import ProcessProvider
+from pytest_chainharness.tools import find_geth
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = (ROOT / "examples" / "test_example.py").read_text()
+
+pytestmark = pytest.mark.usefixtures("geth_required")
+
+
+def processes_under(path: Path) -> list[int]:
+    """Live pids whose command line mentions ``path`` (datadirs live below it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(path) in cmdline and alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def assert_nothing_left(runs_dir: Path) -> None:
+    deadline = time.monotonic() + 5
+    while processes_under(runs_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert processes_under(runs_dir) == []
+    assert list(runs_dir.glob("*/nodes")) == []
+
+
+class TestWholeRuns:
+    def test_examples_pass_and_leave_nothing(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+        inner.makepyfile(test_example=EXAMPLES)
+        result = inner.runpytest_subprocess("--chain-nodes=4", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=3)
+        assert_nothing_left(runs_dir)
+        (run,) = runs_dir.iterdir()
+        assert {p.name for p in (run / "logs").iterdir()} == {f"node{i}.log" for i in range(4)}
+
+    def test_same_suite_under_xdist_shares_one_network(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        inner.makepyfile(test_example=EXAMPLES)
+        result = inner.runpytest_subprocess("-n", "2", "--chain-nodes=4", "-p", "no:cacheprovider")
+        result.assert_outcomes(passed=3)
+        (run,) = runs_dir.iterdir()  # one run directory: one network for both workers
+        assert_nothing_left(runs_dir)
+
+    def test_workers_get_disjoint_accounts(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+        inner.makepyfile(
+            """
+            import os, pytest
+
+            @pytest.mark.parametrize("i", range(8))
+            def test_account(chain, funded_account, i):
+                worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+                out = os.path.join(os.environ["CHAINHARNESS_RUNS"], "accounts.txt")
+                with open(out, "a") as fh:
+                    fh.write(f"{worker} {funded_account.address} {chain.accounts[0].address}\\n")
+                chain.wait_for_tx(chain.transfer(funded_account, chain.accounts[0].address, 1))
+            """
+        )
+        inner.runpytest_subprocess("-n", "2", "--chain-nodes=2").assert_outcomes(passed=8)
+        rows = [line.split() for line in (runs_dir / "accounts.txt").read_text().splitlines()]
+        funded = [r[1] for r in rows]
+        assert len(set(funded)) == 8
+        fixed = {r[0]: r[2] for r in rows}
+        assert len(set(fixed.values())) == len(fixed) == 2
+        assert not set(funded) & set(fixed.values())
+        assert_nothing_left(runs_dir)
+
+    def test_watchdog_cleans_up_after_sigkill(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+        inner.makepyfile(
+            """
+            import time
+
+            def test_hang(chain):
+                print("NETWORK-UP", flush=True)
+                time.sleep(300)
+            """
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--chain-nodes=2"],
+            cwd=inner.path,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "NETWORK-UP" in line:
+                break
+        assert processes_under(runs_dir)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+        assert_nothing_left(runs_dir)
+
+    def test_sigint_tears_down(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+        inner.makepyfile(
+            """
+            import time
+
+            def test_hang(chain):
+                print("NETWORK-UP", flush=True)
+                time.sleep(300)
+            """
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--chain-nodes=2"],
+            cwd=inner.path,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "NETWORK-UP" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == pytest.ExitCode.INTERRUPTED
+        proc.stdout.close()
+        assert_nothing_left(runs_dir)
+
+
+class TestStartFailures:
+    def test_node_dying_at_start_shows_its_log_and_stops_the_rest(
+        self, inner: pytest.Pytester, runs_dir: Path, tmp_path: Path
+    ) -> None:
+        real = find_geth(root=ROOT)
+        wrapper = tmp_path / "geth"
+        # node2 fails after 60 numbered lines; every other call runs the real geth.
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            'case "$*" in *"--datadir"*"/node2 "*"--networkid"*)\n'
+            '  for i in $(seq 1 60); do echo "broken-line-$i"; done; exit 1;;\n'
+            "esac\n"
+            f'exec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        inner.makepyfile("def test_needs_chain(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-nodes=4", f"--chain-geth={wrapper}")
+        result.assert_outcomes(errors=1)
+        out = result.stdout.str()
+        assert "NetworkStartError: node2 exited while the network was starting" in out
+        assert "broken-line-60" in out and "broken-line-11" in out
+        assert "broken-line-10\n" not in out  # exactly the last 50 lines
+        assert_nothing_left(runs_dir)
+
+    def test_port_taken_before_bind_is_retried(self, tmp_path: Path) -> None:
+        testnet = build_testnet(nodes=2, client="geth", period=1, seed=11, accounts=4)
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        taken = blocker.getsockname()[1]
+        testnet.nodes[1].http_port = taken  # as if another program bound it in between
+        adapter = GethAdapter(root=ROOT)
+        provider = ProcessProvider(
+            testnet, adapter, run_dir=tmp_path / "run", run_id=f"t-{os.getpid()}",
+            binary=adapter.find_binary(),
+        )
+        chain = Chain(testnet, provider, adapter)
+        try:
+            launch(chain, timeout=60)
+            assert testnet.nodes[1].http_port != taken
+            chain.wait_converged()
+            assert "address already in use" in chain.nodes[1].logs(500)
+        finally:
+            provider.teardown()
+            blocker.close()
+        assert processes_under(tmp_path) == []
+
+    def test_failed_start_raises_and_cleans(self, tmp_path: Path) -> None:
+        testnet = build_testnet(nodes=2, client="geth", period=1, seed=12, accounts=4)
+        adapter = GethAdapter(root=ROOT, extra_args=["--no-such-flag"])
+        provider = ProcessProvider(
+            testnet, adapter, run_dir=tmp_path / "run", run_id=f"t2-{os.getpid()}",
+            binary=adapter.find_binary(),
+        )
+        with pytest.raises(NetworkStartError, match="flag provided but not defined"):
+            launch(Chain(testnet, provider, adapter), timeout=30)
+        assert processes_under(tmp_path) == []
+        assert not (tmp_path / "run" / "nodes").exists()
+
+
+@pytest.mark.usefixtures("anvil_required")
+def test_anvil_client_runs_the_examples(inner: pytest.Pytester, runs_dir: Path) -> None:
+    inner.makepyfile(test_example=EXAMPLES)
+    result = inner.runpytest_subprocess("--chain-client=anvil", "--chain-nodes=1", "-rs")
+    # The crash test needs 4 nodes: skipped with the mark's reason on a 1-node chain.
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*client anvil*", "*needs at least 4 nodes*"])
+    assert_nothing_left(runs_dir)

@@ -1,0 +1,179 @@
+"""Options, ini keys, marks and usage errors, driven end to end through pytester."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+PASSING = """
+def test_nothing():
+    assert True
+"""
+
+
+class TestUsageErrors:
+    @pytest.mark.parametrize("value", ["0", "-1", "abc", "33", "1.5"])
+    def test_bad_node_count(self, inner: pytest.Pytester, runs_dir: Path, value: str) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest(f"--chain-nodes={value}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*--chain-nodes*{value}*1..32*"])
+        assert not runs_dir.exists() or not any(runs_dir.iterdir())  # nothing started
+
+    def test_max_nodes_comes_from_ini(self, inner: pytest.Pytester) -> None:
+        inner.makeini("[pytest]\nchain_max_nodes = 8\n")
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-nodes=9")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--chain-nodes=9*allowed 1..8*"])
+
+    def test_bad_ini_value_names_the_key(self, inner: pytest.Pytester) -> None:
+        inner.makeini("[pytest]\nchain_nodes = many\n")
+        inner.makepyfile(PASSING)
+        result = inner.runpytest()
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*ini chain_nodes='many'*whole number*"])
+
+    def test_unknown_client_lists_clients(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-client=besu")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--chain-client='besu'*unknown client*geth, anvil*"])
+
+    def test_anvil_is_single_node(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-client=anvil", "--chain-nodes=2")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*anvil client runs at most 1 node*"])
+
+    @pytest.mark.parametrize(
+        ("args", "pattern"),
+        [
+            (["--chain-backend=cloud"], "*--chain-backend='cloud'*auto, docker, process*"),
+            (["--chain-backend=docker"], "*docker backend is not available*"),
+            (["--chain-period=0"], "*--chain-period=0*allowed 1..3600*"),
+            (["--chain-seed=-5"], "*--chain-seed=-5*"),
+        ],
+    )
+    def test_other_bad_values(
+        self, inner: pytest.Pytester, args: list[str], pattern: str
+    ) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest(*args)
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([pattern])
+
+
+class TestHeaderAndIni:
+    def test_header_shows_seed_client_and_backend(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-seed=42", "--chain-nodes=3")
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines([
+            "chainharness: 3 node(s), client geth*",
+            "chainharness: backend process (*), period 1s, seed 42 (replay: --chain-seed=42)*",
+        ])
+
+    def test_random_seed_differs_between_runs(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(PASSING)
+        seeds = set()
+        for _ in range(2):
+            out = inner.runpytest().stdout.str()
+            seeds.add(out.split("seed ", 1)[1].split(" ", 1)[0])
+        assert len(seeds) == 2
+
+    def test_ini_is_used_and_command_line_wins(self, inner: pytest.Pytester) -> None:
+        inner.makeini("[pytest]\nchain_nodes = 2\nchain_seed = 7\n")
+        inner.makepyfile(PASSING)
+        inner.runpytest().stdout.fnmatch_lines(["chainharness: 2 node(s)*", "*seed 7 *"])
+        inner.runpytest("--chain-nodes=5").stdout.fnmatch_lines(["chainharness: 5 node(s)*"])
+
+    def test_a_run_without_chain_starts_nothing(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        inner.makepyfile(PASSING)
+        inner.runpytest().assert_outcomes(passed=1)
+        assert not list(runs_dir.glob("*/network.json"))
+        assert not list(runs_dir.glob("*/nodes"))
+
+
+class TestMarks:
+    def test_chain_mark_skips_with_reason(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            import pytest
+
+            @pytest.mark.chain(min_nodes=8)
+            def test_big():
+                pass
+
+            @pytest.mark.chain(client="anvil")
+            def test_anvil_only():
+                pass
+
+            @pytest.mark.chain(min_nodes=2, client="geth")
+            def test_fits():
+                pass
+            """
+        )
+        result = inner.runpytest("-rs", "--chain-nodes=4")
+        result.assert_outcomes(passed=1, skipped=2)
+        result.stdout.fnmatch_lines([
+            "*needs at least 8 nodes; this run has 4 (--chain-nodes=4)*",
+            "*needs client anvil; this run uses geth (--chain-client=geth)*",
+        ])
+
+    def test_chain_mark_with_unknown_argument_is_a_usage_error(
+        self, inner: pytest.Pytester
+    ) -> None:
+        inner.makepyfile(
+            """
+            import pytest
+
+            @pytest.mark.chain(nodes=8)
+            def test_big():
+                pass
+            """
+        )
+        result = inner.runpytest()
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*mark.chain takes only min_nodes= and client=*nodes*"])
+
+    def test_marks_are_registered(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            import pytest
+
+            @pytest.mark.stage("staging")
+            @pytest.mark.disruptive
+            @pytest.mark.chain(min_nodes=1)
+            def test_marked():
+                pass
+            """
+        )
+        inner.runpytest("--strict-markers").assert_outcomes(passed=1)
+
+
+class TestMissingTools:
+    def test_missing_geth_names_the_install_command(
+        self, inner: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        empty = tmp_path / "no-tools"
+        empty.mkdir()
+        monkeypatch.setenv("CHAINHARNESS_TOOLS", str(empty))
+        monkeypatch.delenv("CHAINHARNESS_GETH", raising=False)
+        monkeypatch.setenv("PATH", "/usr/bin:/bin")
+        inner.makepyfile(
+            """
+            def test_needs_chain(chain):
+                pass
+            """
+        )
+        result = inner.runpytest()
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines([
+            "*ToolNotFound: geth was not found*",
+            "*Install it with: python -m pytest_chainharness.tools install geth*",
+        ])
+        result.stdout.fnmatch_lines(["*client geth NOT FOUND*"])

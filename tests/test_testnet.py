@@ -1,0 +1,58 @@
+"""The resolved network description: deterministic from the seed, checked on build."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_chainharness import build_testnet
+from pytest_chainharness.clients.geth import genesis
+
+
+def test_same_seed_same_keys_and_accounts() -> None:
+    a = build_testnet(nodes=4, client="geth", period=1, seed=123, accounts=16)
+    b = build_testnet(nodes=4, client="geth", period=1, seed=123, accounts=16)
+    assert [n.node_key for n in a.nodes] == [n.node_key for n in b.nodes]
+    assert [n.signer_address for n in a.nodes] == [n.signer_address for n in b.nodes]
+    assert a.account_addresses() == b.account_addresses()
+
+
+def test_other_seed_other_keys() -> None:
+    a = build_testnet(nodes=2, client="geth", period=1, seed=1, accounts=4)
+    b = build_testnet(nodes=2, client="geth", period=1, seed=2, accounts=4)
+    assert not set(a.account_addresses()) & set(b.account_addresses())
+    assert a.nodes[0].node_key != b.nodes[0].node_key
+
+
+def test_ports_are_distinct_and_loopback() -> None:
+    net = build_testnet(nodes=8, client="geth", period=1, seed=5, accounts=1)
+    ports = [p for n in net.nodes for p in (n.p2p_port, n.http_port, n.ws_port, n.authrpc_port)]
+    assert len(set(ports)) == len(ports) == 32
+    assert all(n.rpc_url.startswith("http://127.0.0.1:") for n in net.nodes)
+
+
+def test_genesis_lists_signers_and_funds_accounts() -> None:
+    net = build_testnet(nodes=3, client="geth", period=2, seed=9, accounts=10, signers=2)
+    doc = genesis(net)
+    extra = doc["extradata"][2:]
+    assert len(extra) == 2 * (32 + 2 * 20 + 65)
+    signers = {extra[64 + 40 * i : 64 + 40 * (i + 1)] for i in range(2)}
+    assert signers == {n.signer_address[2:].lower() for n in net.nodes[:2]}
+    assert not net.nodes[2].signer
+    assert doc["config"]["clique"]["period"] == 2
+    assert set(net.account_addresses()) <= set(doc["alloc"])
+
+
+def test_round_trip_through_dict() -> None:
+    net = build_testnet(nodes=2, client="geth", period=1, seed=3, accounts=2)
+    again = type(net).from_dict(net.to_dict())
+    assert again.to_dict() == net.to_dict()
+    assert again.account_addresses() == net.account_addresses()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"nodes": 0}, "nodes must be >= 1"), ({"nodes": 2, "signers": 3}, "signers must be 1..2")],
+)
+def test_bad_descriptions(kwargs: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        build_testnet(client="geth", period=1, seed=1, **kwargs)  # type: ignore[arg-type]
