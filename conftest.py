@@ -9,7 +9,6 @@ import pytest
 from pytest_chainharness._errors import ToolNotFound
 from pytest_chainharness.tools import find_anvil, find_geth
 
-
 ROOT = Path(__file__).resolve().parent
 
 

@@ -44,19 +44,42 @@ class Settings:
 
 # (dest/ini name, flag, help, ini type, default)
 _OPTIONS: list[tuple[str, str, str, str, Any]] = [
-    ("chain_nodes", "--chain-nodes", "nodes in the network, 1..chain_max_nodes (default 4)",
-     "string", None),
-    ("chain_client", "--chain-client",
-     f"client adapter: {', '.join(CLIENTS)} (default geth)", "string", None),
-    ("chain_backend", "--chain-backend",
-     f"where nodes run: {'|'.join(BACKENDS)} (default auto)", "string", None),
+    (
+        "chain_nodes",
+        "--chain-nodes",
+        "nodes in the network, 1..chain_max_nodes (default 4)",
+        "string",
+        None,
+    ),
+    (
+        "chain_client",
+        "--chain-client",
+        f"client adapter: {', '.join(CLIENTS)} (default geth)",
+        "string",
+        None,
+    ),
+    (
+        "chain_backend",
+        "--chain-backend",
+        f"where nodes run: {'|'.join(BACKENDS)} (default auto)",
+        "string",
+        None,
+    ),
     ("chain_period", "--chain-period", "block period in seconds (default 1)", "string", None),
-    ("chain_seed", "--chain-seed",
-     "seed for keys, accounts and fault schedules (default: random, printed in the header)",
-     "string", None),
-    ("chain_geth", "--chain-geth",
-     "path of the geth binary (default: $CHAINHARNESS_GETH, the tools folder, PATH)",
-     "string", None),
+    (
+        "chain_seed",
+        "--chain-seed",
+        "seed for keys, accounts and fault schedules (default: random, printed in the header)",
+        "string",
+        None,
+    ),
+    (
+        "chain_geth",
+        "--chain-geth",
+        "path of the geth binary (default: $CHAINHARNESS_GETH, the tools folder, PATH)",
+        "string",
+        None,
+    ),
 ]
 
 
@@ -66,20 +89,29 @@ def add_options(parser: pytest.Parser) -> None:
         group.addoption(flag, dest=dest, default=default, help=help_text)
         parser.addini(dest, help=help_text, type=ini_type, default=default)  # type: ignore[arg-type]
     group.addoption(
-        "--chain-keep", dest="chain_keep", action="store_true", default=None,
+        "--chain-keep",
+        dest="chain_keep",
+        action="store_true",
+        default=None,
         help="leave the network running after the session and print how to reach it",
     )
-    parser.addini("chain_keep", "leave the network running after the session", type="bool",
-                  default=False)
-    parser.addini("chain_max_nodes", f"largest allowed --chain-nodes (default {DEFAULT_MAX_NODES})",
-                  default=str(DEFAULT_MAX_NODES))
-    parser.addini("chain_accounts",
-                  f"genesis-funded accounts shared by all workers (default {DEFAULT_ACCOUNTS})",
-                  default=str(DEFAULT_ACCOUNTS))
-    parser.addini("chain_signers", "how many nodes are Clique signers (default: all)",
-                  default="")
-    parser.addini("chain_start_timeout", "seconds the network may take to be ready (default 60)",
-                  default="60")
+    parser.addini(
+        "chain_keep", "leave the network running after the session", type="bool", default=False
+    )
+    parser.addini(
+        "chain_max_nodes",
+        f"largest allowed --chain-nodes (default {DEFAULT_MAX_NODES})",
+        default=str(DEFAULT_MAX_NODES),
+    )
+    parser.addini(
+        "chain_accounts",
+        f"genesis-funded accounts shared by all workers (default {DEFAULT_ACCOUNTS})",
+        default=str(DEFAULT_ACCOUNTS),
+    )
+    parser.addini("chain_signers", "how many nodes are Clique signers (default: all)", default="")
+    parser.addini(
+        "chain_start_timeout", "seconds the network may take to be ready (default 60)", default="60"
+    )
     parser.addini("chain_id", "chain id of the network (default 1337)", default="1337")
 
 
@@ -99,9 +131,7 @@ def _int(config: pytest.Config, name: str, default: int, low: int, high: int | N
     try:
         number = int(str(value).strip())
     except ValueError:
-        raise pytest.UsageError(
-            f"{where}={value!r}: expected a whole number {allowed}"
-        ) from None
+        raise pytest.UsageError(f"{where}={value!r}: expected a whole number {allowed}") from None
     if number < low or (high is not None and number > high):
         raise pytest.UsageError(f"{where}={number}: out of range, allowed {allowed}")
     return number
@@ -153,7 +183,9 @@ def read_settings(config: pytest.Config) -> Settings:
     try:
         start_timeout = float(timeout_raw) if timeout_raw is not None else 60.0
     except ValueError:
-        raise pytest.UsageError(f"ini chain_start_timeout={timeout_raw!r}: expected seconds") from None
+        raise pytest.UsageError(
+            f"ini chain_start_timeout={timeout_raw!r}: expected seconds"
+        ) from None
     return Settings(
         nodes=nodes,
         max_nodes=max_nodes,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -88,16 +89,12 @@ def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float 
         try:
             os.killpg(pid, sig)
         except (ProcessLookupError, PermissionError):
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
         if sig != signal.SIGKILL:
             # A paused process cannot act on SIGTERM until it runs again.
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGCONT)
-            except (ProcessLookupError, PermissionError):
-                pass
     deadline = time.monotonic() + timeout
     while pending:
         for pid in list(pending):

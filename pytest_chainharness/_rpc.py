@@ -19,7 +19,9 @@ class RPCError(Exception):
     """The node answered with a JSON-RPC error, or did not answer."""
 
 
-def rpc_call(url: str, method: str, params: list[Any] | None = None, *, timeout: float = 2.0) -> Any:
+def rpc_call(
+    url: str, method: str, params: list[Any] | None = None, *, timeout: float = 2.0
+) -> Any:
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []})
     request = urllib.request.Request(
         url, data=body.encode(), headers={"Content-Type": "application/json"}

@@ -173,7 +173,9 @@ class ChainSession:
         settings = self.settings
         try:
             adapter = self.adapter()
-            binary = adapter.find_binary(explicit=settings.geth if settings.client == "geth" else None)
+            binary = adapter.find_binary(
+                explicit=settings.geth if settings.client == "geth" else None
+            )
             testnet = build_testnet(
                 nodes=settings.nodes,
                 client=settings.client,
@@ -204,8 +206,13 @@ class ChainSession:
 
     def _start_watchdog(self) -> None:
         self._watchdog = subprocess.Popen(
-            [sys.executable, script_path(), str(self.run.owner_pid), self.run.run_id,
-             str(self.run.run_dir)],
+            [
+                sys.executable,
+                script_path(),
+                str(self.run.owner_pid),
+                self.run.run_id,
+                str(self.run.run_dir),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

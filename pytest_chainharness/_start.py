@@ -15,21 +15,35 @@ __all__ = ["launch"]
 PORT_RETRIES = 3
 
 
-def launch(chain: Chain, *, timeout: float = 60.0) -> None:
+def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | None = None) -> None:
     """Set up and start every node of ``chain``, then wait until the network is ready.
 
     Ready means: every node answers RPC, is connected to every other node and has a block
     above genesis. On any failure every node is torn down before ``NetworkStartError`` is
-    raised, with the failing node's last 50 log lines.
+    raised, with the failing node's last 50 log lines. ``phases``, when given, receives
+    the seconds spent in each stage (setup, spawn, peers, first_block).
     """
     provider = chain.provider
+    spent = phases if phases is not None else {}
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        now = time.perf_counter()
+        spent[name] = now - mark
+        mark = now
+
     try:
         provider.setup()
+        lap("setup")
         provider.start_nodes()
+        lap("spawn")
         deadline = time.monotonic() + timeout
         _await(chain, deadline, phase="peers")
+        lap("peers")
         provider.start_sealing()
         _await(chain, deadline, phase="blocks")
+        lap("first_block")
     except BaseException:
         provider.teardown()
         raise

@@ -17,8 +17,8 @@ from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_keys import keys
-from eth_utils import keccak
+from eth_keys.datatypes import PrivateKey
+from eth_utils.crypto import keccak
 
 from ._ports import PortAllocator
 
@@ -85,7 +85,7 @@ class NodeSpec:
     @cached_property
     def node_id(self) -> str:
         """The devp2p node id (uncompressed public key, hex, no 0x)."""
-        return keys.PrivateKey(bytes.fromhex(self.node_key)).public_key.to_bytes().hex()
+        return PrivateKey(bytes.fromhex(self.node_key)).public_key.to_bytes().hex()
 
     @property
     def enode(self) -> str:
@@ -166,9 +166,7 @@ class Testnet:
         if self.account_count < 1:
             raise ValueError(f"account_count must be >= 1, got {self.account_count}")
         ports = [
-            p
-            for n in self.nodes
-            for p in (n.p2p_port, n.http_port, n.ws_port, n.authrpc_port)
+            p for n in self.nodes for p in (n.p2p_port, n.http_port, n.ws_port, n.authrpc_port)
         ]
         if len(set(ports)) != len(ports):
             raise ValueError("two endpoints share a port")

@@ -18,7 +18,7 @@ from pathlib import Path
 if __package__:
     from ._proc import alive, find_marked, kill_pids
 else:  # run as a script: the package folder is sys.path[0]
-    from _proc import alive, find_marked, kill_pids  # type: ignore[no-redef]
+    from _proc import alive, find_marked, kill_pids  # type: ignore[no-redef,import-not-found]
 
 __all__ = ["main", "script_path"]
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
+from eth_typing import HexStr
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.middleware import ExtraDataToPOAMiddleware
@@ -247,7 +248,9 @@ class Chain:
                     head = f"rpc error: {str(exc)[-40:]}"
             rows.append((node.name, state, height, head, peers))
         widths = [max(len(r[i]) for r in rows) for i in range(5)]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+        return "\n".join(
+            "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows
+        )
 
     # -- waits -----------------------------------------------------------------------------
 
@@ -263,8 +266,9 @@ class Chain:
                 last_error = exc
             if time.monotonic() >= deadline:
                 detail = f"\nlast error: {last_error}" if last_error else ""
+                table = self.status_table()
                 raise ChainTimeout(
-                    f"timed out after {timeout:g}s waiting for {what}{detail}\n{self.status_table()}"
+                    f"timed out after {timeout:g}s waiting for {what}{detail}\n{table}"
                 )
             time.sleep(POLL_INTERVAL)
 
@@ -312,7 +316,7 @@ class Chain:
                 if node.name in receipts:
                     continue
                 if node._rpc("eth_getTransactionReceipt", [hex_hash]) is not None:
-                    receipts[node.name] = node.w3.eth.get_transaction_receipt(hex_hash)
+                    receipts[node.name] = node.w3.eth.get_transaction_receipt(HexStr(hex_hash))
             selected = {n.name for n in self._select(nodes)}
             return dict(receipts) if selected and selected <= receipts.keys() else None
 
@@ -372,7 +376,7 @@ class Chain:
             self._nonces[sender.address] = nonce + 1
         base_fee = int(w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
         tip = 10**9
-        tx = {
+        tx: dict[str, Any] = {
             "chainId": self.chain_id,
             "nonce": nonce,
             "to": Web3.to_checksum_address(to),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +150,7 @@ def _session(request: pytest.FixtureRequest) -> ChainSession:
 
 
 @pytest.fixture(scope="session")
-def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
+def chain(request: pytest.FixtureRequest) -> Chain:
     """The running network, started on first use and shared by all xdist workers."""
     try:
         started = _session(request).chain()
@@ -159,7 +158,7 @@ def chain(request: pytest.FixtureRequest) -> Iterator[Chain]:
         # The message says what to do (install command, node log tail); a traceback
         # through the harness would only bury it.
         pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
-    yield started
+    return started
 
 
 @pytest.fixture

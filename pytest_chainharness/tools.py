@@ -61,7 +61,9 @@ def geth_versions_installed(root: Path | None = None) -> dict[str, Path]:
     """Installed geth versions → binary, newest first."""
     base = tools_dir(root) / "geth"
     found = {
-        d.name: d / "geth" for d in base.glob("*") if (d / "geth").is_file() and os.access(d / "geth", os.X_OK)
+        d.name: d / "geth"
+        for d in base.glob("*")
+        if (d / "geth").is_file() and os.access(d / "geth", os.X_OK)
     }
     return dict(sorted(found.items(), key=lambda kv: _version_key(kv[0]), reverse=True))
 
@@ -136,7 +138,9 @@ def _go_ldflags() -> str:
     return "-checklinkname=0" if match and int(match.group(1)) >= 23 else ""
 
 
-def install_geth(versions: Sequence[str] = GETH_VERSIONS, *, dest: Path | None = None) -> list[Path]:
+def install_geth(
+    versions: Sequence[str] = GETH_VERSIONS, *, dest: Path | None = None
+) -> list[Path]:
     """Build each geth version into ``dest/geth/<version>/geth``; skip ones already built."""
     if shutil.which("go") is None:
         raise ToolNotFound("building geth needs Go (>= 1.21) on PATH")
@@ -155,8 +159,13 @@ def install_geth(versions: Sequence[str] = GETH_VERSIONS, *, dest: Path | None =
         target.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "GOBIN": str(target)}
         subprocess.run(
-            ["go", "install", "-trimpath", f"-ldflags={ldflags}",
-             f"github.com/ethereum/go-ethereum/cmd/geth@v{version}"],
+            [
+                "go",
+                "install",
+                "-trimpath",
+                f"-ldflags={ldflags}",
+                f"github.com/ethereum/go-ethereum/cmd/geth@v{version}",
+            ],
             env=env,
             check=True,
         )
@@ -186,8 +195,15 @@ def install_anvil(*, dest: Path | None = None, version: str = "latest") -> Path:
     prefix.mkdir(parents=True, exist_ok=True)
     print(f"anvil: installing @foundry-rs/anvil@{version} into {prefix}", flush=True)
     subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix),
-         f"@foundry-rs/anvil@{version}"],
+        [
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--prefix",
+            str(prefix),
+            f"@foundry-rs/anvil@{version}",
+        ],
         check=True,
     )
     subprocess.run([str(binary), "--version"], check=True, capture_output=True)
@@ -204,7 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     inst.add_argument("what", nargs="+", choices=["geth", "anvil"])
     inst.add_argument("--dest", type=Path, help="tools folder (default: see module docs)")
     inst.add_argument(
-        "--geth-version", action="append", dest="geth_versions",
+        "--geth-version",
+        action="append",
+        dest="geth_versions",
         help=f"geth version to build; repeatable (default: {', '.join(GETH_VERSIONS)})",
     )
     sub.add_parser("where", help="print the tools folder and what is installed")

@@ -16,7 +16,9 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def inner(pytester: pytest.Pytester, runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+def inner(
+    pytester: pytest.Pytester, runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> pytest.Pytester:
     """A pytester whose sessions find this project's tools folder."""
     monkeypatch.setenv("CHAINHARNESS_TOOLS", str(ROOT / ".tools"))
     return pytester

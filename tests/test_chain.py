@@ -20,7 +20,8 @@ def test_transfer_is_in_a_block_on_every_node(chain: Chain, funded_account: Loca
 
 def test_nodes_converge_on_one_head(chain: Chain) -> None:
     head = chain.wait_converged()
-    assert isinstance(head, Head) and head.number >= 1
+    assert isinstance(head, Head)
+    assert head.number >= 1
     heads = chain.heads()
     assert len(heads) == 4
 
@@ -60,7 +61,8 @@ def test_timeout_shows_the_node_table(chain: Chain) -> None:
 
 def test_node_endpoints(chain: Chain) -> None:
     node = chain.nodes[2]
-    assert node.name == "node2" and node.index == 2
+    assert node.name == "node2"
+    assert node.index == 2
     assert node.rpc_url.startswith("http://127.0.0.1:")
     assert node.ws_url.startswith("ws://127.0.0.1:")
     assert node.w3.eth.chain_id == chain.chain_id
@@ -71,7 +73,8 @@ def test_node_endpoints(chain: Chain) -> None:
 def test_killed_node_catches_up(chain: Chain) -> None:
     node3 = chain.nodes[3]
     node3.kill()
-    assert node3.state == "stopped" and not node3.running
+    assert node3.state == "stopped"
+    assert not node3.running
     assert set(chain.heads()) == {"node0", "node1", "node2"}
     height = max(h.number for h in chain.heads().values())
     chain.wait_for_height(height + 3, timeout=30)  # three signers of four keep sealing
@@ -85,7 +88,8 @@ def test_killed_node_catches_up(chain: Chain) -> None:
 def test_pause_and_resume(chain: Chain) -> None:
     node = chain.nodes[1]
     node.pause()
-    assert node.state == "paused" and "node1" not in chain.heads()
+    assert node.state == "paused"
+    assert "node1" not in chain.heads()
     node.resume()
     assert node.running
     chain.wait_converged()
@@ -105,10 +109,16 @@ def test_network_was_restored_after_disruptive_test(chain: Chain) -> None:
 
 @pytest.mark.disruptive
 def test_partition_heals_even_when_the_body_fails(chain: Chain) -> None:
-    with pytest.raises(RuntimeError, match="boom"), chain.partition([0, 1, 2], [3]) as how:
-        assert how == "peers"
-        assert chain.nodes[3].peer_count() == 0
-        raise RuntimeError("boom")
+    seen: dict[str, object] = {}
+
+    def body() -> None:
+        with chain.partition([0, 1, 2], [3]) as how:
+            seen["how"], seen["peers"] = how, chain.nodes[3].peer_count()
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        body()
+    assert seen == {"how": "peers", "peers": 0}
     # geth redials a peer only 35 s after its last dial, so a heal can take that long.
     chain.wait_ready(timeout=60)  # every node has all peers again
     assert chain.wait_converged(timeout=30)

@@ -63,7 +63,7 @@ class TestWholeRuns:
         inner.makepyfile(test_example=EXAMPLES)
         result = inner.runpytest_subprocess("-n", "2", "--chain-nodes=4", "-p", "no:cacheprovider")
         result.assert_outcomes(passed=3)
-        (run,) = runs_dir.iterdir()  # one run directory: one network for both workers
+        (_run,) = runs_dir.iterdir()  # one run directory: one network for both workers
         assert_nothing_left(runs_dir)
 
     def test_workers_get_disjoint_accounts(self, inner: pytest.Pytester, runs_dir: Path) -> None:
@@ -89,7 +89,14 @@ class TestWholeRuns:
         assert not set(funded) & set(fixed.values())
         assert_nothing_left(runs_dir)
 
-    def test_watchdog_cleans_up_after_sigkill(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+    @pytest.mark.parametrize(
+        ("sig", "code"),
+        [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, pytest.ExitCode.INTERRUPTED)],
+        ids=["sigkill-watchdog", "sigint-teardown"],
+    )
+    def test_interrupted_run_leaves_nothing(
+        self, inner: pytest.Pytester, runs_dir: Path, sig: int, code: int
+    ) -> None:
         inner.makepyfile(
             """
             import time
@@ -99,45 +106,24 @@ class TestWholeRuns:
                 time.sleep(300)
             """
         )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--chain-nodes=2"],
-            cwd=inner.path,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "NETWORK-UP" in line:
-                break
-        assert processes_under(runs_dir)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
-        assert_nothing_left(runs_dir)
-
-    def test_sigint_tears_down(self, inner: pytest.Pytester, runs_dir: Path) -> None:
-        inner.makepyfile(
-            """
-            import time
-
-            def test_hang(chain):
-                print("NETWORK-UP", flush=True)
-                time.sleep(300)
-            """
-        )
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--chain-nodes=2"],
-            cwd=inner.path,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "NETWORK-UP" in line:
-                break
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == pytest.ExitCode.INTERRUPTED
-        proc.stdout.close()
+        out = inner.path / "out.txt"
+        with open(out, "w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--chain-nodes=2"],
+                cwd=inner.path,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while "NETWORK-UP" not in out.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert processes_under(runs_dir)
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == code, out.read_text()[-2000:]
+        finally:
+            proc.kill()
+            proc.wait()
         assert_nothing_left(runs_dir)
 
 
@@ -161,7 +147,8 @@ class TestStartFailures:
         result.assert_outcomes(errors=1)
         out = result.stdout.str()
         assert "NetworkStartError: node2 exited while the network was starting" in out
-        assert "broken-line-60" in out and "broken-line-11" in out
+        assert "broken-line-60" in out
+        assert "broken-line-11" in out
         assert "broken-line-10\n" not in out  # exactly the last 50 lines
         assert_nothing_left(runs_dir)
 
@@ -174,7 +161,10 @@ class TestStartFailures:
         testnet.nodes[1].http_port = taken  # as if another program bound it in between
         adapter = GethAdapter(root=ROOT)
         provider = ProcessProvider(
-            testnet, adapter, run_dir=tmp_path / "run", run_id=f"t-{os.getpid()}",
+            testnet,
+            adapter,
+            run_dir=tmp_path / "run",
+            run_id=f"t-{os.getpid()}",
             binary=adapter.find_binary(),
         )
         chain = Chain(testnet, provider, adapter)
@@ -192,7 +182,10 @@ class TestStartFailures:
         testnet = build_testnet(nodes=2, client="geth", period=1, seed=12, accounts=4)
         adapter = GethAdapter(root=ROOT, extra_args=["--no-such-flag"])
         provider = ProcessProvider(
-            testnet, adapter, run_dir=tmp_path / "run", run_id=f"t2-{os.getpid()}",
+            testnet,
+            adapter,
+            run_dir=tmp_path / "run",
+            run_id=f"t2-{os.getpid()}",
             binary=adapter.find_binary(),
         )
         with pytest.raises(NetworkStartError, match="flag provided but not defined"):

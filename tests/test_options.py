@@ -56,9 +56,7 @@ class TestUsageErrors:
             (["--chain-seed=-5"], "*--chain-seed=-5*"),
         ],
     )
-    def test_other_bad_values(
-        self, inner: pytest.Pytester, args: list[str], pattern: str
-    ) -> None:
+    def test_other_bad_values(self, inner: pytest.Pytester, args: list[str], pattern: str) -> None:
         inner.makepyfile(PASSING)
         result = inner.runpytest(*args)
         assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -70,10 +68,12 @@ class TestHeaderAndIni:
         inner.makepyfile(PASSING)
         result = inner.runpytest("--chain-seed=42", "--chain-nodes=3")
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines([
-            "chainharness: 3 node(s), client geth*",
-            "chainharness: backend process (*), period 1s, seed 42 (replay: --chain-seed=42)*",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "chainharness: 3 node(s), client geth*",
+                "chainharness: backend process (*), period 1s, seed 42 (replay: --chain-seed=42)*",
+            ]
+        )
 
     def test_random_seed_differs_between_runs(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(PASSING)
@@ -119,10 +119,12 @@ class TestMarks:
         )
         result = inner.runpytest("-rs", "--chain-nodes=4")
         result.assert_outcomes(passed=1, skipped=2)
-        result.stdout.fnmatch_lines([
-            "*needs at least 8 nodes; this run has 4 (--chain-nodes=4)*",
-            "*needs client anvil; this run uses geth (--chain-client=geth)*",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "*needs at least 8 nodes; this run has 4 (--chain-nodes=4)*",
+                "*needs client anvil; this run uses geth (--chain-client=geth)*",
+            ]
+        )
 
     def test_chain_mark_with_unknown_argument_is_a_usage_error(
         self, inner: pytest.Pytester
@@ -172,8 +174,10 @@ class TestMissingTools:
         )
         result = inner.runpytest()
         result.assert_outcomes(errors=1)
-        result.stdout.fnmatch_lines([
-            "*ToolNotFound: geth was not found*",
-            "*Install it with: python -m pytest_chainharness.tools install geth*",
-        ])
+        result.stdout.fnmatch_lines(
+            [
+                "*ToolNotFound: geth was not found*",
+                "*Install it with: python -m pytest_chainharness.tools install geth*",
+            ]
+        )
         result.stdout.fnmatch_lines(["*client geth NOT FOUND*"])

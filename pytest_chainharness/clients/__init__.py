@@ -22,7 +22,5 @@ def get_client(name: str, *, root: Path | None = None) -> ClientAdapter:
     try:
         cls = CLIENTS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown client {name!r}; choose one of: {', '.join(CLIENTS)}"
-        ) from None
+        raise ValueError(f"unknown client {name!r}; choose one of: {', '.join(CLIENTS)}") from None
     return cls(root=root)

@@ -49,11 +49,16 @@ class AnvilAdapter:
     ) -> list[str]:
         argv = [
             str(binary),
-            "--host", node.host,
-            "--port", str(node.http_port),
-            "--chain-id", str(testnet.chain_id),
-            "--init", str(datadir / "genesis.json"),
-            "--accounts", "0",
+            "--host",
+            node.host,
+            "--port",
+            str(node.http_port),
+            "--chain-id",
+            str(testnet.chain_id),
+            "--init",
+            str(datadir / "genesis.json"),
+            "--accounts",
+            "0",
         ]
         if testnet.period > 0:
             argv += ["--block-time", str(testnet.period)]

@@ -8,7 +8,7 @@ backends stay interchangeable.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,7 +17,7 @@ from .._testnet import Testnet
 __all__ = ["NodeState", "Provider"]
 
 
-class NodeState(str, Enum):
+class NodeState(StrEnum):
     """What a provider knows about one node."""
 
     #: Started and not frozen.

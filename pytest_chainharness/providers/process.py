@@ -14,6 +14,7 @@ sweeps by the environment marker so a node started by anyone is never left behin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -292,10 +293,9 @@ class ProcessProvider:
     def _admin(self, index: int, method: str, enode: str) -> None:
         if self.state(index) is not NodeState.RUNNING:
             return  # a stopped node re-reads its peers when it starts
-        try:
+        # The node may go away meanwhile; its next start reapplies the config.
+        with contextlib.suppress(RPCError):
             rpc_call(self.testnet.nodes[index].rpc_url, method, [enode])
-        except RPCError:
-            pass  # the node went away meanwhile; its next start reapplies the config
 
     # -- teardown and attach ---------------------------------------------------------------
 

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Idempotent set-up for a fresh machine: a virtualenv with the package and its dev tools,
+# geth v1.13.15 and v1.13.14 built from the Go module proxy, and anvil from npm — all
+# into git-ignored folders (.venv/, .tools/). Re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Go lives outside PATH on some machines (non-login shells, CI).
+[ -d /usr/local/go/bin ] && export PATH="$PATH:/usr/local/go/bin"
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "setup: creating .venv"
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[dev]"
+
+export CHAINHARNESS_TOOLS="$PWD/.tools"
+.venv/bin/python -m pytest_chainharness.tools install geth --dest .tools
+if command -v npm >/dev/null; then
+  .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
+else
+  echo "setup: npm not found: anvil is not installed and the anvil tests will be skipped" >&2
+fi
