@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -69,18 +70,21 @@ def _finish(config: pytest.Config, session: ChainSession) -> None:
 
 
 def _print_kept(config: pytest.Config, record: dict[str, Any]) -> None:
-    tr = config.pluginmanager.get_plugin("terminalreporter")
+    run_dir = Path(record["provider"]["run_dir"])
+    try:
+        nodes = json.loads((run_dir / "process-state.json").read_text())["nodes"]
+        pids = sorted(int(e["pid"]) for e in nodes.values() if e.get("pid"))
+    except (OSError, ValueError, KeyError):
+        pids = []
     lines = ["chainharness: --chain-keep: the network is still running"]
     for node in record["provider"]["testnet"]["nodes"]:
         lines.append(f"  {node['name']}: http://{node['host']}:{node['http_port']}")
-    run_dir = record["provider"]["run_dir"]
-    lines.append(f"  state: {run_dir}/process-state.json   logs: {run_dir}/logs")
-    run_id = record["provider"]["run_id"]
+    lines.append(f"  logs: {run_dir}/logs")
     lines.append(
-        f"  stop it: pkill -f -e 'CHAINHARNESS_RUN={run_id}' is not enough (env); use: "
-        f"python -m pytest_chainharness.down {run_dir}"
+        "  stop it: kill -- " + " ".join(f"-{pid}" for pid in pids) + f"; rm -rf {run_dir}/nodes"
     )
     text = "\n".join(lines)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
         tr.write_line(text)
     else:

@@ -113,6 +113,9 @@ class TestWholeRuns:
                 cwd=inner.path,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
+                # A shell running us in the background ignores SIGINT, and children inherit
+                # that; Python only turns SIGINT into KeyboardInterrupt when it is default.
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
         try:
             deadline = time.monotonic() + 60
@@ -201,4 +204,17 @@ def test_anvil_client_runs_the_examples(inner: pytest.Pytester, runs_dir: Path) 
     # The crash test needs 4 nodes: skipped with the mark's reason on a 1-node chain.
     result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines(["*client anvil*", "*needs at least 4 nodes*"])
+    assert_nothing_left(runs_dir)
+
+
+def test_keep_leaves_the_network_and_says_how_to_stop_it(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    inner.makepyfile("def test_up(chain):\n    chain.wait_converged()\n")
+    result = inner.runpytest_subprocess("--chain-nodes=2", "--chain-keep")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*--chain-keep: the network is still running*", "*node1: http*"])
+    stop = next(line for line in result.stdout.lines if "stop it:" in line)
+    assert processes_under(runs_dir)
+    subprocess.run(stop.split("stop it:", 1)[1], shell=True, check=True)
     assert_nothing_left(runs_dir)
