@@ -13,6 +13,9 @@ __all__ = ["launch"]
 
 #: How often one node may be given fresh ports after another program took one.
 PORT_RETRIES = 3
+#: A node whose RPC has not answered this long after its start is restarted on fresh
+#: ports: geth sometimes hangs instead of exiting when one of its ports is taken.
+HUNG_AFTER = 10.0
 
 
 def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | None = None) -> None:
@@ -54,6 +57,8 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     provider = chain.provider
     expected_peers = len(chain.nodes) - 1 if chain.adapter.has_peers else 0
     retries = dict.fromkeys(range(len(chain.nodes)), 0)
+    started = dict.fromkeys(range(len(chain.nodes)), time.monotonic())
+    answered: set[int] = set()
     while True:
         ready = True
         for node in chain.nodes:
@@ -66,6 +71,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                     retries[node.index] += 1
                     provider.reassign_ports(node.index)
                     provider.start(node.index)
+                    started[node.index] = time.monotonic()
                     ready = False
                     continue
                 raise NetworkStartError(
@@ -74,11 +80,25 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                 )
             if not ready:
                 continue
+            if (
+                node.index not in answered
+                and time.monotonic() - started[node.index] > HUNG_AFTER
+                and retries[node.index] < PORT_RETRIES
+            ):
+                retries[node.index] += 1
+                provider.kill(node.index)
+                provider.reassign_ports(node.index)
+                provider.start(node.index)
+                started[node.index] = time.monotonic()
+                ready = False
+                continue
             try:
                 if phase == "peers":
                     ready = node.peer_count() >= expected_peers
+                    answered.add(node.index)
                 else:
                     ready = node.head().number >= 1
+                    answered.add(node.index)
             except RPCError:
                 ready = False
         if ready:
