@@ -105,6 +105,9 @@ class NodeSpec:
 class Testnet:
     """Everything about a network that does not depend on where it runs."""
 
+    # Its name starts with "Test": keep pytest from collecting it in users' test modules.
+    __test__ = False
+
     #: Seed every key and account is derived from.
     seed: int
     #: Client adapter name (``geth``, ``anvil``, or a spec file path).

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_chainharness import NetworkStartError, build_testnet
+from pytest_chainharness import NetworkStartError, Testnet, build_testnet
 from pytest_chainharness._proc import alive
 from pytest_chainharness._start import launch
 from pytest_chainharness.chain import Chain
@@ -130,6 +130,18 @@ class TestWholeRuns:
         assert_nothing_left(runs_dir)
 
 
+def two_node_chain(testnet: Testnet, adapter: GethAdapter, tmp_path: Path) -> Chain:
+    """A chain on the process backend, launched by the test itself, with its run under tmp_path."""
+    provider = ProcessProvider(
+        testnet,
+        adapter,
+        run_dir=tmp_path / "run",
+        run_id=f"t-{os.getpid()}-{testnet.seed}",
+        binary=adapter.find_binary(),
+    )
+    return Chain(testnet, provider, adapter)
+
+
 class TestStartFailures:
     def test_node_dying_at_start_shows_its_log_and_stops_the_rest(
         self, inner: pytest.Pytester, runs_dir: Path, tmp_path: Path
@@ -166,15 +178,8 @@ class TestStartFailures:
         blocker.listen()
         taken = blocker.getsockname()[1]
         testnet.nodes[1].http_port = taken  # as if another program bound it in between
-        adapter = GethAdapter(root=ROOT)
-        provider = ProcessProvider(
-            testnet,
-            adapter,
-            run_dir=tmp_path / "run",
-            run_id=f"t-{os.getpid()}",
-            binary=adapter.find_binary(),
-        )
-        chain = Chain(testnet, provider, adapter)
+        chain = two_node_chain(testnet, GethAdapter(root=ROOT), tmp_path)
+        provider = chain.provider
         try:
             launch(chain, timeout=60)
             assert testnet.nodes[1].http_port != taken
@@ -187,15 +192,9 @@ class TestStartFailures:
     def test_failed_start_raises_and_cleans(self, tmp_path: Path) -> None:
         testnet = build_testnet(nodes=2, client="geth", period=1, seed=12, accounts=4)
         adapter = GethAdapter(root=ROOT, extra_args=["--no-such-flag"])
-        provider = ProcessProvider(
-            testnet,
-            adapter,
-            run_dir=tmp_path / "run",
-            run_id=f"t2-{os.getpid()}",
-            binary=adapter.find_binary(),
-        )
+        chain = two_node_chain(testnet, adapter, tmp_path)
         with pytest.raises(NetworkStartError, match="flag provided but not defined"):
-            launch(Chain(testnet, provider, adapter), timeout=30)
+            launch(chain, timeout=30)
         assert processes_under(tmp_path) == []
         assert not (tmp_path / "run" / "nodes").exists()
 
