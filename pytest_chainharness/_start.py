@@ -53,14 +53,29 @@ def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | No
 
 
 def _await(chain: Chain, deadline: float, *, phase: str) -> None:
-    """Wait for every node to have all peers (``peers``) or a block above genesis (``blocks``)."""
+    """Wait for every node to have all peers (``peers``) or a block above genesis (``blocks``).
+
+    Every node is checked on every round, ready or not: a node that exited on a port
+    conflict, or hangs without answering, must be restarted even while another node is
+    still waiting for it as a peer.
+    """
     provider = chain.provider
     expected_peers = len(chain.nodes) - 1 if chain.adapter.has_peers else 0
     retries = dict.fromkeys(range(len(chain.nodes)), 0)
     started = dict.fromkeys(range(len(chain.nodes)), time.monotonic())
     answered: set[int] = set()
+
+    def restart_on_fresh_ports(index: int, *, kill: bool) -> None:
+        retries[index] += 1
+        if kill:
+            provider.kill(index)
+        provider.reassign_ports(index)
+        provider.start(index)
+        started[index] = time.monotonic()
+        answered.discard(index)
+
     while True:
-        ready = True
+        all_ready = True
         for node in chain.nodes:
             state = provider.state(node.index)
             if state is NodeState.EXITED:
@@ -68,40 +83,31 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                 if chain.adapter.port_conflict(log) and retries[node.index] < PORT_RETRIES:
                     # Another program bound one of the ports between our choice and the
                     # node's bind: take fresh ports instead of failing the run.
-                    retries[node.index] += 1
-                    provider.reassign_ports(node.index)
-                    provider.start(node.index)
-                    started[node.index] = time.monotonic()
-                    ready = False
+                    restart_on_fresh_ports(node.index, kill=False)
+                    all_ready = False
                     continue
                 raise NetworkStartError(
                     f"{node.name} exited while the network was starting; "
                     f"last 50 lines of its log:\n{provider.logs(node.index, 50)}"
                 )
-            if not ready:
-                continue
             if (
                 node.index not in answered
                 and time.monotonic() - started[node.index] > HUNG_AFTER
                 and retries[node.index] < PORT_RETRIES
             ):
-                retries[node.index] += 1
-                provider.kill(node.index)
-                provider.reassign_ports(node.index)
-                provider.start(node.index)
-                started[node.index] = time.monotonic()
-                ready = False
+                restart_on_fresh_ports(node.index, kill=True)
+                all_ready = False
                 continue
             try:
                 if phase == "peers":
                     ready = node.peer_count() >= expected_peers
-                    answered.add(node.index)
                 else:
                     ready = node.head().number >= 1
-                    answered.add(node.index)
+                answered.add(node.index)
             except RPCError:
                 ready = False
-        if ready:
+            all_ready = all_ready and ready
+        if all_ready:
             return
         if time.monotonic() >= deadline:
             slow = [n for n in chain.nodes if provider.state(n.index) is NodeState.RUNNING]

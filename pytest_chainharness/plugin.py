@@ -157,12 +157,12 @@ def _session(request: pytest.FixtureRequest) -> ChainSession:
 def chain(request: pytest.FixtureRequest) -> Chain:
     """The running network, started on first use and shared by all xdist workers."""
     try:
-        started = _session(request).chain()
+        return _session(request).chain()
     except ChainHarnessError as exc:
-        # The message says what to do (install command, node log tail); a traceback
-        # through the harness would only bury it.
-        pytest.fail(f"{type(exc).__name__}: {exc}", pytrace=False)
-    return started
+        failure = f"{type(exc).__name__}: {exc}"
+    # The message says what to do (install command, node log tail); a traceback through
+    # the harness, or the error printed twice as a chained exception, would only bury it.
+    pytest.fail(failure, pytrace=False)
 
 
 @pytest.fixture

@@ -167,10 +167,6 @@ class TestStartFailures:
         assert "broken-line-10\n" not in out  # exactly the last 50 lines
         assert_nothing_left(runs_dir)
 
-    @pytest.mark.skip(
-        reason="known defect, issue 2 still open: when its HTTP port is taken, geth 1.13.15 "
-        "sometimes hangs instead of exiting and the restart-on-hang path does not yet recover"
-    )
     def test_port_taken_before_bind_is_retried(self, tmp_path: Path) -> None:
         testnet = build_testnet(nodes=2, client="geth", period=1, seed=11, accounts=4)
         blocker = socket.socket()
@@ -187,6 +183,40 @@ class TestStartFailures:
         finally:
             provider.teardown()
             blocker.close()
+        assert processes_under(tmp_path) == []
+
+    def test_node_hanging_at_start_is_restarted_on_fresh_ports(self, tmp_path: Path) -> None:
+        real = find_geth(root=ROOT)
+        wrapper = tmp_path / "geth"
+        hung_once = tmp_path / "hung-once"
+        # node1's first start never answers RPC (as geth does when it stalls on a taken
+        # port); every later call runs the real geth.
+        wrapper.write_text(
+            "#!/bin/sh\n"
+            f'case "$*" in *"--datadir"*"/node1 "*"--networkid"*)\n'
+            f"  if [ ! -e {hung_once} ]; then touch {hung_once}; exec sleep 300; fi;;\n"
+            "esac\n"
+            f'exec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        testnet = build_testnet(nodes=2, client="geth", period=1, seed=13, accounts=4)
+        first_port = testnet.nodes[1].http_port
+        adapter = GethAdapter(root=ROOT)
+        provider = ProcessProvider(
+            testnet,
+            adapter,
+            run_dir=tmp_path / "run",
+            run_id=f"t-{os.getpid()}-13",
+            binary=wrapper,
+        )
+        chain = Chain(testnet, provider, adapter)
+        try:
+            launch(chain, timeout=60)
+            assert hung_once.exists()
+            assert testnet.nodes[1].http_port != first_port
+            chain.wait_converged()
+        finally:
+            provider.teardown()
         assert processes_under(tmp_path) == []
 
     def test_failed_start_raises_and_cleans(self, tmp_path: Path) -> None:
