@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from .clients import CLIENTS
-from .providers import BACKENDS
+from .providers import BACKENDS, default_image
 
 __all__ = ["Settings", "add_options", "read_settings"]
 
@@ -40,6 +40,12 @@ class Settings:
     signers: int | None
     start_timeout: float
     chain_id: int
+    #: Node image for the docker backend (a local build or a registry reference).
+    image: str
+    #: State file of a network started by ``chainharness up`` to use instead of starting one.
+    attach: Path | None = None
+    #: Services file (containers started beside the chain).
+    services: Path | None = None
 
 
 # (dest/ini name, flag, help, ini type, default)
@@ -70,6 +76,28 @@ _OPTIONS: list[tuple[str, str, str, str, Any]] = [
         "chain_seed",
         "--chain-seed",
         "seed for keys, accounts and fault schedules (default: random, printed in the header)",
+        "string",
+        None,
+    ),
+    (
+        "chain_image",
+        "--chain-image",
+        "node image for the docker backend (default: the local chainharness/<client> image; "
+        "e.g. ethereum/client-go:v1.13.15)",
+        "string",
+        None,
+    ),
+    (
+        "chain_attach",
+        "--chain-attach",
+        "state file written by 'chainharness up': use that network instead of starting one",
+        "string",
+        None,
+    ),
+    (
+        "chain_services",
+        "--chain-services",
+        "YAML file of containers to start beside the chain (see docs)",
         "string",
         None,
     ),
@@ -164,11 +192,21 @@ def read_settings(config: pytest.Config) -> Settings:
     backend = str(backend or "auto")
     if backend not in BACKENDS:
         raise pytest.UsageError(f"{where}={backend!r}: choose one of: {', '.join(BACKENDS)}")
-    if backend == "docker":
-        raise pytest.UsageError(
-            f"{where}=docker: the docker backend is not available in this version; "
-            "use process or auto"
-        )
+    if backend == "docker" and not _attaching(config):
+        from ._docker import engine_status
+
+        up, why = engine_status()
+        if not up:
+            raise pytest.UsageError(
+                f"{where}=docker: {why}. Start one (scripts/docker.sh installs and starts "
+                "dockerd), set DOCKER_HOST, or use --chain-backend=process"
+            )
+    image, _ = _raw(config, "chain_image")
+    attach = _path(config, "chain_attach", must_exist=True)
+    if attach is not None:
+        # Marks and the header describe the network that is there, not the options' defaults.
+        nodes, client = _attached_shape(attach)
+    services = _path(config, "chain_services", must_exist=True)
 
     seed_value, _ = _raw(config, "chain_seed")
     seed = None if seed_value is None else _int(config, "chain_seed", 0, 0, 2**63 - 1)
@@ -199,4 +237,35 @@ def read_settings(config: pytest.Config) -> Settings:
         signers=signers,
         start_timeout=start_timeout,
         chain_id=_int(config, "chain_id", 1337, 1, 2**32),
+        image=str(image) if image else default_image(client),
+        attach=attach,
+        services=services,
     )
+
+
+def _attached_shape(path: Path) -> tuple[int, str]:
+    import json
+
+    try:
+        testnet = json.loads(path.read_text())["provider"]["testnet"]
+        return len(testnet["nodes"]), str(testnet["client"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise pytest.UsageError(
+            f"--chain-attach={path}: not a chainharness state file ({exc})"
+        ) from None
+
+
+def _attaching(config: pytest.Config) -> bool:
+    return _raw(config, "chain_attach")[0] is not None
+
+
+def _path(config: pytest.Config, name: str, *, must_exist: bool) -> Path | None:
+    value, where = _raw(config, name)
+    if value is None:
+        return None
+    path = Path(str(value)).expanduser()
+    if not path.is_absolute():
+        path = (config.invocation_params.dir / path).resolve()
+    if must_exist and not path.is_file():
+        raise pytest.UsageError(f"{where}={value}: no such file ({path})")
+    return path

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,14 +27,16 @@ from filelock import FileLock
 
 from ._errors import ChainHarnessError, NetworkStartError
 from ._options import Settings
-from ._proc import RUN_MARKER, become_subreaper
+from ._proc import RUN_MARKER, alive, become_subreaper
+from ._rpc import RPCError
 from ._start import launch
 from ._testnet import Testnet, build_testnet, random_seed
 from ._watchdog import script_path
 from .chain import Chain
 from .clients import get_client
 from .clients.base import ClientAdapter
-from .providers.base import NodeState
+from .providers import attach_provider, resolve_backend
+from .providers.base import NodeState, Provider
 from .providers.process import ProcessProvider
 
 __all__ = ["ChainSession", "RunInfo", "runs_root"]
@@ -112,7 +114,8 @@ class ChainSession:
         self.owner = owner
         self.root = root
         self._chain: Chain | None = None
-        self._provider: ProcessProvider | None = None
+        self._provider: Provider | None = None
+        self.services: Any = None
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._accounts: Iterator[LocalAccount] | None = None
         self._accounts_lock = threading.Lock()
@@ -137,23 +140,34 @@ class ChainSession:
         """The run's chain: started by the first caller in any process, attached by the rest."""
         if self._chain is not None:
             return self._chain
-        with self._lock:
-            record = self._read()
-            if record is None:
-                record = self._start()
-            elif record["status"] == "failed":
-                raise NetworkStartError(
-                    f"the network of this run failed to start in another worker:\n{record['error']}"
-                )
+        record: dict[str, Any] | None
+        if self.settings.attach is not None:
+            record = read_state(self.settings.attach)
+        else:
+            with self._lock:
+                record = self._read()
+                if record is None:
+                    record = self._start()
+                elif record["status"] == "failed":
+                    raise NetworkStartError(
+                        "the network of this run failed to start in another worker:\n"
+                        f"{record['error']}"
+                    )
         # The process that launched the nodes keeps its provider: it holds their Popen handles.
-        provider = self._provider or ProcessProvider.attach(record["provider"], self.adapter())
+        provider = self._provider or attach_provider(record["provider"], self.adapter())
         self._provider = provider
+        if record.get("services"):
+            from .services import Services
+
+            self.services = Services.from_dict(record["services"])
         chain = Chain(
             provider.testnet,
             provider,
             self.adapter(),
-            accounts=self._slice()[:FIXED_ACCOUNTS],
+            accounts=self._slice(record)[:FIXED_ACCOUNTS],
         )
+        if self.settings.attach is not None:
+            _check_alive(chain, self.settings.attach)
         self._chain = chain
         return chain
 
@@ -172,39 +186,26 @@ class ChainSession:
     def _start(self) -> dict[str, Any]:
         settings = self.settings
         try:
-            adapter = self.adapter()
-            binary = adapter.find_binary(
-                explicit=settings.geth if settings.client == "geth" else None
-            )
-            testnet = build_testnet(
-                nodes=settings.nodes,
-                client=settings.client,
-                period=settings.period,
+            record = start_network(
+                settings,
+                run_id=self.run.run_id,
+                run_dir=self.run.run_dir,
                 seed=self.run.seed,
-                chain_id=settings.chain_id,
-                accounts=settings.accounts,
-                signers=settings.signers,
+                root=self.root,
+                owner=None if settings.keep else self.run.owner_pid,
+                before_launch=None if settings.keep else self._start_watchdog,
+                keep_provider=self._keep_provider,
             )
-            provider = ProcessProvider(
-                testnet, adapter, run_dir=self.run.run_dir, run_id=self.run.run_id, binary=binary
-            )
-            self._provider = provider
-            if not settings.keep:
-                self._start_watchdog()
-            launch(Chain(testnet, provider, adapter), timeout=settings.start_timeout)
         except ChainHarnessError as exc:
             self._write({"status": "failed", "error": str(exc)})
             raise
-        record = {
-            "status": "up",
-            "provider": provider.describe(),
-            "client_version": adapter.version(binary),
-            "backend": provider.name,
-        }
         self._write(record)
         return record
 
-    def _start_watchdog(self) -> None:
+    def _keep_provider(self, provider: Provider) -> None:
+        self._provider = provider
+
+    def _start_watchdog(self, provider: Provider) -> None:
         self._watchdog = subprocess.Popen(
             [
                 sys.executable,
@@ -212,6 +213,7 @@ class ChainSession:
                 str(self.run.owner_pid),
                 self.run.run_id,
                 str(self.run.run_dir),
+                provider.name,
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -222,8 +224,12 @@ class ChainSession:
 
     # -- accounts --------------------------------------------------------------------------
 
-    def _slice(self) -> list[LocalAccount]:
-        testnet = self._testnet_for_accounts()
+    def _slice(self, record: dict[str, Any] | None = None) -> list[LocalAccount]:
+        testnet = (
+            Testnet.from_dict(record["provider"]["testnet"])
+            if record is not None
+            else self._testnet_for_accounts()
+        )
         size = testnet.account_count // self.run.worker_count
         start = self.run.worker_index * size
         return testnet.accounts(start, start + size)
@@ -271,22 +277,158 @@ class ChainSession:
         return self._read()
 
     def teardown(self) -> None:
-        """Stop everything this run started (owner only)."""
-        if not self.owner:
+        """Stop everything this run started (owner only; never an attached network)."""
+        if not self.owner or self.settings.attach is not None:
             return
         record = self._read()
         if record is not None and record.get("status") == "up":
-            provider = self._provider or ProcessProvider.attach(record["provider"], self.adapter())
+            provider = self._provider or attach_provider(record["provider"], self.adapter())
             provider.teardown()
         else:
             # A start that failed half-way tore itself down; sweep anyway in case a
             # worker died in the middle of it.
-            ProcessProvider(
-                Testnet(seed=0, client="", chain_id=0, period=0, nodes=[], account_count=0),
-                self.adapter(),
-                run_dir=self.run.run_dir,
-                run_id=self.run.run_id,
-                binary=Path(),
-            ).teardown()
+            sweep_run(self.run.run_id, self.run.run_dir, self.adapter())
         if self._watchdog is not None:
             self._watchdog.poll()  # killed with the nodes (same run marker); collect its status
+
+
+def sweep_run(run_id: str, run_dir: Path, adapter: ClientAdapter) -> None:
+    """Remove whatever a run may have left: marked processes, containers, datadirs."""
+    ProcessProvider(
+        Testnet(seed=0, client="", chain_id=0, period=0, nodes=[], account_count=0),
+        adapter,
+        run_dir=run_dir,
+        run_id=run_id,
+        binary=Path(),
+    ).teardown()
+    if (run_dir / "docker-state.json").exists():
+        from ._docker import remove_run
+
+        remove_run(run_id)
+
+
+def sweep_stale_runs(root: Path, adapter: ClientAdapter) -> list[str]:
+    """Remove runs under ``root`` whose owner process is gone (killed before teardown)."""
+    swept = []
+    for run_dir in root.glob("ch-*"):
+        owner_file = run_dir / "owner"
+        if not (run_dir / "nodes").exists() or not owner_file.exists():
+            continue
+        owner = owner_file.read_text().strip()
+        if owner.isdigit() and not alive(int(owner)):
+            sweep_run(run_dir.name, run_dir, adapter)
+            swept.append(run_dir.name)
+    return swept
+
+
+def start_network(
+    settings: Settings,
+    *,
+    run_id: str,
+    run_dir: Path,
+    seed: int,
+    root: Path,
+    owner: int | None,
+    before_launch: Callable[[Provider], None] | None = None,
+    keep_provider: Callable[[Provider], None] | None = None,
+) -> dict[str, Any]:
+    """Start the network (and its services) that ``settings`` describe; return its record.
+
+    ``owner`` is the pid whose death makes the run stale (None: the network is meant to
+    outlive its starter, as with ``--chain-keep`` and ``chainharness up``). On failure
+    everything started is removed before the error propagates.
+    """
+    adapter = get_client(settings.client, root=root)
+    # Leftovers of runs whose pytest was killed before its watchdog could act.
+    sweep_stale_runs(run_dir.parent, adapter)
+    backend, _ = resolve_backend(settings.backend, settings.image)
+    if backend == "docker":
+        from ._docker import sweep_stale
+
+        sweep_stale()
+    if settings.services is not None and backend != "docker":
+        raise NetworkStartError(
+            f"services ({settings.services}) run beside a containerised chain; this run uses "
+            "the process backend: use --chain-backend=docker (needs a Docker engine)"
+        )
+    (run_dir / "owner").write_text(str(owner) if owner else "kept")
+    testnet = build_testnet(
+        nodes=settings.nodes,
+        client=settings.client,
+        period=settings.period,
+        seed=seed,
+        chain_id=settings.chain_id,
+        accounts=settings.accounts,
+        signers=settings.signers,
+    )
+    provider: Provider
+    if backend == "docker":
+        from ._docker import owner_label
+        from .providers.docker import DockerProvider
+
+        provider = DockerProvider(
+            testnet,
+            adapter,
+            run_dir=run_dir,
+            run_id=run_id,
+            image=settings.image,
+            owner=owner_label(owner) if owner else owner_label(0).replace(":0", ":kept"),
+        )
+        version_of = None
+    else:
+        binary = adapter.find_binary(explicit=settings.geth if settings.client == "geth" else None)
+        provider = ProcessProvider(testnet, adapter, run_dir=run_dir, run_id=run_id, binary=binary)
+        version_of = binary
+    if keep_provider is not None:
+        keep_provider(provider)
+    if before_launch is not None:
+        before_launch(provider)
+    chain = Chain(testnet, provider, adapter)
+    launch(chain, timeout=settings.start_timeout)
+    record: dict[str, Any] = {"status": "up", "backend": provider.name}
+    try:
+        if settings.services is not None:
+            from .services import load_services, start_services
+
+            specs = load_services(settings.services)
+            record["services"] = start_services(provider, specs).to_dict()
+        record["client_version"] = (
+            adapter.version(version_of) if version_of is not None else provider.client_version(0)
+        )
+    except BaseException:
+        provider.teardown()
+        raise
+    record["provider"] = provider.describe()
+    return record
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The network record in a ``chainharness up`` state file."""
+    try:
+        record: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ChainHarnessError(
+            f"--chain-attach={path}: the state file is gone (was the network taken down "
+            "with 'chainharness down'?)"
+        ) from None
+    except ValueError as exc:
+        raise ChainHarnessError(
+            f"--chain-attach={path}: not a chainharness state file: {exc}"
+        ) from None
+    if record.get("status") != "up" or "provider" not in record:
+        raise ChainHarnessError(f"--chain-attach={path}: not a running network's state file")
+    return record
+
+
+def _check_alive(chain: Chain, path: Path) -> None:
+    dead = []
+    for node in chain.nodes:
+        try:
+            node.head()
+        except RPCError:
+            dead.append(f"{node.name} ({node.rpc_url})")
+    if dead:
+        raise ChainHarnessError(
+            f"--chain-attach={path}: the network is not running: {', '.join(dead)} "
+            "do not answer. Start it again with 'chainharness up'."
+        )

@@ -1,8 +1,9 @@
 """Removes a run's nodes and datadirs when the pytest process that owns them dies.
 
-Started beside every network (``python _watchdog.py OWNER_PID RUN_ID RUN_DIR``) and run as
-a script, not as a module, so it imports only the standard library and ``_proc`` and does
-not load web3 in a second process while the nodes start. A normal teardown kills it
+Started beside every network (``python _watchdog.py OWNER_PID RUN_ID RUN_DIR BACKEND``) and
+run as a script, not as a module, so it imports only the standard library, ``_proc`` and
+(for the docker backend, once the owner is gone) docker-py: no web3 in a second process
+while the nodes start. A normal teardown kills it
 along with the nodes (it carries the same run marker).
 """
 
@@ -29,14 +30,26 @@ def script_path() -> str:
 
 def main(argv: list[str]) -> int:
     owner, run_id, run_dir = int(argv[0]), argv[1], Path(argv[2])
+    backend = argv[3] if len(argv) > 3 else "process"
     # Leave the terminal's process group: a Ctrl-C meant for pytest must not stop us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while alive(owner):
         time.sleep(0.25)
     me = os.getpid()
     kill_pids([p for p in find_marked(run_id) if p != me])
+    if backend == "docker":
+        _remove_containers(run_id)
     shutil.rmtree(run_dir / "nodes", ignore_errors=True)
     return 0
+
+
+def _remove_containers(run_id: str) -> None:
+    # Imported only now: the owner is gone and nothing else competes for the CPU.
+    if __package__:
+        from ._docker import remove_run
+    else:
+        from _docker import remove_run  # type: ignore[import-not-found,no-redef]
+    remove_run(run_id)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -16,6 +15,9 @@ from ._session import ChainSession, RunInfo
 from .chain import Chain
 from .clients import get_client
 from .providers import resolve_backend
+
+if TYPE_CHECKING:
+    from .services import Services
 
 _SESSION_KEY = pytest.StashKey[ChainSession]()
 
@@ -70,19 +72,14 @@ def _finish(config: pytest.Config, session: ChainSession) -> None:
 
 
 def _print_kept(config: pytest.Config, record: dict[str, Any]) -> None:
-    run_dir = Path(record["provider"]["run_dir"])
-    try:
-        nodes = json.loads((run_dir / "process-state.json").read_text())["nodes"]
-        pids = sorted(int(e["pid"]) for e in nodes.values() if e.get("pid"))
-    except (OSError, ValueError, KeyError):
-        pids = []
+    provider = record["provider"]
     lines = ["chainharness: --chain-keep: the network is still running"]
-    for node in record["provider"]["testnet"]["nodes"]:
+    for node in provider["testnet"]["nodes"]:
         lines.append(f"  {node['name']}: http://{node['host']}:{node['http_port']}")
-    lines.append(f"  logs: {run_dir}/logs")
-    lines.append(
-        "  stop it: kill -- " + " ".join(f"-{pid}" for pid in pids) + f"; rm -rf {run_dir}/nodes"
-    )
+    lines.append(f"  logs: {provider['run_dir']}/logs")
+    state = Path(provider["run_dir"]) / "network.json"
+    lines.append(f"  use it: pytest --chain-attach={state}")
+    lines.append(f"  stop it: chainharness down --state {state}")
     text = "\n".join(lines)
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:
@@ -96,19 +93,27 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     if session is None or not session.owner:
         return []
     s = session.settings
-    adapter = get_client(s.client, root=config.rootpath)
-    try:
-        binary = adapter.find_binary(explicit=s.geth if s.client == "geth" else None)
-        client = f"{s.client} {adapter.version(binary)} ({binary})"
-    except ToolNotFound as exc:
-        client = f"{s.client} NOT FOUND: {exc}"
-    backend, why = resolve_backend(s.backend)
-    return [
+    if s.attach is not None:
+        return [f"chainharness: attached to the network in {s.attach} (not started or stopped)"]
+    backend, why = resolve_backend(s.backend, s.image)
+    if backend == "docker":
+        client = f"{s.client} (image {s.image})"
+    else:
+        adapter = get_client(s.client, root=config.rootpath)
+        try:
+            binary = adapter.find_binary(explicit=s.geth if s.client == "geth" else None)
+            client = f"{s.client} {adapter.version(binary)} ({binary})"
+        except ToolNotFound as exc:
+            client = f"{s.client} NOT FOUND: {exc}"
+    lines = [
         f"chainharness: {s.nodes} node(s), client {client}",
         f"chainharness: backend {backend} ({why}), period {s.period}s, "
         f"seed {session.run.seed} (replay: --chain-seed={session.run.seed}), "
         f"run {session.run.run_id}",
     ]
+    if s.services is not None:
+        lines.append(f"chainharness: services from {s.services}")
+    return lines
 
 
 # -- marks -----------------------------------------------------------------------------------
@@ -163,6 +168,20 @@ def chain(request: pytest.FixtureRequest) -> Chain:
     # The message says what to do (install command, node log tail); a traceback through
     # the harness, or the error printed twice as a chained exception, would only bury it.
     pytest.fail(failure, pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def services(chain: Chain, request: pytest.FixtureRequest) -> Services:
+    """The containers started beside the chain (``--chain-services``)."""
+    found = _session(request).services
+    if found is None:
+        pytest.fail(
+            "the services fixture needs a services file: --chain-services=FILE "
+            "(or ini chain_services)",
+            pytrace=False,
+        )
+    services: Services = found
+    return services
 
 
 @pytest.fixture

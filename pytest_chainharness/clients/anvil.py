@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 from .._testnet import NodeSpec, Testnet
 from ..tools import find_anvil
+from .base import Placement
 from .geth import genesis
 
 __all__ = ["AnvilAdapter"]
@@ -33,7 +35,9 @@ class AnvilAdapter:
         match = re.search(r"Version:\s*(\S+)", out.stdout)
         return match.group(1) if match else out.stdout.strip() or "unknown"
 
-    def prepare(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> None:
+    def write_files(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement
+    ) -> None:
         datadir.mkdir(parents=True, exist_ok=True)
         doc = genesis(testnet)
         # anvil reads the geth genesis format but has no Clique: plain extraData.
@@ -41,22 +45,28 @@ class AnvilAdapter:
         doc["config"].pop("clique", None)
         (datadir / "genesis.json").write_text(json.dumps(doc))
 
-    def update_peers(self, testnet: Testnet, node: NodeSpec, datadir: Path) -> None:
+    def init_command(self, place: Placement) -> list[str]:
+        return []
+
+    def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
         return None
 
+    def container_ports(self) -> dict[str, int]:
+        return {"p2p": 30303, "http": 8545, "ws": 8545, "authrpc": 8551}
+
     def command(
-        self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, *, seal: bool
+        self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
     ) -> list[str]:
         argv = [
-            str(binary),
+            place.binary,
             "--host",
-            node.host,
+            place.listen,
             "--port",
-            str(node.http_port),
+            str(place.http_port),
             "--chain-id",
             str(testnet.chain_id),
             "--init",
-            str(datadir / "genesis.json"),
+            f"{place.datadir}/genesis.json",
             "--accounts",
             "0",
         ]

@@ -7,12 +7,51 @@ paths as the node will see them.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from .._testnet import NodeSpec, Testnet
 
-__all__ = ["ClientAdapter"]
+__all__ = ["ClientAdapter", "Placement"]
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A node's paths, ports and peers as the node itself sees them.
+
+    For a local process these are the host's (``Placement.local``); in a container the
+    datadir is a mount point, the ports are the container's own and peers are dialled on
+    the run's docker network.
+    """
+
+    datadir: str
+    binary: str
+    #: Address the node's RPC and p2p listeners bind to.
+    listen: str
+    p2p_port: int
+    http_port: int
+    ws_port: int
+    authrpc_port: int
+    #: CIDR the node may dial peers in.
+    netrestrict: str
+    #: enode URLs the node dials at start.
+    peers: tuple[str, ...]
+
+    @classmethod
+    def local(cls, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> Placement:
+        return cls(
+            datadir=str(datadir),
+            binary=str(binary),
+            listen=node.host,
+            p2p_port=node.p2p_port,
+            http_port=node.http_port,
+            ws_port=node.ws_port,
+            authrpc_port=node.authrpc_port,
+            netrestrict="127.0.0.0/8",
+            peers=tuple(n.enode for n in testnet.nodes if n.index != node.index),
+        )
 
 
 @runtime_checkable
@@ -36,18 +75,28 @@ class ClientAdapter(Protocol):
         """The version string the binary reports."""
         ...
 
-    def prepare(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> None:
-        """Create ``datadir`` (genesis, keys, config) so that :meth:`command` can start it."""
+    def write_files(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement
+    ) -> None:
+        """Write what the node reads at start (genesis, keys, peer config) into ``datadir``."""
         ...
 
-    def update_peers(self, testnet: Testnet, node: NodeSpec, datadir: Path) -> None:
-        """Rewrite the peer list in ``datadir`` after a port of another node changed."""
+    def init_command(self, place: Placement) -> list[str]:
+        """The argv that initialises the datadir once before the first start ([] if none)."""
+        ...
+
+    def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
+        """Rewrite the peer list in ``datadir`` (read at the node's next start)."""
         ...
 
     def command(
-        self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, *, seal: bool
+        self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
     ) -> list[str]:
         """The argv that runs ``node``; with ``seal`` a signer seals blocks from the start."""
+        ...
+
+    def container_ports(self) -> dict[str, int]:
+        """Fixed in-container ports by role (``p2p``, ``http``, ``ws``, ``authrpc``)."""
         ...
 
     def start_sealing(self, node: NodeSpec) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from eth_account import Account
 
-from .._errors import NetworkStartError
 from .._rpc import rpc_call
 from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
 from ..tools import find_geth
+from .base import Placement
 
 __all__ = ["GethAdapter", "genesis"]
 
@@ -80,19 +81,11 @@ class GethAdapter:
         match = re.search(r"^Version:\s*(\S+)", out.stdout, re.MULTILINE)
         return match.group(1) if match else "unknown"
 
-    def prepare(self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> None:
+    def write_files(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement
+    ) -> None:
         datadir.mkdir(parents=True, exist_ok=True)
-        genesis_file = datadir / "genesis.json"
-        genesis_file.write_text(json.dumps(genesis(testnet)))
-        result = subprocess.run(
-            [str(binary), "init", "--datadir", str(datadir), str(genesis_file)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if result.returncode != 0:
-            tail = "\n".join((result.stdout + result.stderr).splitlines()[-50:])
-            raise NetworkStartError(f"{node.name}: geth init failed:\n{tail}")
+        (datadir / "genesis.json").write_text(json.dumps(genesis(testnet)))
         (datadir / "geth").mkdir(exist_ok=True)
         (datadir / "geth" / "nodekey").write_text(node.node_key)
         if node.signer:
@@ -104,24 +97,30 @@ class GethAdapter:
             (datadir / "keystore").mkdir(exist_ok=True)
             (datadir / "keystore" / f"{node.name}.json").write_text(json.dumps(keystore))
             (datadir / "password").write_text(SIGNER_PASSWORD)
-        self.update_peers(testnet, node, datadir)
+        self.update_peers(datadir, place.peers)
 
-    def update_peers(self, testnet: Testnet, node: NodeSpec, datadir: Path) -> None:
+    def init_command(self, place: Placement) -> list[str]:
+        return [place.binary, "init", "--datadir", place.datadir, f"{place.datadir}/genesis.json"]
+
+    def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
         # geth >= 1.11 ignores static-nodes.json; the config file is the supported place.
-        peers = [n.enode for n in testnet.nodes if n.index != node.index]
         (datadir / "config.toml").write_text(
-            "[Node.P2P]\nStaticNodes = " + json.dumps(peers) + "\n"
+            "[Node.P2P]\nStaticNodes = " + json.dumps(list(peers)) + "\n"
         )
 
+    def container_ports(self) -> dict[str, int]:
+        return {"p2p": 30303, "http": 8545, "ws": 8546, "authrpc": 8551}
+
     def command(
-        self, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, *, seal: bool
+        self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
     ) -> list[str]:
+        datadir = place.datadir
         argv = [
-            str(binary),
+            place.binary,
             "--datadir",
-            str(datadir),
+            datadir,
             "--config",
-            str(datadir / "config.toml"),
+            f"{datadir}/config.toml",
             "--networkid",
             str(testnet.chain_id),
             "--syncmode",
@@ -129,33 +128,36 @@ class GethAdapter:
             "--gcmode",
             "archive",
             "--port",
-            str(node.p2p_port),
+            str(place.p2p_port),
             "--authrpc.addr",
-            node.host,
+            place.listen,
             "--authrpc.port",
-            str(node.authrpc_port),
+            str(place.authrpc_port),
             "--http",
             "--http.addr",
-            node.host,
+            place.listen,
             "--http.port",
-            str(node.http_port),
+            str(place.http_port),
             "--http.api",
             _HTTP_APIS,
+            # Containers are reached through a published port, under another host name.
+            "--http.vhosts",
+            "*",
             "--ws",
             "--ws.addr",
-            node.host,
+            place.listen,
             "--ws.port",
-            str(node.ws_port),
+            str(place.ws_port),
             "--ws.api",
             _WS_APIS,
             "--ws.origins",
             "*",
-            # No discovery and no dials outside loopback: a test network talks only to itself.
+            # No discovery and no dials outside the run's own network.
             "--nodiscover",
             "--nat",
             "none",
             "--netrestrict",
-            "127.0.0.0/8",
+            place.netrestrict,
             "--ipcdisable",
             "--cache",
             "64",
@@ -177,7 +179,7 @@ class GethAdapter:
                 "--unlock",
                 node.signer_address,
                 "--password",
-                str(datadir / "password"),
+                f"{datadir}/password",
                 "--allow-insecure-unlock",
             ]
         if node.signer and seal:

@@ -14,7 +14,6 @@ sweeps by the environment marker so a node started by anyone is never left behin
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -28,18 +27,18 @@ from typing import Any
 
 from filelock import FileLock
 
-from .._errors import ChainHarnessError, UnsupportedAction
+from .._errors import ChainHarnessError, NetworkStartError
 from .._ports import PortAllocator
 from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state
-from .._rpc import RPCError, rpc_call
 from .._testnet import Testnet
-from ..clients.base import ClientAdapter
+from ..clients.base import ClientAdapter, Placement
+from ._peering import AdminPeering
 from .base import NodeState
 
 __all__ = ["ProcessProvider"]
 
 
-class ProcessProvider:
+class ProcessProvider(AdminPeering):
     """Runs a ``Testnet`` as local processes."""
 
     name = "process"
@@ -112,9 +111,7 @@ class ProcessProvider:
         with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
             list(
                 pool.map(
-                    lambda n: self.adapter.prepare(
-                        self.testnet, n, self.datadir(n.index), self.default_binary
-                    ),
+                    lambda n: self._prepare(n.index),
                     self.testnet.nodes,
                 )
             )
@@ -122,6 +119,24 @@ class ProcessProvider:
             data = self._load()
             data["testnet"] = self.testnet.to_dict()
             self._save(data)
+
+    def _place(self, index: int, binary: Path | None = None) -> Placement:
+        node = self.testnet.nodes[index]
+        return Placement.local(
+            self.testnet, node, self.datadir(index), binary or self.default_binary
+        )
+
+    def _prepare(self, index: int) -> None:
+        node = self.testnet.nodes[index]
+        place = self._place(index)
+        self.adapter.write_files(self.testnet, node, self.datadir(index), place)
+        init = self.adapter.init_command(place)
+        if not init:
+            return
+        result = subprocess.run(init, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            tail = "\n".join((result.stdout + result.stderr).splitlines()[-50:])
+            raise NetworkStartError(f"{node.name}: {self.adapter.name} init failed:\n{tail}")
 
     def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
         # Popen is cheap; readiness is awaited by the caller, for all nodes at once.
@@ -135,7 +150,7 @@ class ProcessProvider:
         binary = self._binary(index)
         # Never seal from the first moment: a signer that seals on a stale head forks the
         # chain. The chain layer starts sealing once the node has caught up.
-        argv = self.adapter.command(self.testnet, node, self.datadir(index), binary, seal=False)
+        argv = self.adapter.command(self.testnet, node, self._place(index, binary), seal=False)
         previous = self._children.pop(index, None)
         if previous is not None:
             previous.poll()  # it crashed or was killed elsewhere: collect its exit status
@@ -239,7 +254,7 @@ class ProcessProvider:
         node = self.testnet.nodes[index]
         node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
         for other in self.testnet.nodes:
-            self.adapter.update_peers(self.testnet, other, self.datadir(other.index))
+            self.adapter.update_peers(self.datadir(other.index), self._place(other.index).peers)
         with self._lock:
             data = self._load()
             data["testnet"] = self.testnet.to_dict()
@@ -263,39 +278,16 @@ class ProcessProvider:
     def client_version(self, index: int) -> str:
         return self.adapter.version(self._binary(index))
 
-    # -- partitions (client-level: no root or namespaces needed) ---------------------------
+    # -- partitions (client-level, from AdminPeering) -----------------------------------
 
-    def partition(self, groups: Sequence[Sequence[int]]) -> str:
-        if not self.adapter.has_peers:
-            raise UnsupportedAction(f"client {self.adapter.name} has no peers to partition")
-        group_of = {i: g for g, members in enumerate(groups) for i in members}
+    def enode(self, index: int) -> str:
+        return self.testnet.nodes[index].enode
+
+    def _save_partition(self, groups: list[list[int]] | None) -> None:
         with self._lock:
             data = self._load()
-            data["partition"] = [list(g) for g in groups]
+            data["partition"] = groups
             self._save(data)
-        # Both sides drop each other (which also removes the static dial), so nobody redials.
-        for a in self.testnet.nodes:
-            for b in self.testnet.nodes:
-                if a.index != b.index and group_of.get(a.index) != group_of.get(b.index):
-                    self._admin(a.index, "admin_removePeer", b.enode)
-        return "peers"
-
-    def heal(self) -> None:
-        with self._lock:
-            data = self._load()
-            data["partition"] = None
-            self._save(data)
-        for a in self.testnet.nodes:
-            for b in self.testnet.nodes:
-                if a.index < b.index:
-                    self._admin(a.index, "admin_addPeer", b.enode)
-
-    def _admin(self, index: int, method: str, enode: str) -> None:
-        if self.state(index) is not NodeState.RUNNING:
-            return  # a stopped node re-reads its peers when it starts
-        # The node may go away meanwhile; its next start reapplies the config.
-        with contextlib.suppress(RPCError):
-            rpc_call(self.testnet.nodes[index].rpc_url, method, [enode])
 
     # -- teardown and attach ---------------------------------------------------------------
 

@@ -1,0 +1,143 @@
+"""The Docker engine as the harness sees it: a client, labels, and removal by run.
+
+Every container and network the harness makes carries ``LABEL_RUN`` (the run id) and
+``LABEL_OWNER`` (``host:pid`` of the process that owns the run), so removal never depends
+on names and never touches anything else: a run is removed by its label, and a stale run
+is one whose owner process is gone.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+import docker.errors
+
+import docker
+
+if __package__:
+    from ._proc import alive
+else:  # imported by the watchdog script, which runs outside the package
+    from _proc import alive  # type: ignore[import-not-found,no-redef]
+
+__all__ = [
+    "LABEL_OWNER",
+    "LABEL_RUN",
+    "docker_client",
+    "engine_status",
+    "image_exists",
+    "owner_label",
+    "remove_run",
+    "sweep_stale",
+]
+
+LABEL_RUN = "io.chainharness.run"
+LABEL_OWNER = "io.chainharness.owner"
+LABEL_ROLE = "io.chainharness.role"
+
+
+def docker_client(timeout: int = 60) -> docker.DockerClient:
+    """A client for the engine ``DOCKER_HOST`` (or the default socket) names."""
+    return docker.from_env(timeout=timeout)
+
+
+def engine_status() -> tuple[bool, str]:
+    """Whether an engine answers, and a short reason either way."""
+    try:
+        client = docker_client(timeout=5)
+    except docker.errors.DockerException as exc:
+        return False, f"no Docker engine answers ({_short(exc)})"
+    try:
+        version = client.version().get("Version", "?")
+    except (docker.errors.DockerException, OSError) as exc:
+        return False, f"no Docker engine answers ({_short(exc)})"
+    finally:
+        client.close()
+    return True, f"Docker engine {version}"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:160] if text else type(exc).__name__
+
+
+def image_exists(tag: str) -> bool:
+    client = docker_client(timeout=10)
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
+    return True
+
+
+def owner_label(pid: int | None = None) -> str:
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def _owner_gone(owner: str) -> bool:
+    host, _, pid = owner.rpartition(":")
+    # Another host's run (a shared remote engine) is never judged from here.
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not alive(int(pid))
+
+
+def remove_run(run_id: str, client: docker.DockerClient | None = None) -> dict[str, int]:
+    """Remove every container, then every network, labelled with ``run_id``."""
+    own = client is None
+    client = client or docker_client()
+    removed = {"containers": 0, "networks": 0}
+    try:
+        selector: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={run_id}"}
+        for container in client.containers.list(all=True, filters=selector):
+            try:
+                container.remove(force=True, v=True)
+                removed["containers"] += 1
+            except docker.errors.NotFound:
+                pass
+        for network in client.networks.list(filters=selector):
+            try:
+                network.remove()
+                removed["networks"] += 1
+            except docker.errors.NotFound:
+                pass
+    finally:
+        if own:
+            client.close()
+    return removed
+
+
+def runs_on_engine(client: docker.DockerClient) -> dict[str, str]:
+    """Run id → owner label for every harness container and network on the engine."""
+    found: dict[str, str] = {}
+    objects: list[Any] = [
+        *client.containers.list(all=True, filters={"label": LABEL_RUN}),
+        *client.networks.list(filters={"label": LABEL_RUN}),
+    ]
+    for obj in objects:
+        labels = obj.attrs.get("Config", {}).get("Labels") or obj.attrs.get("Labels") or {}
+        if LABEL_RUN in labels:
+            found[labels[LABEL_RUN]] = labels.get(LABEL_OWNER, "")
+    return found
+
+
+def sweep_stale() -> list[str]:
+    """Remove runs whose owner process on this host is gone; returns their ids."""
+    try:
+        client = docker_client(timeout=10)
+    except docker.errors.DockerException:
+        return []
+    swept = []
+    try:
+        for run_id, owner in runs_on_engine(client).items():
+            if owner and _owner_gone(owner):
+                remove_run(run_id, client)
+                swept.append(run_id)
+    except docker.errors.DockerException:
+        pass
+    finally:
+        client.close()
+    return swept

@@ -1,0 +1,208 @@
+"""``chainharness``: run a network outside pytest (for locust, debugging, a long session).
+
+    chainharness up [--chain-nodes=4 --chain-backend=auto ...] [--state FILE]
+    chainharness status [--state FILE]
+    chainharness logs NODE [--tail N] [--state FILE]
+    chainharness down [--state FILE]
+    chainharness images build|list
+
+``up`` takes the plugin's chain options, starts the network, writes the state file
+(default ``.chainharness/state.json``) and prints the endpoints; ``pytest
+--chain-attach=FILE`` then uses that network. ``down`` removes exactly what ``up`` made
+and is a no-op when it is already gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ._errors import ChainHarnessError
+from ._options import DEFAULT_ACCOUNTS, DEFAULT_MAX_NODES, DEFAULT_NODES, Settings
+from ._session import read_state, runs_root, start_network, sweep_run
+from ._testnet import random_seed
+from .chain import Chain
+from .clients import CLIENTS, get_client
+from .providers import BACKENDS, attach_provider, default_image
+
+__all__ = ["main"]
+
+DEFAULT_STATE = Path(".chainharness/state.json")
+
+
+def _bounded(low: int, high: int) -> Any:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number {low}..{high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range, allowed {low}..{high}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chainharness", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    state_help = f"state file (default {DEFAULT_STATE})"
+
+    up = sub.add_parser("up", help="start a network and write its state file")
+    up.add_argument("--chain-nodes", type=_bounded(1, DEFAULT_MAX_NODES), default=DEFAULT_NODES)
+    up.add_argument("--chain-client", choices=sorted(CLIENTS), default="geth")
+    up.add_argument("--chain-backend", choices=BACKENDS, default="auto")
+    up.add_argument("--chain-period", type=_bounded(1, 3600), default=1)
+    up.add_argument("--chain-seed", type=_bounded(0, 2**63 - 1), default=None)
+    up.add_argument("--chain-image", default=None, help="node image for the docker backend")
+    up.add_argument("--chain-geth", default=None, help="geth binary for the process backend")
+    up.add_argument("--chain-services", type=Path, default=None, help="services YAML file")
+    up.add_argument("--chain-accounts", type=_bounded(1, 100_000), default=DEFAULT_ACCOUNTS)
+    up.add_argument("--start-timeout", type=float, default=60.0)
+    up.add_argument("--state", type=Path, default=DEFAULT_STATE, help=state_help)
+
+    for name, text in (
+        ("down", "stop the network and remove everything up made"),
+        ("status", "show every node's height, head, peers and state"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--state", type=Path, default=DEFAULT_STATE, help=state_help)
+
+    logs = sub.add_parser("logs", help="print a node's log")
+    logs.add_argument("node", help="node name (node0) or index")
+    logs.add_argument("--tail", type=int, default=200)
+    logs.add_argument("--state", type=Path, default=DEFAULT_STATE, help=state_help)
+
+    images = sub.add_parser("images", help="build or list the local images (no registry)")
+    images.add_argument("images_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _up(args: argparse.Namespace) -> int:
+    state: Path = args.state.resolve()
+    if state.exists():
+        try:
+            read_state(state)
+        except ChainHarnessError:
+            pass  # a stale or broken file: replaced below
+        else:
+            print(f"chainharness: {state} already describes a network; run 'down' first")
+            return 1
+    if args.chain_client == "anvil" and args.chain_nodes > 1:
+        print("chainharness: the anvil client runs at most 1 node")
+        return 2
+    services = args.chain_services.resolve() if args.chain_services else None
+    if services is not None and not services.is_file():
+        print(f"chainharness: --chain-services={args.chain_services}: no such file")
+        return 2
+    settings = Settings(
+        nodes=args.chain_nodes,
+        max_nodes=DEFAULT_MAX_NODES,
+        client=args.chain_client,
+        backend=args.chain_backend,
+        period=args.chain_period,
+        seed=args.chain_seed,
+        keep=True,
+        geth=args.chain_geth,
+        accounts=args.chain_accounts,
+        signers=None,
+        start_timeout=args.start_timeout,
+        chain_id=1337,
+        image=args.chain_image or default_image(args.chain_client),
+        services=services,
+    )
+    run_id = f"ch-{secrets.token_hex(4)}"
+    run_dir = runs_root() / run_id
+    run_dir.mkdir(parents=True)
+    seed = settings.seed if settings.seed is not None else random_seed()
+    try:
+        record = start_network(
+            settings, run_id=run_id, run_dir=run_dir, seed=seed, root=Path.cwd(), owner=None
+        )
+    except ChainHarnessError as exc:
+        print(f"chainharness: {type(exc).__name__}: {exc}")
+        return 1
+    record["seed"] = seed
+    state.parent.mkdir(parents=True, exist_ok=True)
+    tmp = state.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, state)
+    print(
+        f"chainharness: {settings.nodes} node(s) up on {record['backend']} "
+        f"({record.get('client_version', '?')}), seed {seed}"
+    )
+    for node in record["provider"]["testnet"]["nodes"]:
+        print(f"  {node['name']}: http://{node['host']}:{node['http_port']}")
+    for name, ports in record.get("services", {}).get("published", {}).items():
+        for inside, outside in ports.items():
+            print(f"  service {name}: {inside} -> 127.0.0.1:{outside}")
+    print(f"  state: {state}")
+    print(f"  use it: pytest --chain-attach={state}")
+    print(f"  stop it: chainharness down --state {state}")
+    return 0
+
+
+def _chain(state: Path) -> Chain:
+    record = read_state(state)
+    adapter = get_client(record["provider"]["testnet"]["client"], root=Path.cwd())
+    provider = attach_provider(record["provider"], adapter)
+    return Chain(provider.testnet, provider, adapter)
+
+
+def _down(args: argparse.Namespace) -> int:
+    state: Path = args.state.resolve()
+    if not state.exists():
+        print(f"chainharness: nothing to stop ({state} does not exist)")
+        return 0
+    try:
+        record = read_state(state)
+    except ChainHarnessError as exc:
+        print(f"chainharness: {exc}")
+        return 1
+    provider = record["provider"]
+    adapter = get_client(provider["testnet"]["client"], root=Path.cwd())
+    attach_provider(provider, adapter).teardown()
+    # Also whatever a half-finished start or a crashed node left under the run's label.
+    sweep_run(provider["run_id"], Path(provider["run_dir"]), adapter)
+    state.unlink(missing_ok=True)
+    print(
+        f"chainharness: run {provider['run_id']} removed; logs kept in {provider['run_dir']}/logs"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "images":
+        from .images import main as images_main
+
+        return images_main(args.images_args)
+    if args.command == "up":
+        return _up(args)
+    if args.command == "down":
+        return _down(args)
+    try:
+        chain = _chain(args.state.resolve())
+    except ChainHarnessError as exc:
+        print(f"chainharness: {exc}")
+        return 1
+    if args.command == "status":
+        print(chain.status_table())
+        return 0
+    try:
+        node = chain.node(int(args.node) if args.node.isdigit() else args.node)
+    except (IndexError, KeyError) as exc:
+        print(f"chainharness: {exc}")
+        return 2
+    print(node.logs(args.tail))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Container images without a registry: ``chainharness images build``.
+
+Machines that reach no container registry still get every image the docker backend needs:
+
+    chainharness/base:bookworm       Debian minbase (debootstrap from the apt mirror + import)
+    chainharness/geth:v1.13.15       base + the geth built by ``tools install geth``
+    chainharness/geth:v1.13.14       (every installed geth version gets a tag)
+    chainharness/anvil:latest        base + the anvil installed from npm (when installed)
+    chainharness/mosquitto:2         base + Debian's mosquitto (the bus's broker)
+    chainharness/python:3.11         base + Debian's python3 (small services, the example indexer)
+
+Teams with a registry point the image options at real images instead
+(``ethereum/client-go:v1.13.15``, ``eclipse-mosquitto:2``); both kinds work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ._errors import ToolNotFound
+from .tools import find_anvil, geth_versions_installed
+
+__all__ = [
+    "ANVIL_IMAGE",
+    "BASE_IMAGE",
+    "BUILD_COMMAND",
+    "GETH_IMAGE",
+    "MOSQUITTO_IMAGE",
+    "PYTHON_IMAGE",
+    "build_images",
+    "geth_image",
+]
+
+BUILD_COMMAND = "chainharness images build"
+BASE_IMAGE = "chainharness/base:bookworm"
+GETH_IMAGE = "chainharness/geth"
+ANVIL_IMAGE = "chainharness/anvil:latest"
+MOSQUITTO_IMAGE = "chainharness/mosquitto:2"
+PYTHON_IMAGE = "chainharness/python:3.11"
+SUITE = "bookworm"
+
+
+def geth_image(version: str) -> str:
+    return f"{GETH_IMAGE}:v{version.lstrip('v')}"
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (the only one it may reach)."""
+    candidates: list[str] = []
+    for source in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*")]:
+        try:
+            text = source.read_text()
+        except OSError:
+            continue
+        candidates += re.findall(r"(?:^deb|URIs:)\s+(\S+/debian)/?\s*$", text, re.MULTILINE)
+        candidates += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)\s+\S+\s", text, re.M)
+    return candidates[0] if candidates else "http://deb.debian.org/debian"
+
+
+def _import_rootfs(rootfs: Path, tag: str, changes: Sequence[str]) -> None:
+    from ._docker import docker_client
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(str(rootfs), arcname=".")
+    repository, _, version = tag.rpartition(":")
+    client = docker_client()
+    try:
+        client.api.import_image_from_data(
+            buffer.getvalue(), repository=repository, tag=version, changes=list(changes)
+        )
+    finally:
+        client.close()
+
+
+def _chroot_install(rootfs: Path, packages: Sequence[str]) -> None:
+    # The chroot resolves the mirror with the host's resolver; the image keeps none.
+    resolv = rootfs / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    shutil.copy("/etc/resolv.conf", resolv)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        for argv in (
+            ["apt-get", "update", "-q"],
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
+            ["apt-get", "clean"],
+        ):
+            subprocess.run(["chroot", str(rootfs), *argv], check=True, env=env, capture_output=True)
+    except subprocess.CalledProcessError as exc:
+        out = (exc.stdout or b"").decode() + (exc.stderr or b"").decode()
+        raise ToolNotFound(
+            f"installing {' '.join(packages)} into the image failed:\n{out}"
+        ) from exc
+    finally:
+        resolv.unlink(missing_ok=True)
+    shutil.rmtree(rootfs / "var" / "lib" / "apt" / "lists", ignore_errors=True)
+
+
+def _debootstrap(rootfs: Path) -> None:
+    if shutil.which("debootstrap") is None:
+        raise ToolNotFound(
+            "debootstrap is needed to build the base image: apt-get install debootstrap "
+            "(scripts/docker.sh installs it)"
+        )
+    result = subprocess.run(
+        ["debootstrap", "--variant=minbase", SUITE, str(rootfs), apt_mirror()],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise ToolNotFound(f"debootstrap failed:\n{tail}")
+
+
+def _build_from_base(tag: str, files: dict[str, Path], entrypoint: list[str]) -> None:
+    """An image of the base plus ``files`` (destination → host path)."""
+    from ._docker import docker_client
+
+    with tempfile.TemporaryDirectory(prefix="chainharness-image-") as tmp:
+        context = Path(tmp)
+        lines = [f"FROM {BASE_IMAGE}"]
+        for index, (destination, source) in enumerate(files.items()):
+            shutil.copy2(source, context / f"f{index}")
+            lines.append(f"COPY f{index} {destination}")
+        lines.append(f"ENTRYPOINT {entrypoint!r}".replace("'", '"'))
+        (context / "Dockerfile").write_text("\n".join(lines) + "\n")
+        client = docker_client()
+        try:
+            client.images.build(path=str(context), tag=tag, rm=True, pull=False)
+        finally:
+            client.close()
+
+
+def build_images(
+    *,
+    root: Path | None = None,
+    force: bool = False,
+    say: Callable[[str], None] = print,
+) -> list[str]:
+    """Build every image that is missing (all with ``force``); returns the tags built."""
+    from ._docker import image_exists
+
+    built: list[str] = []
+    started = time.perf_counter()
+
+    def done(tag: str) -> None:
+        built.append(tag)
+        say(f"built {tag} ({time.perf_counter() - started:.1f}s)")
+
+    wanted_os = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE]
+    if force or not all(image_exists(tag) for tag in wanted_os):
+        with tempfile.TemporaryDirectory(prefix="chainharness-rootfs-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            say(f"debootstrap {SUITE} from {apt_mirror()} ...")
+            _debootstrap(rootfs)
+            shutil.rmtree(rootfs / "var" / "cache" / "apt" / "archives", ignore_errors=True)
+            (rootfs / "var" / "cache" / "apt" / "archives" / "partial").mkdir(parents=True)
+            _import_rootfs(rootfs, BASE_IMAGE, ['CMD ["bash"]'])
+            done(BASE_IMAGE)
+            # Each image adds to the one before: mosquitto, then python beside it.
+            _chroot_install(rootfs, ["mosquitto"])
+            _import_rootfs(rootfs, MOSQUITTO_IMAGE, ['CMD ["mosquitto"]'])
+            done(MOSQUITTO_IMAGE)
+            _chroot_install(rootfs, ["python3-minimal"])
+            _import_rootfs(rootfs, PYTHON_IMAGE, ['CMD ["python3"]'])
+            done(PYTHON_IMAGE)
+
+    geths = geth_versions_installed(root)
+    if not geths:
+        raise ToolNotFound(
+            "no geth is installed to put into an image: "
+            "python -m pytest_chainharness.tools install geth"
+        )
+    for version, binary in geths.items():
+        tag = geth_image(version)
+        if force or not image_exists(tag):
+            _build_from_base(tag, {"/usr/local/bin/geth": binary}, ["geth"])
+            done(tag)
+    try:
+        anvil = find_anvil(root=root)
+    except ToolNotFound:
+        say("anvil is not installed: no anvil image (tools install anvil, then build again)")
+    else:
+        if force or not image_exists(ANVIL_IMAGE):
+            # npm's anvil is a node launcher; the image gets the native binary beside it.
+            native = sorted(anvil.resolve().parents[2].glob("anvil-linux-*/bin/anvil"))
+            _build_from_base(ANVIL_IMAGE, {"/usr/local/bin/anvil": native[0]}, ["anvil"])
+            done(ANVIL_IMAGE)
+    return built
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="chainharness images", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    build = sub.add_parser("build", help="build every missing image (no registry needed)")
+    build.add_argument("--force", action="store_true", help="rebuild images that exist")
+    sub.add_parser("list", help="show which images exist")
+    args = parser.parse_args(argv)
+    from ._docker import image_exists
+
+    if args.command == "list":
+        tags = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE, ANVIL_IMAGE]
+        tags += [geth_image(v) for v in geth_versions_installed(Path.cwd())]
+        for tag in tags:
+            print(f"{tag:36} {'present' if image_exists(tag) else 'missing'}")
+        return 0
+    try:
+        built = build_images(root=Path.cwd(), force=args.force)
+    except ToolNotFound as exc:
+        print(f"chainharness images: {exc}")
+        return 1
+    print(f"{len(built)} image(s) built" if built else "every image is already present")
+    return 0

@@ -1,0 +1,485 @@
+"""The docker backend: every node is a container on one docker network per run.
+
+- testcontainers creates and starts each container; docker-py does the rest (stop, kill,
+  pause, logs, removal by label).
+- Node datadirs are bind-mounted from ``<run_dir>/nodes/<name>`` so a container can be
+  replaced (upgrade to another image, fresh ports) without losing the chain.
+- Each node has a fixed address on the run's subnet, so peers are written into the
+  config before anything starts (geth resolves enode host names only once, at parse time).
+- RPC and WebSocket are published on 127.0.0.1 only, on ports chosen like the process
+  backend's, so ``NodeSpec.rpc_url`` is the same kind of URL on both backends.
+- Every container and the network carry the run's labels (see ``_docker``); teardown,
+  the watchdog and the stale sweep remove by label.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import zlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from docker.models.containers import Container
+from docker.models.networks import Network
+from docker.types import EndpointConfig, IPAMConfig, IPAMPool
+from filelock import FileLock
+from testcontainers.core.config import testcontainers_config
+from testcontainers.core.container import DockerContainer
+
+import docker
+
+from .._docker import (
+    LABEL_OWNER,
+    LABEL_ROLE,
+    LABEL_RUN,
+    docker_client,
+    owner_label,
+    remove_run,
+)
+from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound
+from .._ports import PortAllocator
+from .._rpc import rpc_call
+from .._testnet import Testnet
+from ..clients.base import ClientAdapter, Placement
+from ._peering import AdminPeering
+from .base import NodeState
+
+__all__ = ["DockerProvider", "image_for_version"]
+
+# Ryuk reaps a session's containers when the process that made them exits: under xdist
+# that is whichever worker happened to start the network, while other workers still use
+# it. The harness removes its containers itself (teardown, watchdog, stale sweep).
+testcontainers_config.ryuk_disabled = True
+
+#: Where the datadir is mounted inside every node container.
+DATADIR = "/data"
+#: Attempts at a container start whose published port another program took meanwhile.
+PORT_RETRIES = 3
+
+
+def image_for_version(image: str, version: str) -> str:
+    """``version`` as an image: a full reference is kept; a bare version retags ``image``.
+
+    ``1.13.14`` with ``chainharness/geth:v1.13.15`` gives ``chainharness/geth:v1.13.14``,
+    and with ``ethereum/client-go:v1.13.15`` gives ``ethereum/client-go:v1.13.14``.
+    """
+    if ":" in version or "/" in version:
+        return version
+    repository = image.rsplit(":", 1)[0] if ":" in image.rsplit("/", 1)[-1] else image
+    return f"{repository}:v{version.lstrip('v')}"
+
+
+def missing_image_error(image: str, option: str) -> ToolNotFound:
+    return ToolNotFound(
+        f"image {image} is not on this Docker engine and could not be pulled. "
+        f"Build the local images with: chainharness images build "
+        f"(or point {option} at an image your registry has)"
+    )
+
+
+def ensure_image(client: docker.DockerClient, image: str, option: str) -> None:
+    """Have ``image`` locally: present, or pulled; else an error naming the build command."""
+    try:
+        client.images.get(image)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:
+        client.images.pull(image)
+    except docker.errors.DockerException as exc:
+        raise missing_image_error(image, option) from exc
+
+
+class DockerProvider(AdminPeering):
+    """Runs a ``Testnet`` as containers."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        testnet: Testnet,
+        adapter: ClientAdapter,
+        *,
+        run_dir: Path,
+        run_id: str,
+        image: str,
+        owner: str | None = None,
+        ports: PortAllocator | None = None,
+        network: str | None = None,
+        subnet: str | None = None,
+    ) -> None:
+        self.testnet = testnet
+        self.adapter = adapter
+        self.run_dir = run_dir
+        self.run_id = run_id
+        self.image = image
+        self.owner = owner or owner_label()
+        self._ports = ports or PortAllocator()
+        self.network_name = network or f"{run_id}-net"
+        self.subnet = subnet
+        self._client = docker_client()
+        self._state_file = run_dir / "docker-state.json"
+        self._lock = FileLock(str(run_dir / "docker-state.lock"))
+
+    # -- naming, labels, shared state ------------------------------------------------------
+
+    def container_name(self, index: int) -> str:
+        return f"{self.run_id}-{self.testnet.nodes[index].name}"
+
+    def labels(self, role: str) -> dict[str, str]:
+        return {LABEL_RUN: self.run_id, LABEL_OWNER: self.owner, LABEL_ROLE: role}
+
+    def datadir(self, index: int) -> Path:
+        return self.run_dir / "nodes" / self.testnet.nodes[index].name
+
+    def log_path(self, index: int) -> Path:
+        return self.run_dir / "logs" / f"{self.testnet.nodes[index].name}.log"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            data: dict[str, Any] = json.loads(self._state_file.read_text())
+            return data
+        except FileNotFoundError:
+            return {"nodes": {}, "partition": None}
+
+    def _update(self, index: int | None = None, **fields: Any) -> None:
+        with self._lock:
+            data = self._load()
+            if index is not None:
+                data["nodes"].setdefault(str(index), {}).update(fields)
+            data["testnet"] = self.testnet.to_dict()
+            tmp = self._state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._state_file)
+
+    def _entry(self, index: int) -> dict[str, Any]:
+        entry: dict[str, Any] = self._load()["nodes"].get(str(index), {})
+        return entry
+
+    def node_image(self, index: int) -> str:
+        return str(self._entry(index).get("image") or self.image)
+
+    def _container(self, index: int) -> Container | None:
+        try:
+            return self._client.containers.get(self.container_name(index))
+        except docker.errors.NotFound:
+            return None
+
+    # -- addresses -------------------------------------------------------------------------
+
+    def ip(self, index: int) -> str:
+        assert self.subnet is not None, "setup() picks the subnet"
+        net = ipaddress.ip_network(self.subnet)
+        return str(net.network_address + 10 + index)
+
+    def enode(self, index: int) -> str:
+        port = self.adapter.container_ports()["p2p"]
+        return f"enode://{self.testnet.nodes[index].node_id}@{self.ip(index)}:{port}"
+
+    def _place(self, index: int) -> Placement:
+        ports = self.adapter.container_ports()
+        return Placement(
+            datadir=DATADIR,
+            binary=self.adapter.name,
+            listen="0.0.0.0",
+            p2p_port=ports["p2p"],
+            http_port=ports["http"],
+            ws_port=ports["ws"],
+            authrpc_port=ports["authrpc"],
+            netrestrict=str(self.subnet),
+            peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _create_network(self) -> Network:
+        # A fixed subnet is what lets nodes have fixed addresses; try a few until one is
+        # free on this engine.
+        first = zlib.crc32(self.run_id.encode()) % 200
+        last_error: Exception | None = None
+        for step in range(40):
+            subnet = f"10.{201 + (first + step) // 250 % 50}.{(first + step) % 250}.0/24"
+            ipam = IPAMConfig(pool_configs=[IPAMPool(subnet=subnet)])
+            try:
+                network = self._client.networks.create(
+                    self.network_name,
+                    driver="bridge",
+                    ipam=ipam,
+                    labels=self.labels("network"),
+                    check_duplicate=True,
+                )
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+                last_error = exc
+                continue
+            self.subnet = subnet
+            return network
+        raise NetworkStartError(f"no free subnet for the run's docker network: {last_error}")
+
+    def setup(self) -> None:
+        (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        ensure_image(self._client, self.image, "--chain-image")
+        self._create_network()
+        self.testnet.accounts()  # derive once here, not once per thread
+        with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
+            list(
+                pool.map(
+                    lambda n: self.adapter.write_files(
+                        self.testnet, n, self.datadir(n.index), self._place(n.index)
+                    ),
+                    self.testnet.nodes,
+                )
+            )
+        self._update(subnet=self.subnet)
+
+    def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
+        chosen = list(range(len(self.testnet.nodes)) if indexes is None else indexes)
+        # Container creation is mostly waiting on the engine: start them side by side.
+        with ThreadPoolExecutor(max_workers=min(16, max(1, len(chosen)))) as pool:
+            list(pool.map(self.start, chosen))
+
+    def _script(self, index: int) -> list[str]:
+        place = self._place(index)
+        node = self.testnet.nodes[index]
+        run = shlex.join(self.adapter.command(self.testnet, node, place, seal=False))
+        init = self.adapter.init_command(place)
+        if not init:
+            return ["-c", f"exec {run}"]
+        # Initialise once per datadir, then replace the shell so signals reach the node.
+        marker = f"{DATADIR}/.chainharness-initialised"
+        return [
+            "-c",
+            f"[ -e {marker} ] || {{ {shlex.join(init)} && touch {marker}; }} && exec {run}",
+        ]
+
+    def start(self, index: int) -> None:
+        if self.state(index) in (NodeState.RUNNING, NodeState.PAUSED):
+            return
+        self._update(index, intent="running")
+        existing = self._container(index)
+        if existing is not None:
+            existing.start()
+            return
+        for attempt in range(PORT_RETRIES + 1):
+            try:
+                self._run_container(index)
+                return
+            except docker.errors.APIError as exc:
+                conflict = "address already in use" in str(exc) or "already allocated" in str(exc)
+                self._remove_container(index)
+                if not conflict or attempt == PORT_RETRIES:
+                    raise NetworkStartError(
+                        f"{self.testnet.nodes[index].name}: container start failed: {exc}"
+                    ) from exc
+                self._take_ports(index)
+
+    def _run_container(self, index: int) -> None:
+        node = self.testnet.nodes[index]
+        ports = self.adapter.container_ports()
+        container = (
+            DockerContainer(self.node_image(index))
+            .with_name(self.container_name(index))
+            .with_command(self._script(index))
+            .with_volume_mapping(str(self.datadir(index)), DATADIR, mode="rw")
+            .with_kwargs(
+                entrypoint=["sh"],
+                labels=self.labels(f"node:{node.name}"),
+                # Files in the bind-mounted datadir stay removable by whoever runs pytest.
+                user=f"{os.getuid()}:{os.getgid()}",
+                working_dir=DATADIR,
+                networking_config={
+                    self.network_name: EndpointConfig(
+                        self._client.api.api_version,
+                        aliases=[node.name],
+                        ipv4_address=self.ip(index),
+                    )
+                },
+                network=self.network_name,
+            )
+        )
+        published: dict[str, Any] = {
+            f"{ports['http']}/tcp": ("127.0.0.1", node.http_port),
+            f"{ports['ws']}/tcp": ("127.0.0.1", node.ws_port),
+        }
+        # testcontainers' with_bind_ports takes no host address; nodes publish on
+        # 127.0.0.1 only, so the mapping is set directly.
+        container.ports.update(published)
+        container.start()
+
+    def _take_ports(self, index: int) -> None:
+        node = self.testnet.nodes[index]
+        node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
+        if not self.adapter.has_peers or self.adapter.container_ports()["ws"] == 8545:
+            node.ws_port = node.http_port
+        self._update(index)
+
+    def _save_logs(self, index: int) -> None:
+        container = self._container(index)
+        if container is None:
+            return
+        try:
+            text = container.logs().decode(errors="replace")
+        except docker.errors.DockerException:
+            return
+        path = self.log_path(index)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as out:
+            out.write(f"=== chainharness: container {container.name} ({self.node_image(index)})\n")
+            out.write(text)
+
+    def _remove_container(self, index: int) -> None:
+        container = self._container(index)
+        if container is not None:
+            with contextlib.suppress(docker.errors.NotFound):
+                container.remove(force=True, v=True)
+
+    def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
+        for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
+            self.adapter.start_sealing(self.testnet.nodes[index])
+
+    def state(self, index: int) -> NodeState:
+        container = self._container(index)
+        if container is None:
+            return NodeState.NEW if not self._entry(index) else NodeState.STOPPED
+        status = container.status
+        if status == "paused":
+            return NodeState.PAUSED
+        if status in ("running", "restarting"):
+            return NodeState.RUNNING
+        if status == "created":
+            return NodeState.NEW
+        return (
+            NodeState.STOPPED if self._entry(index).get("intent") == "stopped" else NodeState.EXITED
+        )
+
+    def stop(self, index: int, *, timeout: float = 10.0) -> None:
+        self._update(index, intent="stopped")
+        container = self._container(index)
+        if container is not None:
+            container.stop(timeout=max(1, int(timeout)))
+
+    def kill(self, index: int) -> None:
+        self._update(index, intent="stopped")
+        container = self._container(index)
+        if container is not None and container.status in ("running", "paused", "restarting"):
+            try:
+                container.kill()
+            except docker.errors.APIError as exc:
+                if "is not running" not in str(exc):
+                    raise
+            container.wait(timeout=10)
+
+    def pause(self, index: int) -> None:
+        self._require(index, "pause").pause()
+
+    def resume(self, index: int) -> None:
+        self._require(index, "resume").unpause()
+
+    def _require(self, index: int, action: str) -> Container:
+        container = self._container(index)
+        if container is None or container.status not in ("running", "paused"):
+            name = self.testnet.nodes[index].name
+            raise ChainHarnessError(f"cannot {action} {name}: it is not running")
+        return container
+
+    def logs(self, index: int, tail: int = 200) -> str:
+        if tail <= 0:
+            return ""
+        container = self._container(index)
+        if container is None:
+            try:
+                lines = self.log_path(index).read_text(errors="replace").splitlines()
+            except FileNotFoundError:
+                return ""
+            return "\n".join(lines[-tail:])
+        return str(container.logs(tail=tail).decode(errors="replace")).rstrip("\n")
+
+    def reassign_ports(self, index: int) -> None:
+        # Published ports are fixed when a container is created: replace the container
+        # (the datadir is a bind mount and survives).
+        self._save_logs(index)
+        self._remove_container(index)
+        self._take_ports(index)
+
+    def upgrade(self, index: int, version: str) -> None:
+        image = image_for_version(self.image, version)
+        ensure_image(self._client, image, "the upgrade target")
+        self.stop(index)
+        self._save_logs(index)
+        self._remove_container(index)
+        self._update(index, image=image)
+        self.start(index)
+
+    def client_version(self, index: int) -> str:
+        reply = rpc_call(self.testnet.nodes[index].rpc_url, "web3_clientVersion")
+        return str(reply)
+
+    def refresh(self) -> None:
+        """Reload what another process may have changed (ports after a retry, subnet)."""
+        data = self._load()
+        self.subnet = data.get("subnet", self.subnet)
+        if "testnet" in data:
+            fresh = Testnet.from_dict(data["testnet"])
+            for mine, theirs in zip(self.testnet.nodes, fresh.nodes, strict=True):
+                mine.p2p_port, mine.http_port = theirs.p2p_port, theirs.http_port
+                mine.ws_port, mine.authrpc_port = theirs.ws_port, theirs.authrpc_port
+
+    def _save_partition(self, groups: list[list[int]] | None) -> None:
+        with self._lock:
+            data = self._load()
+            data["partition"] = groups
+            tmp = self._state_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self._state_file)
+
+    # -- teardown and attach ---------------------------------------------------------------
+
+    def teardown(self) -> None:
+        for node in self.testnet.nodes:
+            self._save_logs(node.index)
+        remove_run(self.run_id, self._client)
+        shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "provider": self.name,
+            "run_id": self.run_id,
+            "run_dir": str(self.run_dir),
+            "image": self.image,
+            "owner": self.owner,
+            "network": self.network_name,
+            "subnet": self.subnet,
+            "testnet": self.testnet.to_dict(),
+        }
+
+    @classmethod
+    def attach(cls, description: dict[str, Any], adapter: ClientAdapter) -> DockerProvider:
+        provider = cls(
+            Testnet.from_dict(description["testnet"]),
+            adapter,
+            run_dir=Path(description["run_dir"]),
+            run_id=description["run_id"],
+            image=description["image"],
+            owner=description["owner"],
+            network=description["network"],
+            subnet=description["subnet"],
+        )
+        provider.refresh()
+        return provider
