@@ -33,3 +33,17 @@ def anvil_required() -> None:
     missing = _missing(find_anvil)
     if missing:
         pytest.skip(f"anvil is not installed on this machine: {missing}")
+
+
+@pytest.fixture(scope="session")
+def docker_required() -> None:
+    """Skip, saying what is missing, when no Docker engine answers or the images are absent."""
+    from pytest_chainharness._docker import engine_status, image_exists
+    from pytest_chainharness.providers import default_image
+
+    up, why = engine_status()
+    if not up:
+        pytest.skip(f"{why}: scripts/docker.sh installs and starts one")
+    image = default_image("geth")
+    if not image_exists(image):
+        pytest.skip(f"image {image} is missing: chainharness images build")

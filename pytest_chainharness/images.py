@@ -171,7 +171,7 @@ def build_images(
             _chroot_install(rootfs, ["mosquitto"])
             _import_rootfs(rootfs, MOSQUITTO_IMAGE, ['CMD ["mosquitto"]'])
             done(MOSQUITTO_IMAGE)
-            _chroot_install(rootfs, ["python3-minimal"])
+            _chroot_install(rootfs, ["python3"])
             _import_rootfs(rootfs, PYTHON_IMAGE, ['CMD ["python3"]'])
             done(PYTHON_IMAGE)
 

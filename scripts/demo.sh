@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
-exec .venv/bin/pytest examples --chain-nodes=4 -v -p no:cacheprovider "$@"
+exec .venv/bin/pytest examples --chain-nodes=4 --chain-backend=auto -v -p no:cacheprovider "$@"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with the package and its dev tools,
+# a Docker engine with the local images (scripts/docker.sh, chainharness images build),
 # geth v1.13.15 and v1.13.14 built from the Go module proxy, and anvil from npm — all
 # into git-ignored folders (.venv/, .tools/). Re-running skips what is already there.
 set -euo pipefail
@@ -22,4 +23,13 @@ if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
 else
   echo "setup: npm not found: anvil is not installed and the anvil tests will be skipped" >&2
+fi
+
+# A Docker engine and the local images for the docker backend. Machines where no engine
+# can be installed or started keep the process backend; the docker tests then skip and
+# say why.
+if bash scripts/docker.sh; then
+  .venv/bin/chainharness images build
+else
+  echo "setup: no Docker engine: the docker backend and its tests are unavailable here" >&2
 fi

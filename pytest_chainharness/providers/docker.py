@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import zlib
@@ -31,7 +32,7 @@ from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import EndpointConfig, IPAMConfig, IPAMPool
 from filelock import FileLock
-from testcontainers.core.config import testcontainers_config
+from testcontainers.core.config import ConnectionMode, testcontainers_config
 from testcontainers.core.container import DockerContainer
 
 import docker
@@ -58,6 +59,10 @@ __all__ = ["DockerProvider", "image_for_version"]
 # that is whichever worker happened to start the network, while other workers still use
 # it. The harness removes its containers itself (teardown, watchdog, stale sweep).
 testcontainers_config.ryuk_disabled = True
+# Ports are published on 127.0.0.1 of the engine's host. testcontainers would guess the
+# bridge gateway when it finds itself inside a container, which cannot reach them.
+if testcontainers_config.connection_mode_override is None:
+    testcontainers_config.connection_mode_override = ConnectionMode.docker_host
 
 #: Where the datadir is mounted inside every node container.
 DATADIR = "/data"
@@ -425,8 +430,10 @@ class DockerProvider(AdminPeering):
         self.start(index)
 
     def client_version(self, index: int) -> str:
-        reply = rpc_call(self.testnet.nodes[index].rpc_url, "web3_clientVersion")
-        return str(reply)
+        # "Geth/v1.13.15-stable/linux-amd64/go1.22" → "1.13.15-stable", as the binary says.
+        reply = str(rpc_call(self.testnet.nodes[index].rpc_url, "web3_clientVersion"))
+        match = re.search(r"/v(\d[^/]*)", reply)
+        return match.group(1) if match else reply
 
     def refresh(self) -> None:
         """Reload what another process may have changed (ports after a retry, subnet)."""

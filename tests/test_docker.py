@@ -1,0 +1,367 @@
+"""The docker backend: the integration suite in containers, leaks, bad input, CLI, services."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_chainharness import build_testnet
+from pytest_chainharness._docker import LABEL_RUN, docker_client, owner_label
+from pytest_chainharness._start import launch
+from pytest_chainharness.chain import Chain
+from pytest_chainharness.clients import GethAdapter
+from pytest_chainharness.providers import default_image
+from pytest_chainharness.providers.docker import DockerProvider, image_for_version
+
+ROOT = Path(__file__).resolve().parent.parent
+CHAINHARNESS = str(Path(sys.executable).parent / "chainharness")
+PYTEST = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider"]
+EXAMPLES = (ROOT / "examples" / "test_example.py").read_text()
+
+pytestmark = pytest.mark.usefixtures("docker_required", "geth_required")
+
+
+def run_objects(runs_dir: Path) -> list[str]:
+    """Containers and networks on the engine that belong to any run under ``runs_dir``."""
+    runs = {p.name for p in runs_dir.glob("ch-*")} if runs_dir.exists() else set()
+    client = docker_client()
+    try:
+        found = [
+            f"container {c.name}"
+            for c in client.containers.list(all=True, filters={"label": LABEL_RUN})
+            if c.labels.get(LABEL_RUN) in runs
+        ]
+        found += [
+            f"network {n.name}"
+            for n in client.networks.list(filters={"label": LABEL_RUN})
+            if (n.attrs.get("Labels") or {}).get(LABEL_RUN) in runs
+        ]
+    finally:
+        client.close()
+    return found
+
+
+def assert_nothing_left(runs_dir: Path) -> None:
+    deadline = time.monotonic() + 10
+    while (run_objects(runs_dir) or list(runs_dir.glob("*/nodes"))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert run_objects(runs_dir) == []
+    assert list(runs_dir.glob("*/nodes")) == []
+
+
+def test_image_for_version() -> None:
+    assert image_for_version("chainharness/geth:v1.13.15", "1.13.14") == (
+        "chainharness/geth:v1.13.14"
+    )
+    assert image_for_version("ethereum/client-go:v1.13.15", "v1.13.14") == (
+        "ethereum/client-go:v1.13.14"
+    )
+    assert image_for_version("localhost:5000/geth", "1.2.3") == "localhost:5000/geth:v1.2.3"
+    assert image_for_version("chainharness/geth:v1.13.15", "my/node:dev") == "my/node:dev"
+
+
+def test_core_suite_passes_on_docker(inner: pytest.Pytester, runs_dir: Path) -> None:
+    inner.makeconftest((ROOT / "conftest.py").read_text())
+    inner.makepyfile(test_chain=(ROOT / "tests" / "test_chain.py").read_text())
+    result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=4", "-rs")
+    result.stdout.fnmatch_lines(["*backend docker (requested with --chain-backend=docker*"])
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("passed", 0) >= 15, result.stdout.str()[-3000:]
+    assert set(outcomes) == {"passed"}, result.stdout.str()[-3000:]
+    assert_nothing_left(runs_dir)
+    (run,) = runs_dir.glob("ch-*")
+    assert {p.name for p in (run / "logs").iterdir()} == {f"node{i}.log" for i in range(4)}
+
+
+def test_xdist_workers_share_one_containerised_network(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    inner.makepyfile(test_example=EXAMPLES)
+    result = inner.runpytest_subprocess("-n", "2", "--chain-backend=docker")
+    result.assert_outcomes(passed=3)
+    assert len(list(runs_dir.glob("ch-*"))) == 1
+    assert_nothing_left(runs_dir)
+
+
+def test_upgrade_and_rollback_swap_the_image(inner: pytest.Pytester, runs_dir: Path) -> None:
+    inner.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.disruptive
+        def test_upgrade(chain):
+            node = chain.nodes[1]
+            assert "1.13.15" in node.client_version
+            node.upgrade("1.13.14")
+            assert "1.13.14" in node.client_version
+            chain.wait_converged()
+            node.upgrade("1.13.15")
+            assert "1.13.15" in node.client_version
+            chain.wait_converged()
+        """
+    )
+    inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=3").assert_outcomes(
+        passed=1
+    )
+    assert_nothing_left(runs_dir)
+
+
+class TestLeaks:
+    @pytest.mark.parametrize(
+        ("sig", "code"),
+        [
+            (signal.SIGKILL, -signal.SIGKILL),
+            (signal.SIGTERM, -signal.SIGTERM),
+            (signal.SIGINT, pytest.ExitCode.INTERRUPTED),
+        ],
+        ids=["sigkill", "sigterm", "sigint"],
+    )
+    def test_interrupted_run_leaves_nothing(
+        self, inner: pytest.Pytester, runs_dir: Path, sig: int, code: int
+    ) -> None:
+        inner.makepyfile(
+            """
+            import time
+
+            def test_hang(chain):
+                print("NETWORK-UP", flush=True)
+                time.sleep(300)
+            """
+        )
+        out = inner.path / "out.txt"
+        with open(out, "w") as sink:
+            proc = subprocess.Popen(
+                [*PYTEST, "--chain-nodes=2", "--chain-backend=docker"],
+                cwd=inner.path,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while "NETWORK-UP" not in out.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert run_objects(runs_dir), out.read_text()[-2000:]
+            proc.send_signal(sig)
+            assert proc.wait(timeout=30) == code, out.read_text()[-2000:]
+        finally:
+            proc.kill()
+            proc.wait()
+        assert_nothing_left(runs_dir)
+
+    def test_failing_fixture_leaves_nothing(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+        inner.makeconftest(
+            """
+            import pytest
+
+            @pytest.fixture(scope="session")
+            def broken(chain):
+                chain.wait_converged()
+                raise RuntimeError("fixture broke after the chain was up")
+            """
+        )
+        inner.makepyfile("def test_uses_broken(broken):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=2")
+        result.assert_outcomes(errors=1)
+        assert_nothing_left(runs_dir)
+
+    def test_stale_run_of_a_dead_owner_is_swept_at_start(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        # A run whose owner died without teardown or watchdog (e.g. the machine's OOM
+        # killer took both): its containers carry the dead owner's pid.
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        testnet = build_testnet(nodes=1, client="geth", period=1, seed=3, accounts=4)
+        run_dir = runs_dir / "ch-stale001"
+        run_dir.mkdir(parents=True)
+        (run_dir / "owner").write_text(str(dead.pid))
+        adapter = GethAdapter(root=ROOT)
+        provider = DockerProvider(
+            testnet,
+            adapter,
+            run_dir=run_dir,
+            run_id="ch-stale001",
+            image=default_image("geth"),
+            owner=owner_label(dead.pid),
+        )
+        launch(Chain(testnet, provider, adapter), timeout=60)
+        assert len(run_objects(runs_dir)) == 2
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=1").assert_outcomes(
+            passed=1
+        )
+        assert_nothing_left(runs_dir)
+
+
+class TestBadInput:
+    def test_docker_backend_without_an_engine_is_a_usage_error(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{inner.path}/no-engine.sock")
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-backend=docker")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(
+            ["*--chain-backend=docker: no Docker engine answers*scripts/docker.sh*"]
+        )
+
+    def test_unknown_image_names_the_build_command(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        result = inner.runpytest_subprocess(
+            "--chain-backend=docker", "--chain-image=chainharness/nosuch:v0"
+        )
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*image chainharness/nosuch:v0 is not on this Docker engine*chainharness images build*"
+            ]
+        )
+        assert_nothing_left(runs_dir)
+
+    def test_service_failing_its_check_shows_its_log_and_removes_everything(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        inner.path.joinpath("services.yaml").write_text(
+            "services:\n"
+            "  broken:\n"
+            "    image: chainharness/python:3.11\n"
+            '    command: "echo starting-{node0.host}; echo giving-up; sleep 60"\n'
+            "    ports: [8080]\n"
+            "    ready:\n"
+            "      http: {port: 8080, path: /}\n"
+            "    timeout: 3\n"
+        )
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        result = inner.runpytest_subprocess(
+            "--chain-backend=docker", "--chain-nodes=2", "--chain-services=services.yaml"
+        )
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*service broken (chainharness/python:3.11) did not become ready (http check*",
+                "*last 30 lines of its log:*",
+                "starting-node0",
+                "giving-up",
+            ]
+        )
+        assert_nothing_left(runs_dir)
+
+    @pytest.mark.parametrize(
+        ("body", "message"),
+        [
+            ("services: [a]\n", "expected a top-level 'services:' mapping"),
+            ("services:\n  x:\n    command: [a]\n", "'image' is required"),
+            ("services:\n  x:\n    image: i\n    colour: red\n", "unknown key(s) ['colour']"),
+            ("services:\n  x:\n    image: i\n    depends_on: [y]\n", "which is not declared"),
+            ("services:\n  x:\n    image: i\n    ready: {tcp: 1}\n", "'ready: tcp'"),
+            ("services:\n  redis: builtin\n", "the only built-in service is 'mqtt'"),
+        ],
+    )
+    def test_bad_services_files(self, tmp_path: Path, body: str, message: str) -> None:
+        from pytest_chainharness.services import ServicesError, load_services
+
+        path = tmp_path / "services.yaml"
+        path.write_text(body)
+        with pytest.raises(ServicesError) as info:
+            load_services(path)
+        assert message in str(info.value)
+        assert str(path) in str(info.value)
+
+    def test_attach_to_a_missing_state_file(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-attach=nowhere.json")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--chain-attach=nowhere.json: no such file*"])
+
+    def test_attach_to_a_dead_network(self, inner: pytest.Pytester, runs_dir: Path) -> None:
+        up = subprocess.run(
+            [CHAINHARNESS, "up", "--chain-nodes=1", "--chain-backend=docker"],
+            cwd=inner.path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        state = inner.path / ".chainharness" / "state.json"
+        saved = state.read_text()
+        down = subprocess.run([CHAINHARNESS, "down"], cwd=inner.path, capture_output=True)
+        assert down.returncode == 0
+        state.write_text(saved)  # a state file left behind by someone else's down
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        result = inner.runpytest_subprocess(f"--chain-attach={state}")
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(["*the network is not running: node0*chainharness up*"])
+
+
+def test_cli_up_attach_status_logs_down(inner: pytest.Pytester, runs_dir: Path) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [CHAINHARNESS, *args], cwd=inner.path, capture_output=True, text=True, timeout=120
+        )
+
+    up = cli("up", "--chain-nodes=2", "--chain-backend=docker", "--chain-seed=5")
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "2 node(s) up on docker" in up.stdout
+    assert "node1: http://127.0.0.1:" in up.stdout
+    state = inner.path / ".chainharness" / "state.json"
+    record = json.loads(state.read_text())
+    assert record["backend"] == "docker"
+    assert len(run_objects(runs_dir)) == 3  # two nodes and the network
+
+    again = cli("up", "--chain-backend=docker")
+    assert again.returncode == 1
+    assert "already describes a network" in again.stdout
+
+    inner.makepyfile(test_example=EXAMPLES)
+    # The crash test needs 4 nodes: the attached network has 2, and the marks know it.
+    result = inner.runpytest_subprocess(f"--chain-attach={state}", "-rs")
+    result.assert_outcomes(passed=2, skipped=1)
+    result.stdout.fnmatch_lines(["*attached to the network in*", "*needs at least 4 nodes*"])
+    assert len(run_objects(runs_dir)) == 3  # pytest did not take it down
+
+    status = cli("status")
+    assert status.returncode == 0
+    assert "node1  running" in status.stdout
+    logs = cli("logs", "node0", "--tail", "5")
+    assert logs.returncode == 0
+    assert len(logs.stdout.strip().splitlines()) == 5
+
+    # Something else of the same engine that down must not touch.
+    client = docker_client()
+    bystander = client.networks.create(f"bystander-{os.getpid()}")
+    try:
+        first = cli("down")
+        assert first.returncode == 0
+        assert "removed" in first.stdout
+        second = cli("down")
+        assert second.returncode == 0
+        assert "nothing to stop" in second.stdout
+        client.networks.get(str(bystander.name))  # still there
+    finally:
+        bystander.remove()
+        client.close()
+    assert_nothing_left(runs_dir)
+
+
+def test_indexer_service_example(inner: pytest.Pytester, runs_dir: Path) -> None:
+    example = ROOT / "scenarios" / "indexer"
+    result = inner.runpytest_subprocess(
+        str(example),
+        "--chain-backend=docker",
+        "--chain-nodes=2",
+        f"--chain-services={example / 'services.yaml'}",
+        f"--rootdir={inner.path}",
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*services from*services.yaml*"])
+    assert_nothing_left(runs_dir)
