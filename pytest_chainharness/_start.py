@@ -13,6 +13,10 @@ __all__ = ["launch"]
 
 #: How often one node may be given fresh ports after another program took one.
 PORT_RETRIES = 3
+#: A node still short of peers this long after its start (and again after each nudge) is
+#: told its peers again: a static dial that fails early is retried by geth only after
+#: ~30 s, which once in a few dozen starts held the whole network back that long.
+NUDGE_AFTER = 2.0
 #: A node whose RPC has not answered this long after its start is restarted on fresh
 #: ports: geth sometimes hangs instead of exiting when one of its ports is taken.
 HUNG_AFTER = 10.0
@@ -64,6 +68,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     retries = dict.fromkeys(range(len(chain.nodes)), 0)
     started = dict.fromkeys(range(len(chain.nodes)), time.monotonic())
     answered: set[int] = set()
+    nudged = dict(started)
 
     def restart_on_fresh_ports(index: int, *, kill: bool) -> None:
         retries[index] += 1
@@ -71,7 +76,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
             provider.kill(index)
         provider.reassign_ports(index)
         provider.start(index)
-        started[index] = time.monotonic()
+        started[index] = nudged[index] = time.monotonic()
         answered.discard(index)
 
     while True:
@@ -101,6 +106,9 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
             try:
                 if phase == "peers":
                     ready = node.peer_count() >= expected_peers
+                    if not ready and time.monotonic() - nudged[node.index] > NUDGE_AFTER:
+                        nudged[node.index] = time.monotonic()
+                        provider.add_peers(node.index)
                 else:
                     ready = node.head().number >= 1
                 answered.add(node.index)

@@ -51,6 +51,12 @@ class AdminPeering:
                 if a.index < b.index:
                     self._admin(a.index, "admin_addPeer", self.enode(b.index))
 
+    def add_peers(self, index: int) -> None:
+        """Ask a node to dial every other node now (admin_addPeer is idempotent)."""
+        for other in self.testnet.nodes:
+            if other.index != index:
+                self._admin(index, "admin_addPeer", self.enode(other.index))
+
     def _admin(self, index: int, method: str, enode: str) -> None:
         if self.state(index) is not NodeState.RUNNING:
             return  # a stopped node re-reads its peers when it starts

@@ -102,6 +102,14 @@ class Provider(Protocol):
         """Undo any partition."""
         ...
 
+    def enode(self, index: int) -> str:
+        """The node's enode URL as its peers dial it."""
+        ...
+
+    def add_peers(self, index: int) -> None:
+        """Ask a running node to dial every other node now."""
+        ...
+
     def teardown(self) -> None:
         """Stop every node and remove every datadir; safe to call twice."""
         ...
