@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import docker.errors
@@ -92,12 +93,19 @@ def remove_run(run_id: str, client: docker.DockerClient | None = None) -> dict[s
     removed = {"containers": 0, "networks": 0}
     try:
         selector: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={run_id}"}
-        for container in client.containers.list(all=True, filters=selector):
+        containers = client.containers.list(all=True, filters=selector)
+
+        def remove(container: Any) -> int:
             try:
                 container.remove(force=True, v=True)
-                removed["containers"] += 1
             except docker.errors.NotFound:
-                pass
+                return 0
+            return 1
+
+        # The engine removes containers faster side by side than one after another.
+        if containers:
+            with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
+                removed["containers"] = sum(pool.map(remove, containers))
         for network in client.networks.list(filters=selector):
             try:
                 network.remove()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +80,8 @@ def _print_kept(config: pytest.Config, record: dict[str, Any]) -> None:
     lines.append(f"  logs: {provider['run_dir']}/logs")
     state = Path(provider["run_dir"]) / "network.json"
     lines.append(f"  use it: pytest --chain-attach={state}")
-    lines.append(f"  stop it: chainharness down --state {state}")
+    # The interpreter's own path: the chainharness script need not be on PATH.
+    lines.append(f"  stop it: {sys.executable} -m pytest_chainharness.cli down --state {state}")
     text = "\n".join(lines)
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if tr is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_chainharness import NetworkStartError, Testnet, build_testnet
-from pytest_chainharness._proc import alive
+from pytest_chainharness._proc import RUN_MARKER, alive
 from pytest_chainharness._start import launch
 from pytest_chainharness.chain import Chain
 from pytest_chainharness.clients import GethAdapter
@@ -91,8 +91,12 @@ class TestWholeRuns:
 
     @pytest.mark.parametrize(
         ("sig", "code"),
-        [(signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, pytest.ExitCode.INTERRUPTED)],
-        ids=["sigkill-watchdog", "sigint-teardown"],
+        [
+            (signal.SIGKILL, -signal.SIGKILL),
+            (signal.SIGTERM, -signal.SIGTERM),
+            (signal.SIGINT, pytest.ExitCode.INTERRUPTED),
+        ],
+        ids=["sigkill-watchdog", "sigterm-watchdog", "sigint-teardown"],
     )
     def test_interrupted_run_leaves_nothing(
         self, inner: pytest.Pytester, runs_dir: Path, sig: int, code: int
@@ -140,6 +144,30 @@ def two_node_chain(testnet: Testnet, adapter: GethAdapter, tmp_path: Path) -> Ch
         binary=adapter.find_binary(),
     )
     return Chain(testnet, provider, adapter)
+
+
+def test_stale_run_of_a_dead_owner_is_swept_at_start(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    # What a run leaves when its owner and its watchdog both died: a marked process and
+    # a datadir, with the dead owner's pid in the run directory.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = runs_dir / "ch-stale002"
+    (stale / "nodes" / "node0").mkdir(parents=True)
+    (stale / "owner").write_text(str(dead.pid))
+    leftover = subprocess.Popen(
+        ["sleep", "300"], env={**os.environ, RUN_MARKER: "ch-stale002"}, process_group=0
+    )
+    try:
+        inner.makepyfile("def test_up(chain):\n    pass\n")
+        inner.runpytest_subprocess("--chain-nodes=1").assert_outcomes(passed=1)
+        assert leftover.wait(timeout=10) == -signal.SIGKILL
+        assert not (stale / "nodes").exists()
+    finally:
+        leftover.kill()
+        leftover.wait()
+    assert_nothing_left(runs_dir)
 
 
 class TestStartFailures:

@@ -456,8 +456,9 @@ class DockerProvider(AdminPeering):
     # -- teardown and attach ---------------------------------------------------------------
 
     def teardown(self) -> None:
-        for node in self.testnet.nodes:
-            self._save_logs(node.index)
+        if self.testnet.nodes:
+            with ThreadPoolExecutor(max_workers=min(16, len(self.testnet.nodes))) as pool:
+                list(pool.map(self._save_logs, range(len(self.testnet.nodes))))
         remove_run(self.run_id, self._client)
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
 
