@@ -44,6 +44,8 @@ __all__ = ["ChainSession", "RunInfo", "runs_root"]
 #: Genesis accounts of each worker's slice exposed as ``chain.accounts``; the rest of the
 #: slice feeds ``funded_account``.
 FIXED_ACCOUNTS = 8
+#: Fixed-account slices reserved on a network that sessions attach to.
+ATTACHED_FIXED_SLOTS = 8
 #: Finished runs whose logs are kept under the runs folder.
 KEEP_RUNS = 5
 
@@ -164,7 +166,7 @@ class ChainSession:
             provider.testnet,
             provider,
             self.adapter(),
-            accounts=self._slice(record)[:FIXED_ACCOUNTS],
+            accounts=self._fixed_accounts(record),
         )
         if self.settings.attach is not None:
             _check_alive(chain, self.settings.attach)
@@ -224,6 +226,15 @@ class ChainSession:
 
     # -- accounts --------------------------------------------------------------------------
 
+    def _fixed_accounts(self, record: dict[str, Any]) -> list[LocalAccount]:
+        if self.settings.attach is None:
+            return self._slice(record)[:FIXED_ACCOUNTS]
+        # Attached sessions come and go with any worker count: the first
+        # ATTACHED_FIXED_SLOTS slices of 8 are the fixed accounts, the rest are handed out.
+        testnet = Testnet.from_dict(record["provider"]["testnet"])
+        slot = self.run.worker_index % ATTACHED_FIXED_SLOTS
+        return testnet.accounts(slot * FIXED_ACCOUNTS, (slot + 1) * FIXED_ACCOUNTS)
+
     def _slice(self, record: dict[str, Any] | None = None) -> list[LocalAccount]:
         testnet = (
             Testnet.from_dict(record["provider"]["testnet"])
@@ -238,12 +249,16 @@ class ChainSession:
         if self._chain is not None:
             return self._chain.testnet
         record = self._read()
+        if self.settings.attach is not None:
+            record = read_state(self.settings.attach)
         if record is None or record["status"] != "up":
             raise ChainHarnessError("the chain has not been started")
         return Testnet.from_dict(record["provider"]["testnet"])
 
     def funded_account(self) -> LocalAccount:
         """A genesis-funded account no other test of this run has been given."""
+        if self.settings.attach is not None:
+            return self._attached_account(self.settings.attach)
         with self._accounts_lock:
             if self._accounts is None:
                 self._accounts = iter(self._slice()[FIXED_ACCOUNTS:])
@@ -255,6 +270,23 @@ class ChainSession:
                     f"funded_account ran out: {per_worker} accounts per worker were handed out; "
                     f"raise the ini value chain_accounts (now {self.settings.accounts})"
                 ) from None
+
+    def _attached_account(self, state: Path) -> LocalAccount:
+        # A network from 'chainharness up' outlives many sessions: hand out accounts in
+        # order across all of them (and their workers), counted beside the state file.
+        testnet = self._testnet_for_accounts()
+        used = state.with_name(state.name + ".accounts")
+        with FileLock(str(used) + ".lock"):
+            index = int(used.read_text() or 0) if used.exists() else 0
+            used.write_text(str(index + 1))
+        first = FIXED_ACCOUNTS * ATTACHED_FIXED_SLOTS
+        if first + index >= testnet.account_count:
+            raise ChainHarnessError(
+                f"funded_account ran out: the attached network's {testnet.account_count} "
+                f"accounts were all handed out (count in {used}); start it again with "
+                "'chainharness up --chain-accounts=N'"
+            )
+        return testnet.accounts(first + index, first + index + 1)[0]
 
     # -- restoring and tearing down --------------------------------------------------------
 

@@ -171,6 +171,11 @@ def _down(args: argparse.Namespace) -> int:
     # Also whatever a half-finished start or a crashed node left under the run's label.
     sweep_run(provider["run_id"], Path(provider["run_dir"]), adapter)
     state.unlink(missing_ok=True)
+    for extra in (
+        state.with_name(state.name + ".accounts"),
+        state.with_name(state.name + ".accounts.lock"),
+    ):
+        extra.unlink(missing_ok=True)
     print(
         f"chainharness: run {provider['run_id']} removed; logs kept in {provider['run_dir']}/logs"
     )

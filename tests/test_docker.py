@@ -332,6 +332,18 @@ def test_cli_up_attach_status_logs_down(inner: pytest.Pytester, runs_dir: Path) 
     result.stdout.fnmatch_lines(["*attached to the network in*", "*needs at least 4 nodes*"])
     assert len(run_objects(runs_dir)) == 3  # pytest did not take it down
 
+    # Sessions that attach one after another never get an account an earlier one used.
+    fresh = inner.path / "fresh"
+    fresh.mkdir()
+    (fresh / "test_fresh.py").write_text(
+        "def test_fresh(chain, funded_account):\n"
+        "    assert chain.nodes[0].w3.eth.get_transaction_count(funded_account.address) == 0\n"
+        "    chain.wait_for_tx(chain.transfer(funded_account, chain.accounts[0].address, 1))\n"
+    )
+    for _ in range(2):
+        again_run = inner.runpytest_subprocess(str(fresh), f"--chain-attach={state}")
+        again_run.assert_outcomes(passed=1)
+
     status = cli("status")
     assert status.returncode == 0
     assert "node1  running" in status.stdout
