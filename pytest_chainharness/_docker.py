@@ -93,7 +93,8 @@ def remove_run(run_id: str, client: docker.DockerClient | None = None) -> dict[s
     removed = {"containers": 0, "networks": 0}
     try:
         selector: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={run_id}"}
-        containers = client.containers.list(all=True, filters=selector)
+        # sparse: no inspect per container, which races with anyone else removing them.
+        containers = client.containers.list(all=True, filters=selector, sparse=True)
 
         def remove(container: Any) -> int:
             try:
@@ -122,7 +123,7 @@ def runs_on_engine(client: docker.DockerClient) -> dict[str, str]:
     """Run id → owner label for every harness container and network on the engine."""
     found: dict[str, str] = {}
     objects: list[Any] = [
-        *client.containers.list(all=True, filters={"label": LABEL_RUN}),
+        *client.containers.list(all=True, filters={"label": LABEL_RUN}, sparse=True),
         *client.networks.list(filters={"label": LABEL_RUN}),
     ]
     for obj in objects:

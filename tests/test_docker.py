@@ -33,10 +33,11 @@ def run_objects(runs_dir: Path) -> list[str]:
     runs = {p.name for p in runs_dir.glob("ch-*")} if runs_dir.exists() else set()
     client = docker_client()
     try:
+        # sparse: the listing must not inspect containers a watchdog is removing meanwhile.
         found = [
-            f"container {c.name}"
-            for c in client.containers.list(all=True, filters={"label": LABEL_RUN})
-            if c.labels.get(LABEL_RUN) in runs
+            f"container {c.attrs['Names'][0]}"
+            for c in client.containers.list(all=True, filters={"label": LABEL_RUN}, sparse=True)
+            if (c.attrs.get("Labels") or {}).get(LABEL_RUN) in runs
         ]
         found += [
             f"network {n.name}"

@@ -51,7 +51,8 @@ class TestUsageErrors:
         ("args", "pattern"),
         [
             (["--chain-backend=cloud"], "*--chain-backend='cloud'*auto, docker, process*"),
-            (["--chain-backend=docker"], "*docker backend is not available*"),
+            (["--chain-attach=missing.json"], "*--chain-attach=missing.json: no such file*"),
+            (["--chain-services=missing.yaml"], "*--chain-services=missing.yaml: no such file*"),
             (["--chain-period=0"], "*--chain-period=0*allowed 1..3600*"),
             (["--chain-seed=-5"], "*--chain-seed=-5*"),
         ],
