@@ -17,6 +17,10 @@ PORT_RETRIES = 3
 #: told its peers again: a static dial that fails early is retried by geth only after
 #: ~30 s, which once in a few dozen starts held the whole network back that long.
 NUDGE_AFTER = 2.0
+#: A node still short of peers this long after every node answered RPC is restarted:
+#: geth keeps a failed dial in its history for ~35 s and a nudge cannot shorten that,
+#: while a restarted node dials every peer afresh.
+STALLED_AFTER = 8.0
 #: A node whose RPC has not answered this long after its start is restarted on fresh
 #: ports: geth sometimes hangs instead of exiting when one of its ports is taken.
 HUNG_AFTER = 10.0
@@ -69,12 +73,21 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     started = dict.fromkeys(range(len(chain.nodes)), time.monotonic())
     answered: set[int] = set()
     nudged = dict(started)
+    # When every node last answered RPC: only then is a missing peer a stalled dial.
+    everyone_up_at: float | None = None
 
     def restart_on_fresh_ports(index: int, *, kill: bool) -> None:
         retries[index] += 1
         if kill:
             provider.kill(index)
         provider.reassign_ports(index)
+        provider.start(index)
+        started[index] = nudged[index] = time.monotonic()
+        answered.discard(index)
+
+    def restart_stalled(index: int) -> None:
+        retries[index] += 1
+        provider.kill(index)
         provider.start(index)
         started[index] = nudged[index] = time.monotonic()
         answered.discard(index)
@@ -106,15 +119,30 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
             try:
                 if phase == "peers":
                     ready = node.peer_count() >= expected_peers
-                    if not ready and time.monotonic() - nudged[node.index] > NUDGE_AFTER:
-                        nudged[node.index] = time.monotonic()
+                    answered.add(node.index)
+                    now = time.monotonic()
+                    if ready:
+                        pass
+                    elif (
+                        everyone_up_at is not None
+                        and now - everyone_up_at > STALLED_AFTER
+                        and retries[node.index] < PORT_RETRIES
+                    ):
+                        restart_stalled(node.index)
+                        everyone_up_at = None
+                    elif now - nudged[node.index] > NUDGE_AFTER:
+                        nudged[node.index] = now
                         provider.add_peers(node.index)
                 else:
                     ready = node.head().number >= 1
-                answered.add(node.index)
+                    answered.add(node.index)
             except RPCError:
                 ready = False
             all_ready = all_ready and ready
+        if len(answered) < len(chain.nodes):
+            everyone_up_at = None
+        elif everyone_up_at is None:
+            everyone_up_at = time.monotonic()
         if all_ready:
             return
         if time.monotonic() >= deadline:

@@ -8,12 +8,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from pytest_chainharness import NetworkStartError, Testnet, build_testnet
 from pytest_chainharness._proc import RUN_MARKER, alive
+from pytest_chainharness._rpc import rpc_call
 from pytest_chainharness._start import launch
 from pytest_chainharness.chain import Chain
 from pytest_chainharness.clients import GethAdapter
@@ -243,6 +245,40 @@ class TestStartFailures:
             assert hung_once.exists()
             assert testnet.nodes[1].http_port != first_port
             chain.wait_converged()
+        finally:
+            provider.teardown()
+        assert processes_under(tmp_path) == []
+
+    def test_node_stuck_without_peers_is_restarted(self, tmp_path: Path) -> None:
+        testnet = build_testnet(nodes=2, client="geth", period=1, seed=14, accounts=4)
+        adapter = GethAdapter(root=ROOT)
+
+        class StalledDials(ProcessProvider):
+            """Both nodes drop each other right after start, and nudges do nothing: what
+            a failed early dial looks like while it sits in geth's dial history."""
+
+            def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
+                super().start_nodes(indexes)
+                chain._wait_rpc(chain.nodes, timeout=30)
+                for a, b in ((0, 1), (1, 0)):
+                    rpc_call(testnet.nodes[a].rpc_url, "admin_removePeer", [self.enode(b)])
+
+            def add_peers(self, index: int) -> None:
+                return None
+
+        provider = StalledDials(
+            testnet,
+            adapter,
+            run_dir=tmp_path / "run",
+            run_id=f"t-{os.getpid()}-14",
+            binary=adapter.find_binary(),
+        )
+        chain = Chain(testnet, provider, adapter)
+        try:
+            launch(chain, timeout=60)
+            assert chain.nodes[0].peer_count() == 1
+            starts = [provider.logs(i, 10_000).count("=== chainharness: starting") for i in (0, 1)]
+            assert sorted(starts) == [1, 2]  # exactly one node was restarted
         finally:
             provider.teardown()
         assert processes_under(tmp_path) == []
