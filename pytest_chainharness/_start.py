@@ -20,7 +20,7 @@ NUDGE_AFTER = 2.0
 #: A node still short of peers this long after every node answered RPC is restarted:
 #: geth keeps a failed dial in its history for ~35 s and a nudge cannot shorten that,
 #: while a restarted node dials every peer afresh.
-STALLED_AFTER = 8.0
+STALLED_AFTER = 4.0
 #: A node whose RPC has not answered this long after its start is restarted on fresh
 #: ports: geth sometimes hangs instead of exiting when one of its ports is taken.
 HUNG_AFTER = 10.0
