@@ -47,3 +47,12 @@ def docker_required() -> None:
     image = default_image("geth")
     if not image_exists(image):
         pytest.skip(f"image {image} is missing: chainharness images build")
+
+
+@pytest.fixture(scope="session")
+def mosquitto_required() -> None:
+    """Skip when no mosquitto binary exists: the process backend's bus broker needs it."""
+    import shutil
+
+    if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
+        pytest.skip("mosquitto is not installed: apt-get install mosquitto (scripts/setup.sh)")

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 from ._errors import ChainHarnessError, ChainTimeout, NetworkStartError, ToolNotFound
 from ._testnet import NodeSpec, Testnet, build_testnet
+from .bus import BarrierTimeout, Event, SyncBus
 from .chain import Chain, Head, Node
 from .providers import NodeState, ProcessProvider, Provider
 
 __all__ = [
+    "BarrierTimeout",
     "Chain",
     "ChainHarnessError",
     "ChainTimeout",
+    "Event",
     "Head",
     "NetworkStartError",
     "Node",
@@ -21,6 +24,7 @@ __all__ = [
     "NodeState",
     "ProcessProvider",
     "Provider",
+    "SyncBus",
     "Testnet",
     "ToolNotFound",
     "build_testnet",

@@ -46,6 +46,10 @@ class Settings:
     attach: Path | None = None
     #: Services file (containers started beside the chain).
     services: Path | None = None
+    #: External MQTT broker URL; None: the harness starts one.
+    bus: str | None = None
+    #: Broker image on the docker backend.
+    bus_image: str = "chainharness/mosquitto:2"
 
 
 # (dest/ini name, flag, help, ini type, default)
@@ -98,6 +102,13 @@ _OPTIONS: list[tuple[str, str, str, str, Any]] = [
         "chain_services",
         "--chain-services",
         "YAML file of containers to start beside the chain (see docs)",
+        "string",
+        None,
+    ),
+    (
+        "chain_bus",
+        "--chain-bus",
+        "use this MQTT broker (mqtt://[user:password@]HOST:PORT) instead of starting one",
         "string",
         None,
     ),
@@ -203,6 +214,7 @@ def read_settings(config: pytest.Config) -> Settings:
             )
     image, _ = _raw(config, "chain_image")
     attach = _path(config, "chain_attach", must_exist=True)
+    bus = _bus(config)
     if attach is not None:
         # Marks and the header describe the network that is there, not the options' defaults.
         nodes, client = _attached_shape(attach)
@@ -240,7 +252,28 @@ def read_settings(config: pytest.Config) -> Settings:
         image=str(image) if image else default_image(client),
         attach=attach,
         services=services,
+        bus=bus,
     )
+
+
+def _bus(config: pytest.Config) -> str | None:
+    value, where = _raw(config, "chain_bus")
+    if value is None:
+        return None
+    from ._broker import check_reachable, parse_bus_url
+
+    try:
+        endpoint = parse_bus_url(str(value))
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where}={value}: {exc}") from None
+    if getattr(config, "workerinput", None) is None:
+        from ._errors import ChainHarnessError
+
+        try:
+            check_reachable(endpoint)
+        except ChainHarnessError as exc:
+            raise pytest.UsageError(f"{where}={value}: {exc}") from None
+    return str(value)
 
 
 def _attached_shape(path: Path) -> tuple[int, str]:

@@ -25,9 +25,9 @@ from typing import Any
 from eth_account.signers.local import LocalAccount
 from filelock import FileLock
 
-from ._errors import ChainHarnessError, NetworkStartError
+from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound
 from ._options import Settings
-from ._proc import RUN_MARKER, alive, become_subreaper
+from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
 from ._rpc import RPCError
 from ._start import launch
 from ._testnet import Testnet, build_testnet, random_seed
@@ -118,6 +118,8 @@ class ChainSession:
         self._chain: Chain | None = None
         self._provider: Provider | None = None
         self.services: Any = None
+        self.bus: Any = None
+        self.bus_error = "the chain has not been started"
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._accounts: Iterator[LocalAccount] | None = None
         self._accounts_lock = threading.Lock()
@@ -170,8 +172,35 @@ class ChainSession:
         )
         if self.settings.attach is not None:
             _check_alive(chain, self.settings.attach)
+        self._connect_bus(record, chain)
         self._chain = chain
         return chain
+
+    def _connect_bus(self, record: dict[str, Any], chain: Chain) -> None:
+        bus_record = record.get("bus") or {}
+        if "endpoint" not in bus_record:
+            self.bus_error = bus_record.get("error", "this network was started without a bus")
+            return
+        from ._broker import BrokerEndpoint
+        from .bus import SyncBus
+
+        bus = SyncBus(
+            BrokerEndpoint.from_dict(bus_record["endpoint"]),
+            record["provider"]["run_id"],
+            [n.name for n in chain.nodes],
+        )
+        self.bus = bus
+        chain.waker = bus.wait_change
+        chain.describe_events = bus.last_events_table
+        chain._on_action = lambda node, action: bus.publish(
+            "fault", {"action": action}, node=None if node == "*" else node
+        )
+
+    def close(self) -> None:
+        """Disconnect this process from the bus (every process, at the end of its session)."""
+        if self.bus is not None:
+            self.bus.close()
+            self.bus = None
 
     def _read(self) -> dict[str, Any] | None:
         try:
@@ -310,12 +339,21 @@ class ChainSession:
 
     def teardown(self) -> None:
         """Stop everything this run started (owner only; never an attached network)."""
+        self.close()
         if not self.owner or self.settings.attach is not None:
             return
         record = self._read()
         if record is not None and record.get("status") == "up":
             provider = self._provider or attach_provider(record["provider"], self.adapter())
             provider.teardown()
+            # The broker and agents are marked processes on every backend.
+            kill_pids(find_marked(self.run.run_id))
+            from ._broker import reap_children
+            from .bus import merge_history
+
+            reap_children()
+            if (provider.artifacts_dir / "events-bus.jsonl").exists():
+                merge_history(provider.artifacts_dir)
         else:
             # A start that failed half-way tore itself down; sweep anyway in case a
             # worker died in the middle of it.
@@ -424,6 +462,7 @@ def start_network(
 
             specs = load_services(settings.services)
             record["services"] = start_services(provider, specs).to_dict()
+        record["bus"] = _start_bus(settings, provider, backend, run_dir, run_id)
         record["client_version"] = (
             adapter.version(version_of) if version_of is not None else provider.client_version(0)
         )
@@ -432,6 +471,39 @@ def start_network(
         raise
     record["provider"] = provider.describe()
     return record
+
+
+def _start_bus(
+    settings: Settings, provider: Provider, backend: str, run_dir: Path, run_id: str
+) -> dict[str, Any]:
+    """The run's broker and one agent per node; ``{"error": ...}`` when no broker can run
+    here (the chain then works without a bus and the ``bus`` fixture says why)."""
+    from ._broker import (
+        parse_bus_url,
+        start_agents,
+        start_container_broker,
+        start_local_broker,
+    )
+
+    if settings.bus is not None:
+        endpoint = parse_bus_url(settings.bus)
+    elif backend == "docker":
+        endpoint = start_container_broker(provider, settings.bus_image)
+    else:
+        try:
+            endpoint, _ = start_local_broker(run_dir, run_id)
+        except ToolNotFound as exc:
+            return {"error": str(exc)}
+    testnet = provider.testnet
+    adapter = get_client(testnet.client)
+    start_agents(
+        endpoint,
+        run_id=run_id,
+        run_dir=run_dir,
+        nodes=[(n.name, n.rpc_url, adapter.ws_url(n)) for n in testnet.nodes],
+        has_peers=adapter.has_peers,
+    )
+    return {"endpoint": endpoint.to_dict()}
 
 
 def read_state(path: Path) -> dict[str, Any]:

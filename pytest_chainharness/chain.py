@@ -179,6 +179,11 @@ class Chain:
         self.accounts: list[LocalAccount] = list(accounts)
         self.nodes = [Node(self, spec) for spec in testnet.nodes]
         self._on_action = on_action
+        #: Sleeps until something may have changed (a bus event), at most the given seconds;
+        #: without a bus the waits poll every POLL_INTERVAL.
+        self.waker: Callable[[float], None] | None = None
+        #: Extra lines for timeout messages (the bus's last events per node).
+        self.describe_events: Callable[[], str] | None = None
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
         self._partitioned = False
@@ -267,10 +272,16 @@ class Chain:
             if time.monotonic() >= deadline:
                 detail = f"\nlast error: {last_error}" if last_error else ""
                 table = self.status_table()
+                if self.describe_events is not None:
+                    table += "\n" + self.describe_events()
                 raise ChainTimeout(
                     f"timed out after {timeout:g}s waiting for {what}{detail}\n{table}"
                 )
-            time.sleep(POLL_INTERVAL)
+            if self.waker is not None:
+                # Re-check as soon as any node reports a block, and at least twice a second.
+                self.waker(min(0.5, max(0.0, deadline - time.monotonic())))
+            else:
+                time.sleep(POLL_INTERVAL)
 
     def _select(self, nodes: Sequence[int | str | Node] | None) -> list[Node]:
         return self.running_nodes() if nodes is None else [self.node(n) for n in nodes]

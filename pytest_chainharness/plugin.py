@@ -18,6 +18,7 @@ from .clients import get_client
 from .providers import resolve_backend
 
 if TYPE_CHECKING:
+    from .bus import SyncBus
     from .services import Services
 
 _SESSION_KEY = pytest.StashKey[ChainSession]()
@@ -45,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None and "chainharness_run_id" in workerinput:
         run = RunInfo.from_workerinput(workerinput)
         session = ChainSession(settings, run, owner=False, root=config.rootpath)
+        config.add_cleanup(session.close)
     else:
         run = RunInfo.new(settings)
         session = ChainSession(settings, run, owner=True, root=config.rootpath)
@@ -184,6 +186,26 @@ def services(chain: Chain, request: pytest.FixtureRequest) -> Services:
         )
     services: Services = found
     return services
+
+
+@pytest.fixture(scope="session")
+def bus(chain: Chain, request: pytest.FixtureRequest) -> SyncBus:
+    """The run's event bus (``SyncBus``), connected to the run's broker."""
+    session = _session(request)
+    if session.bus is None:
+        pytest.fail(f"the event bus is not available: {session.bus_error}", pytrace=False)
+    found: SyncBus = session.bus
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.failed:
+        session = item.config.stash.get(_SESSION_KEY, None)
+        if session is not None and session.bus is not None:
+            report.sections.append(("chainharness events", session.bus.last_events_table(5)))
+    return report
 
 
 @pytest.fixture

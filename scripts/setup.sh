@@ -25,6 +25,17 @@ else
   echo "setup: npm not found: anvil is not installed and the anvil tests will be skipped" >&2
 fi
 
+# mosquitto: the event bus's broker on the process backend.
+if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing mosquitto"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >/dev/null; }
+  else
+    echo "setup: mosquitto is missing and cannot be installed here: the bus tests will skip" >&2
+  fi
+fi
+
 # A Docker engine and the local images for the docker backend. Machines where no engine
 # can be installed or started keep the process backend; the docker tests then skip and
 # say why.

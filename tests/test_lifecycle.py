@@ -57,7 +57,14 @@ class TestWholeRuns:
         result.assert_outcomes(passed=3)
         assert_nothing_left(runs_dir)
         (run,) = runs_dir.iterdir()
-        assert {p.name for p in (run / "logs").iterdir()} == {f"node{i}.log" for i in range(4)}
+        assert {p.name for p in (run / "logs").iterdir()} == {
+            *(f"node{i}.log" for i in range(4)),
+            *(f"agent-node{i}.log" for i in range(4)),
+            *(f"events-node{i}.jsonl" for i in range(4)),
+            "events-bus.jsonl",
+            "broker.log",
+            "events.jsonl",
+        }
 
     def test_same_suite_under_xdist_shares_one_network(
         self, inner: pytest.Pytester, runs_dir: Path

@@ -1,0 +1,226 @@
+"""The node agent: follows one node and publishes what happens to it on the run's bus.
+
+    python agent.py --run RUN --node NAME --rpc URL --ws URL --broker HOST:PORT
+                    [--user U --password P] [--record FILE]
+
+Runs as its own process (a sidecar), imports no web3, and is started by the harness
+beside every node. It publishes, on ``chainharness/<run>/events/<kind>/<node>``:
+
+- ``block``  every block the node imports, in order and without gaps (number, hash,
+  parent, timestamp, txs), from a ``newHeads`` WebSocket subscription (RPC polling only
+  while the subscription is down); the latest is also retained on
+  ``chainharness/<run>/last/block/<node>``.
+- ``peers``  the peer count whenever it changes (count, previous); the latest is retained
+  on ``chainharness/<run>/last/peers/<node>``.
+- ``health`` every 2 s: whether the node answers and its height.
+
+All at QoS 1. While the broker is down paho keeps what is published in its queue and
+sends it after reconnecting, so a broker restart loses no event. Every event the agent
+publishes is also appended to its own JSON Lines file (``--own``); with ``--record`` it
+appends every event of the run it receives (tests' and the harness's too) to another.
+``bus.merge_history`` makes the run's ``events.jsonl`` from these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from websockets.exceptions import WebSocketException
+from websockets.sync.client import connect as ws_connect
+
+if __package__:
+    from ._rpc import RPCError, rpc_call
+else:  # run as a script: the package folder is sys.path[0]
+    from _rpc import RPCError, rpc_call  # type: ignore[import-not-found,no-redef]
+
+__all__ = ["main", "script_path"]
+
+HEALTH_EVERY = 2.0
+PEERS_EVERY = 0.5
+
+
+def script_path() -> str:
+    return os.path.abspath(__file__)
+
+
+def topic(run: str, kind: str, node: str) -> str:
+    return f"chainharness/{run}/events/{kind}/{node}"
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.run, self.node = args.run, args.node
+        self.stop = threading.Event()
+        self.last_number = -1
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{self.run}-agent-{self.node}",
+            clean_session=False,
+        )
+        # paho queues QoS 1 messages published while disconnected and sends them on
+        # reconnect; no cap, so a broker restart of any length loses nothing.
+        self.client.max_queued_messages_set(0)
+        self.client.max_inflight_messages_set(1000)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        if args.user:
+            password = args.password or os.environ.get("CHAINHARNESS_BUS_PASSWORD", "")
+            self.client.username_pw_set(args.user, password)
+        self.record = open(args.record, "a") if args.record else None  # noqa: SIM115
+        self.own = open(args.own, "a")  # noqa: SIM115
+        self._recorded: set[bytes] = set()
+        if self.record is not None:
+            self.client.on_connect = self._subscribe_all
+            self.client.on_message = self._write
+
+    # -- bus -------------------------------------------------------------------------------
+
+    def _subscribe_all(self, client: mqtt.Client, *_: Any) -> None:
+        client.subscribe(f"chainharness/{self.run}/events/#", qos=1)
+
+    def _write(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        assert self.record is not None
+        # QoS 1 may deliver an event twice around a reconnect: the history has it once.
+        key = bytes(message.payload)
+        if key in self._recorded:
+            return
+        self._recorded.add(key)
+        self.record.write(message.payload.decode() + "\n")
+        self.record.flush()
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        event = {"kind": kind, "node": self.node, "payload": payload, "ts": time.time()}
+        text = json.dumps(event)
+        # Our own events go to our own file first: the run's history stays complete even
+        # if the broker drops something while it restarts (see bus.merge_history).
+        self.own.write(text + "\n")
+        self.own.flush()
+        self.client.publish(topic(self.run, kind, self.node), text, qos=1)
+        if kind in ("block", "peers"):
+            # The latest of each is retained, so a bus that connects later knows it too.
+            self.client.publish(
+                f"chainharness/{self.run}/last/{kind}/{self.node}",
+                json.dumps(event),
+                qos=1,
+                retain=True,
+            )
+
+    # -- node ------------------------------------------------------------------------------
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        return rpc_call(self.args.rpc, method, params, timeout=2.0)
+
+    def publish_blocks_up_to(self, number: int) -> None:
+        """Publish every block after the last one published, up to ``number``, in order."""
+        start = self.last_number + 1 if self.last_number >= 0 else number
+        for height in range(start, number + 1):
+            block = self.rpc("eth_getBlockByNumber", [hex(height), False])
+            if block is None:
+                return
+            self.publish(
+                "block",
+                {
+                    "number": height,
+                    "hash": block["hash"],
+                    "parent": block["parentHash"],
+                    "timestamp": int(block["timestamp"], 16),
+                    "txs": [tx.lower() for tx in block["transactions"]],
+                },
+            )
+            self.last_number = height
+
+    def follow_heads(self) -> None:
+        while not self.stop.is_set():
+            try:
+                with ws_connect(self.args.ws, open_timeout=2, max_size=None) as ws:
+                    ws.send(
+                        json.dumps(
+                            {
+                                "jsonrpc": "2.0",
+                                "id": 1,
+                                "method": "eth_subscribe",
+                                "params": ["newHeads"],
+                            }
+                        )
+                    )
+                    json.loads(ws.recv(timeout=5))
+                    # Blocks imported while we were not subscribed (start, node restart).
+                    self.publish_blocks_up_to(int(self.rpc("eth_blockNumber"), 16))
+                    while not self.stop.is_set():
+                        try:
+                            message = json.loads(ws.recv(timeout=1.0))
+                        except TimeoutError:
+                            continue
+                        head = message.get("params", {}).get("result", {})
+                        if "number" in head:
+                            self.publish_blocks_up_to(int(head["number"], 16))
+            except (OSError, WebSocketException, RPCError, TimeoutError, ValueError):
+                # Node stopped, paused or restarting: poll until the subscription is back.
+                with contextlib.suppress(RPCError):
+                    self.publish_blocks_up_to(int(self.rpc("eth_blockNumber"), 16))
+                self.stop.wait(0.2)
+
+    def watch_peers_and_health(self) -> None:
+        previous: int | None = None
+        last_health = 0.0
+        while not self.stop.is_set():
+            try:
+                count = int(self.rpc("net_peerCount"), 16) if self.args.peers else 0
+                ok = True
+            except RPCError:
+                count, ok = previous or 0, False
+            if ok and self.args.peers and count != previous:
+                self.publish("peers", {"count": count, "previous": previous})
+                previous = count
+            if time.monotonic() - last_health >= HEALTH_EVERY:
+                self.publish("health", {"ok": ok, "height": self.last_number})
+                last_health = time.monotonic()
+            self.stop.wait(PEERS_EVERY)
+
+    def run_forever(self) -> None:
+        self.client.connect_async(self.args.host, self.args.port, keepalive=10)
+        self.client.loop_start()
+        threads = [
+            threading.Thread(target=self.follow_heads, daemon=True),
+            threading.Thread(target=self.watch_peers_and_health, daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            while not self.stop.wait(1.0):
+                pass
+        finally:
+            self.client.loop_stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="chainharness node agent")
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--node", required=True)
+    parser.add_argument("--rpc", required=True)
+    parser.add_argument("--ws", required=True)
+    parser.add_argument("--broker", required=True, help="HOST:PORT")
+    parser.add_argument("--user")
+    parser.add_argument("--password", help="default: $CHAINHARNESS_BUS_PASSWORD")
+    parser.add_argument("--record", help="append every event of the run to this JSONL file")
+    parser.add_argument("--own", required=True, help="append this agent's events to this file")
+    parser.add_argument("--no-peers", dest="peers", action="store_false")
+    args = parser.parse_args(argv)
+    args.host, _, port = args.broker.rpartition(":")
+    args.port = int(port)
+    Agent(args).run_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

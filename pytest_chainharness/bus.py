@@ -1,0 +1,289 @@
+"""``SyncBus``: tests wait on events instead of sleeping, and processes meet at barriers.
+
+Topics (``<run>`` is the run id, so runs sharing a broker never mix)::
+
+    chainharness/<run>/events/<kind>/<node|->     events (agents, the harness, tests)
+    chainharness/<run>/last/<kind>/<node>         the node's latest block and peers (retained)
+    chainharness/<run>/barrier/<name>/<party>     one retained message per arrival
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from ._broker import BrokerEndpoint
+from ._errors import ChainHarnessError, ChainTimeout
+
+__all__ = ["HARNESS_KINDS", "BarrierTimeout", "Event", "SyncBus", "merge_history"]
+
+#: Event kinds the harness itself publishes.
+HARNESS_KINDS = frozenset({"block", "tx", "peers", "health", "fault"})
+_KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
+
+
+class BarrierTimeout(ChainTimeout):
+    """Not every party reached a barrier in time."""
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    #: Node name, or None for run-wide events.
+    node: str | None
+    payload: dict[str, Any] = field(default_factory=dict)
+    #: Publisher's wall-clock time (seconds since the epoch).
+    ts: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "node": self.node, "payload": self.payload, "ts": self.ts}
+
+
+class SyncBus:
+    """A connection to the run's broker, with the run's event history since it connected
+    (and each node's latest block and peer count from before)."""
+
+    def __init__(
+        self,
+        endpoint: BrokerEndpoint,
+        run_id: str,
+        nodes: Sequence[str],
+        *,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.run_id = run_id
+        self.nodes = list(nodes)
+        self._events: list[Event] = []
+        self._arrivals: dict[str, set[str]] = {}
+        self._kinds: set[str] = set(HARNESS_KINDS)
+        self._cond = threading.Condition()
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"{run_id}-bus-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+            # A persistent session: the broker keeps what arrives while we reconnect.
+            clean_session=False,
+        )
+        self._seen: set[tuple[str, str | None, float]] = set()
+        self._client.reconnect_delay_set(min_delay=1, max_delay=2)
+        self._client.max_queued_messages_set(0)
+        if endpoint.username:
+            self._client.username_pw_set(endpoint.username, endpoint.password)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        self._client.connect_async(endpoint.host, endpoint.port, keepalive=10)
+        self._client.loop_start()
+        if not self._subscribed.wait(connect_timeout):
+            self.close()
+            raise ChainHarnessError(f"could not subscribe on the bus at {endpoint.url}")
+
+    # -- paho callbacks (network thread) -----------------------------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any
+    ) -> None:
+        base = f"chainharness/{self.run_id}"
+        client.subscribe([(f"{base}/events/#", 1), (f"{base}/barrier/#", 1), (f"{base}/last/#", 1)])
+
+    def _on_subscribe(self, *args: Any) -> None:
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        parts = message.topic.split("/")
+        if len(parts) >= 4 and parts[2] == "barrier":
+            with self._cond:
+                self._arrivals.setdefault(parts[3], set()).add("/".join(parts[4:]))
+                self._cond.notify_all()
+            return
+        if len(parts) >= 3 and parts[2] == "last" and not message.retain:
+            return  # live copies arrive as events as well; only the retained one is news
+        try:
+            data = json.loads(message.payload)
+            event = Event(data["kind"], data.get("node"), data.get("payload", {}), data["ts"])
+        except (ValueError, KeyError, TypeError):
+            return  # not ours: somebody else's payload on our topics is ignored
+        with self._cond:
+            # QoS 1 may deliver twice around a reconnect; a retained head repeats an event.
+            key = (event.kind, event.node, event.ts)
+            if key in self._seen:
+                return
+            self._seen.add(key)
+            self._events.append(event)
+            self._kinds.add(event.kind)
+            self._cond.notify_all()
+
+    # -- API -------------------------------------------------------------------------------
+
+    def publish(self, kind: str, payload: dict[str, Any], *, node: str | None = None) -> None:
+        """Publish an event (QoS 1) for every bus of the run to see."""
+        if not _KIND.match(kind):
+            raise ValueError(f"event kind {kind!r}: lower-case letters, digits, '_', '.', '-'")
+        if node is not None:
+            self._check_node(node)
+        with self._cond:
+            self._kinds.add(kind)
+        event = Event(kind, node, dict(payload), time.time())
+        topic = f"chainharness/{self.run_id}/events/{kind}/{node or '-'}"
+        self._client.publish(topic, json.dumps(event.to_dict()), qos=1)
+
+    def register_kind(self, kind: str) -> None:
+        """Declare a custom event kind that another process will publish, so ``wait_for``
+        accepts it before the first one arrives."""
+        if not _KIND.match(kind):
+            raise ValueError(f"event kind {kind!r}: lower-case letters, digits, '_', '.', '-'")
+        with self._cond:
+            self._kinds.add(kind)
+
+    def events(self, kind: str | None = None, *, node: str | None = None) -> list[Event]:
+        """The run's events seen so far, oldest first, optionally of one kind or node."""
+        with self._cond:
+            return [
+                e
+                for e in self._events
+                if (kind is None or e.kind == kind) and (node is None or e.node == node)
+            ]
+
+    def wait_for(
+        self,
+        kind: str,
+        predicate: Callable[[Event], bool] | None = None,
+        *,
+        nodes: str | Iterable[str] | None = "all",
+        timeout: float = 30.0,
+    ) -> list[Event]:
+        """One matching event per node (``"all"``, or the given names), or the first one
+        from anyone with ``nodes=None``. Events already seen count."""
+        with self._cond:
+            if kind not in self._kinds:
+                raise ValueError(
+                    f"unknown event kind {kind!r}; known: {', '.join(sorted(self._kinds))}"
+                )
+        wanted: list[str] | None
+        if nodes is None:
+            wanted = None
+        elif nodes == "all":
+            wanted = list(self.nodes)
+        else:
+            wanted = [nodes] if isinstance(nodes, str) else list(nodes)
+            for name in wanted:
+                self._check_node(name)
+        match = predicate or (lambda event: True)
+
+        def found() -> list[Event] | None:
+            hits = [e for e in self._events if e.kind == kind and match(e)]
+            if wanted is None:
+                return hits[:1] or None
+            first: dict[str, Event] = {}
+            for event in hits:
+                if event.node in wanted and event.node not in first:
+                    first[event.node] = event
+            return [first[n] for n in wanted] if len(first) == len(wanted) else None
+
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                result = found()
+                if result is not None:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ChainTimeout(
+                        f"timed out after {timeout:g}s waiting for {kind!r} events from "
+                        f"{'anyone' if wanted is None else ', '.join(wanted)}\n"
+                        + self.last_events_table()
+                    )
+                self._cond.wait(left)
+
+    def barrier(self, name: str, parties: int, *, timeout: float = 60.0) -> None:
+        """Block until ``parties`` callers (any process of the run) reached ``name``."""
+        if parties < 1:
+            raise ValueError("parties must be at least 1")
+        party = (
+            f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}:{uuid.uuid4().hex[:6]}"
+        )
+        self._client.publish(
+            f"chainharness/{self.run_id}/barrier/{name}/{party}", b"1", qos=1, retain=True
+        )
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._arrivals.get(name, ())) < parties:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    arrived = sorted(self._arrivals.get(name, ()))
+                    raise BarrierTimeout(
+                        f"barrier {name!r}: {len(arrived)} of {parties} parties arrived within "
+                        f"{timeout:g}s: {', '.join(arrived) or 'nobody'}"
+                    )
+                self._cond.wait(left)
+
+    def wait_change(self, timeout: float) -> None:
+        """Sleep until any new event arrives, or ``timeout`` (the chain's waits use this)."""
+        with self._cond:
+            seen = len(self._events)
+            self._cond.wait_for(lambda: len(self._events) != seen, timeout)
+
+    def last_events_table(self, per_node: int = 3) -> str:
+        """The last events of each node, for timeout and failure messages."""
+        with self._cond:
+            events = list(self._events)
+        lines = ["last events per node:"]
+        for node in [*self.nodes, None]:
+            mine = [e for e in events if e.node == node][-per_node:]
+            if not mine and node is None:
+                continue
+            shown = "; ".join(_describe(e) for e in mine) or "(none)"
+            lines.append(f"  {node or 'run'}: {shown}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+    def _check_node(self, name: str) -> None:
+        if name not in self.nodes:
+            raise ValueError(f"no node named {name!r}; nodes are {', '.join(self.nodes)}")
+
+
+def merge_history(logs_dir: Path) -> Path:
+    """Write ``events.jsonl``: every event of the run once, oldest first.
+
+    Sources: each agent's own file (everything it published, written before publishing)
+    and the recording subscription (everything anyone published). Re-run it any time; the
+    owner runs it at teardown.
+    """
+    seen: dict[tuple[str, str | None, float], str] = {}
+    for source in sorted(logs_dir.glob("events-*.jsonl")):
+        for line in source.read_text().splitlines():
+            try:
+                data = json.loads(line)
+                key = (data["kind"], data.get("node"), float(data["ts"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut short by a kill
+            seen.setdefault(key, line)
+    target = logs_dir / "events.jsonl"
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text("".join(seen[k] + "\n" for k in sorted(seen, key=lambda k: k[2])))
+    tmp.replace(target)
+    return target
+
+
+def _describe(event: Event) -> str:
+    age = time.time() - event.ts
+    if event.kind == "block":
+        return f"block {event.payload.get('number')} ({age:.1f}s ago)"
+    brief = ", ".join(f"{k}={v}" for k, v in list(event.payload.items())[:3])
+    return f"{event.kind} {brief} ({age:.1f}s ago)"

@@ -1,0 +1,261 @@
+"""The event bus against the session's 4-node network, and whole runs that use it."""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from eth_account.signers.local import LocalAccount
+
+from pytest_chainharness import Chain, ChainTimeout, Event, SyncBus
+from pytest_chainharness._broker import write_config
+from pytest_chainharness._ports import PortAllocator
+from pytest_chainharness._proc import RUN_MARKER
+from pytest_chainharness.bus import BarrierTimeout, merge_history
+
+pytestmark = pytest.mark.usefixtures("geth_required", "mosquitto_required")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def block_numbers(events: list[Event]) -> list[int]:
+    return [int(e.payload["number"]) for e in events]
+
+
+def test_transfer_seen_on_every_node_via_the_bus(
+    chain: Chain, bus: SyncBus, funded_account: LocalAccount
+) -> None:
+    tx = chain.transfer(funded_account, chain.accounts[1].address, 7).to_0x_hex()
+    events = bus.wait_for("block", lambda e: tx in e.payload["txs"], timeout=30)
+    assert [e.node for e in events] == ["node0", "node1", "node2", "node3"]
+    assert len({e.payload["hash"] for e in events}) == 1
+    # The chain's own wait is driven by the same events: it returns at once now.
+    started = time.perf_counter()
+    receipts = chain.wait_for_tx(tx)
+    assert time.perf_counter() - started < 1.0
+    assert set(receipts) == {"node0", "node1", "node2", "node3"}
+
+
+@pytest.mark.disruptive
+def test_convergence_after_kill_and_start_and_fault_events(chain: Chain, bus: SyncBus) -> None:
+    node3 = chain.nodes[3]
+    node3.kill()
+    node3.start()
+    head = chain.wait_converged(timeout=30)
+    faults = [e.payload["action"] for e in bus.events("fault", node="node3")]
+    assert faults[-2:] == ["kill", "start"]
+    # node3's agent published the blocks it imported while catching up, in order.
+    numbers = block_numbers(bus.events("block", node="node3"))
+    assert numbers == sorted(numbers)
+    assert bus.wait_for("block", lambda e: e.payload["number"] >= head.number, nodes=["node3"])
+
+
+def test_peers_and_health_events(bus: SyncBus) -> None:
+    peers = bus.wait_for("peers", lambda e: e.payload["count"] == 3, timeout=30)
+    assert len(peers) == 4
+    health = bus.wait_for("health", lambda e: e.payload["ok"], timeout=10)
+    assert {e.node for e in health} == {"node0", "node1", "node2", "node3"}
+
+
+def test_user_events_round_trip(bus: SyncBus) -> None:
+    bus.publish("deploy.done", {"version": "1.2"}, node="node2")
+    (event,) = bus.wait_for("deploy.done", nodes=None, timeout=10)
+    assert (event.node, event.payload) == ("node2", {"version": "1.2"})
+    assert bus.events("deploy.done", node="node2")[-1].payload == {"version": "1.2"}
+
+
+class TestBadInput:
+    def test_unknown_kind_fails_at_once(self, bus: SyncBus) -> None:
+        started = time.perf_counter()
+        with pytest.raises(ValueError, match="unknown event kind 'blok'"):
+            bus.wait_for("blok", timeout=30)
+        assert time.perf_counter() - started < 0.5
+
+    def test_unknown_node_fails_at_once(self, bus: SyncBus) -> None:
+        with pytest.raises(ValueError, match="no node named 'node9'; nodes are node0"):
+            bus.wait_for("block", nodes=["node9"], timeout=30)
+
+    def test_barrier_timeout_names_who_arrived(self, bus: SyncBus) -> None:
+        with pytest.raises(BarrierTimeout, match=r"'lonely': 1 of 2 parties arrived") as info:
+            bus.barrier("lonely", 2, timeout=0.5)
+        assert f":{os.getpid()}:" in str(info.value)
+        assert isinstance(info.value, ChainTimeout)
+
+    def test_wait_for_timeout_shows_last_events(self, bus: SyncBus) -> None:
+        with pytest.raises(ChainTimeout) as info:
+            bus.wait_for("block", lambda e: e.payload["number"] > 10**9, timeout=0.3)
+        assert "last events per node:" in str(info.value)
+        assert "node3: " in str(info.value)
+
+
+def test_barrier_with_another_process(bus: SyncBus) -> None:
+    helper = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import json, sys\n"
+            "from pytest_chainharness._broker import BrokerEndpoint\n"
+            "from pytest_chainharness.bus import SyncBus\n"
+            "args = json.loads(sys.argv[1])\n"
+            "bus = SyncBus(BrokerEndpoint.from_dict(args['e']), args['run'], args['nodes'])\n"
+            "bus.barrier('meet', 2, timeout=30)\n"
+            "bus.publish('helper.done', {})\n"
+            "bus.close()\n",
+            json.dumps({"e": bus.endpoint.to_dict(), "run": bus.run_id, "nodes": bus.nodes}),
+        ]
+    )
+    bus.barrier("meet", 2, timeout=30)
+    bus.register_kind("helper.done")
+    bus.wait_for("helper.done", nodes=None, timeout=30)
+    assert helper.wait(timeout=30) == 0
+
+
+@pytest.mark.disruptive
+def test_broker_restart_loses_no_block_event(chain: Chain, bus: SyncBus) -> None:
+    run_dir = Path(chain.provider.run_dir)  # type: ignore[attr-defined]
+    conf = run_dir / "broker" / "mosquitto.conf"
+    (pid,) = [
+        int(p.name)
+        for p in Path("/proc").iterdir()
+        if p.name.isdigit() and str(conf) in _cmdline(p)
+    ]
+    before = chain.heads()["node0"].number
+    os.kill(pid, signal.SIGTERM)
+    time.sleep(2.5)  # two or three blocks are sealed while the broker is away
+    _KEEP.append(
+        subprocess.Popen(  # killed with the run (it carries the run marker)
+            ["mosquitto", "-c", str(conf)],
+            env={**os.environ, RUN_MARKER: chain.provider.run_id},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            process_group=0,
+        )
+    )
+    target = before + 6
+    events = bus.wait_for("block", lambda e: e.payload["number"] >= target, timeout=30)
+    assert len(events) == 4
+    for node in chain.nodes:
+        numbers = sorted(set(block_numbers(bus.events("block", node=node.name))))
+        assert numbers == list(range(numbers[0], numbers[-1] + 1)), node.name
+        assert numbers[-1] >= target
+    history = [
+        json.loads(line) for line in merge_history(run_dir / "logs").read_text().splitlines()
+    ]
+    for node in chain.nodes:
+        recorded = sorted(
+            {
+                h["payload"]["number"]
+                for h in history
+                if h["kind"] == "block" and h["node"] == node.name
+            }
+        )
+        gapless = list(range(recorded[0], recorded[-1] + 1))
+        assert recorded == gapless, f"{node.name}: history has gaps"
+        assert before in recorded
+        assert target in recorded
+
+
+_KEEP: list[subprocess.Popen[bytes]] = []
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+class TestWholeRuns:
+    def test_barrier_across_xdist_workers(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            import os
+
+            def test_meet(bus):
+                bus.barrier("workers", 2, timeout=60)
+                bus.publish("met", {"worker": os.environ["PYTEST_XDIST_WORKER"]})
+            """
+        )
+        result = inner.runpytest_subprocess("-n", "2", "--dist=each", "--chain-nodes=2")
+        result.assert_outcomes(passed=2)
+
+    def test_failing_test_shows_the_last_events(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            def test_fails(chain):
+                chain.wait_for_height(2)
+                assert False, "boom"
+            """
+        )
+        result = inner.runpytest_subprocess("--chain-nodes=2")
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*chainharness events*", "*node1: *block *"])
+
+    def test_external_broker(self, inner: pytest.Pytester, tmp_path: Path) -> None:
+        port = PortAllocator().take(1)[0]
+        user, password = write_config(
+            tmp_path / "ext",
+            listen="127.0.0.1",
+            port=port,
+            data_dir=str(tmp_path / "ext"),
+            run_as=pwd.getpwuid(os.getuid()).pw_name,
+        )
+        broker = subprocess.Popen(
+            ["mosquitto", "-c", str(tmp_path / "ext" / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(0.3)
+            inner.makepyfile(
+                """
+                def test_events(chain, bus):
+                    assert bus.endpoint.kind == "external"
+                    bus.wait_for("block", timeout=30)
+                """
+            )
+            result = inner.runpytest_subprocess(
+                "--chain-nodes=2", f"--chain-bus=mqtt://{user}:{password}@127.0.0.1:{port}"
+            )
+            result.assert_outcomes(passed=1)
+        finally:
+            broker.terminate()
+            broker.wait()
+
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("http://127.0.0.1:1883", "expected mqtt://"),
+            ("mqtt://127.0.0.1", "host and port required"),
+            ("mqtt://127.0.0.1:notaport", "not a number"),
+            ("mqtt://127.0.0.1:9", "mqtt://127.0.0.1:9 is unreachable"),
+        ],
+    )
+    def test_bad_bus_urls_are_usage_errors(
+        self, inner: pytest.Pytester, url: str, message: str
+    ) -> None:
+        inner.makepyfile("def test_x(bus):\n    pass\n")
+        result = inner.runpytest_subprocess(f"--chain-bus={url}")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*--chain-bus={url}*{message}*"])
+
+    @pytest.mark.usefixtures("docker_required")
+    def test_bus_on_the_docker_backend(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            def test_inclusion(chain, bus, funded_account):
+                assert bus.endpoint.kind == "container"
+                tx = chain.transfer(funded_account, chain.accounts[0].address, 1).to_0x_hex()
+                events = bus.wait_for("block", lambda e: tx in e.payload["txs"], timeout=30)
+                assert len(events) == len(chain.nodes)
+            """
+        )
+        result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=4")
+        result.assert_outcomes(passed=1)
