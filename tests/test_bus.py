@@ -129,14 +129,11 @@ def test_broker_restart_loses_no_block_event(chain: Chain, bus: SyncBus) -> None
     before = chain.heads()["node0"].number
     os.kill(pid, signal.SIGTERM)
     time.sleep(2.5)  # two or three blocks are sealed while the broker is away
-    _KEEP.append(
-        subprocess.Popen(  # killed with the run (it carries the run marker)
-            ["mosquitto", "-c", str(conf)],
-            env={**os.environ, RUN_MARKER: chain.provider.run_id},
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            process_group=0,
-        )
+    # -d: mosquitto daemonises; it carries the run marker, so teardown kills it.
+    subprocess.run(
+        ["mosquitto", "-d", "-c", str(conf)],
+        env={**os.environ, RUN_MARKER: chain.provider.run_id},
+        check=True,
     )
     target = before + 6
     events = bus.wait_for("block", lambda e: e.payload["number"] >= target, timeout=30)
@@ -160,9 +157,6 @@ def test_broker_restart_loses_no_block_event(chain: Chain, bus: SyncBus) -> None
         assert recorded == gapless, f"{node.name}: history has gaps"
         assert before in recorded
         assert target in recorded
-
-
-_KEEP: list[subprocess.Popen[bytes]] = []
 
 
 def _cmdline(proc: Path) -> str:
@@ -189,8 +183,8 @@ class TestWholeRuns:
     def test_failing_test_shows_the_last_events(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(
             """
-            def test_fails(chain):
-                chain.wait_for_height(2)
+            def test_fails(chain, bus):
+                bus.wait_for("block", timeout=30)
                 assert False, "boom"
             """
         )

@@ -321,7 +321,7 @@ def test_cli_up_attach_status_logs_down(inner: pytest.Pytester, runs_dir: Path) 
     state = inner.path / ".chainharness" / "state.json"
     record = json.loads(state.read_text())
     assert record["backend"] == "docker"
-    assert len(run_objects(runs_dir)) == 3  # two nodes and the network
+    assert len(run_objects(runs_dir)) == 4  # two nodes, the bus broker and the network
 
     again = cli("up", "--chain-backend=docker")
     assert again.returncode == 1
@@ -332,7 +332,7 @@ def test_cli_up_attach_status_logs_down(inner: pytest.Pytester, runs_dir: Path) 
     result = inner.runpytest_subprocess(f"--chain-attach={state}", "-rs")
     result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines(["*attached to the network in*", "*needs at least 4 nodes*"])
-    assert len(run_objects(runs_dir)) == 3  # pytest did not take it down
+    assert len(run_objects(runs_dir)) == 4  # pytest did not take it down
 
     # Sessions that attach one after another never get an account an earlier one used.
     fresh = inner.path / "fresh"

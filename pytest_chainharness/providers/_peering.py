@@ -7,6 +7,7 @@ network-level partitions replace it where those are available.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Sequence
 
 from .._errors import UnsupportedAction
@@ -42,7 +43,36 @@ class AdminPeering:
             for b in self.testnet.nodes:
                 if a.index != b.index and group_of.get(a.index) != group_of.get(b.index):
                     self._admin(a.index, "admin_removePeer", self.enode(b.index))
+        # A dial already in flight (from a heal just before) can still land after the
+        # removal: drop such connections until none crosses a group boundary.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            crossing = self._crossing_peers(group_of)
+            if not crossing:
+                break
+            for x, y in crossing:
+                self._admin(x, "admin_removePeer", self.enode(y))
+                self._admin(y, "admin_removePeer", self.enode(x))
+            time.sleep(0.1)
         return "peers"
+
+    def _crossing_peers(self, group_of: dict[int, int]) -> list[tuple[int, int]]:
+        index_of = {n.node_id: n.index for n in self.testnet.nodes}
+        crossing = []
+        for node in self.testnet.nodes:
+            if self.state(node.index) is not NodeState.RUNNING:
+                continue
+            try:
+                peers = rpc_call(node.rpc_url, "admin_peers", [])
+            except RPCError:
+                continue
+            for peer in peers or []:
+                # "enode://<public key>@host:port": the key is the node id we derive.
+                key = str(peer.get("enode", "")).removeprefix("enode://").split("@")[0]
+                other = index_of.get(key)
+                if other is not None and group_of.get(other) != group_of.get(node.index):
+                    crossing.append((node.index, other))
+        return crossing
 
     def heal(self) -> None:
         self._save_partition(None)
