@@ -192,6 +192,7 @@ class ChainSession:
         self.bus = bus
         chain.waker = bus.wait_change
         chain.describe_events = bus.last_events_table
+        chain.on_sent = lambda node, tx: bus.publish("tx", tx, node=node)
         chain._on_action = lambda node, action: bus.publish(
             "fault", {"action": action}, node=None if node == "*" else node
         )

@@ -181,7 +181,9 @@ class Chain:
         self._on_action = on_action
         #: Sleeps until something may have changed (a bus event), at most the given seconds;
         #: without a bus the waits poll every POLL_INTERVAL.
-        self.waker: Callable[[float], None] | None = None
+        self.waker: Callable[[float], bool] | None = None
+        #: Told of every transaction ``transfer`` sends (the bus publishes a ``tx`` event).
+        self.on_sent: Callable[[str, dict[str, Any]], None] | None = None
         #: Extra lines for timeout messages (the bus's last events per node).
         self.describe_events: Callable[[], str] | None = None
         self._nonces: dict[str, int] = {}
@@ -262,6 +264,7 @@ class Chain:
     def _poll(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
+        quick = 0
         while True:
             try:
                 result = check()
@@ -278,8 +281,12 @@ class Chain:
                     f"timed out after {timeout:g}s waiting for {what}{detail}\n{table}"
                 )
             if self.waker is not None:
-                # Re-check as soon as any node reports a block, and at least twice a second.
-                self.waker(min(0.5, max(0.0, deadline - time.monotonic())))
+                # Re-check as soon as any node reports something, and at least twice a
+                # second. Right after an event, RPC may lag the node's own announcement
+                # by a few milliseconds: re-check quickly a few times before sleeping long.
+                pause = 0.02 if quick > 0 else 0.5
+                woke = self.waker(min(pause, max(0.0, deadline - time.monotonic())))
+                quick = 5 if woke else max(0, quick - 1)
             else:
                 time.sleep(POLL_INTERVAL)
 
@@ -398,7 +405,14 @@ class Chain:
             "type": 2,
         }
         signed = sender.sign_transaction(tx)
-        return HexBytes(w3.eth.send_raw_transaction(signed.raw_transaction))
+        tx_hash = HexBytes(w3.eth.send_raw_transaction(signed.raw_transaction))
+        if self.on_sent is not None:
+            self.on_sent(
+                node.name,
+                {"hash": tx_hash.to_0x_hex(), "from": sender.address, "to": tx["to"],
+                 "nonce": nonce, "value": value_wei},
+            )  # fmt: skip
+        return tx_hash
 
     # -- partitions ------------------------------------------------------------------------
 

@@ -41,6 +41,8 @@ def test_transfer_seen_on_every_node_via_the_bus(
     receipts = chain.wait_for_tx(tx)
     assert time.perf_counter() - started < 1.0
     assert set(receipts) == {"node0", "node1", "node2", "node3"}
+    (sent,) = bus.wait_for("tx", lambda e: e.payload["hash"] == tx, nodes=None, timeout=10)
+    assert sent.payload["from"] == funded_account.address
 
 
 @pytest.mark.disruptive
