@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -151,29 +152,42 @@ def write_config(
 def start_local_broker(
     run_dir: Path, run_id: str
 ) -> tuple[BrokerEndpoint, subprocess.Popen[bytes]]:
-    """mosquitto as a child process on 127.0.0.1 (the process backend's broker)."""
+    """A broker as a child process on 127.0.0.1: mosquitto, else amqtt (pure Python).
+
+    ``CHAINHARNESS_BROKER=amqtt`` picks amqtt even where mosquitto is installed.
+    """
     binary = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
-    if binary is None:
-        raise ToolNotFound(
-            "mosquitto is needed for the event bus: apt-get install mosquitto "
-            "(scripts/setup.sh installs it), or pass --chain-bus=mqtt://HOST:PORT"
-        )
+    if os.environ.get("CHAINHARNESS_BROKER") == "amqtt":
+        binary = None
     port = PortAllocator().take(1)[0]
     conf_dir = run_dir / "broker"
-    import pwd
+    if binary is not None:
+        import pwd
 
-    username, password = write_config(
-        conf_dir,
-        listen="127.0.0.1",
-        port=port,
-        data_dir=str(conf_dir),
-        run_as=pwd.getpwuid(os.getuid()).pw_name,
-    )
+        username, password = write_config(
+            conf_dir,
+            listen="127.0.0.1",
+            port=port,
+            data_dir=str(conf_dir),
+            run_as=pwd.getpwuid(os.getuid()).pw_name,
+        )
+        argv = [binary, "-c", str(conf_dir / "mosquitto.conf")]
+        kind = "mosquitto"
+    else:
+        amqtt = shutil.which("amqtt") or str(Path(sys.executable).parent / "amqtt")
+        if not Path(amqtt).exists():
+            raise ToolNotFound(
+                "the event bus needs a broker: apt-get install mosquitto (scripts/setup.sh "
+                "installs it) or pip install amqtt, or pass --chain-bus=mqtt://HOST:PORT"
+            )
+        username, password = write_amqtt_config(conf_dir, port=port)
+        argv = [amqtt, "-c", str(conf_dir / "amqtt.yaml")]
+        kind = "amqtt"
     log = (run_dir / "logs" / "broker.log").open("ab")
     process = subprocess.Popen(
-        [binary, "-c", str(conf_dir / "mosquitto.conf")],
+        argv,
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -182,9 +196,30 @@ def start_local_broker(
     )
     log.close()
     _CHILDREN.append(process)
-    endpoint = BrokerEndpoint("127.0.0.1", port, username, password, kind="mosquitto")
+    endpoint = BrokerEndpoint("127.0.0.1", port, username, password, kind=kind)
     wait_listening(endpoint, process)
     return endpoint, process
+
+
+def write_amqtt_config(directory: Path, *, port: int) -> tuple[str, str]:
+    """amqtt's YAML config and an argon2 password file, for when mosquitto is absent."""
+    from pwdlib import PasswordHash  # installed with amqtt
+    from pwdlib.hashers.argon2 import Argon2Hasher
+
+    directory.mkdir(parents=True, exist_ok=True)
+    username, password = "chainharness", secrets.token_urlsafe(18)
+    hashed = PasswordHash((Argon2Hasher(),)).hash(password)
+    (directory / "passwd").write_text(f"{username}:{hashed}\n")
+    (directory / "amqtt.yaml").write_text(
+        "listeners:\n"
+        "  default:\n"
+        "    type: tcp\n"
+        f"    bind: 127.0.0.1:{port}\n"
+        "plugins:\n"
+        "  amqtt.plugins.authentication.FileAuthPlugin:\n"
+        f"    password_file: {directory / 'passwd'}\n"
+    )
+    return username, password
 
 
 def wait_listening(

@@ -242,6 +242,23 @@ class TestWholeRuns:
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines([f"*--chain-bus={url}*{message}*"])
 
+    def test_amqtt_fallback_broker(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CHAINHARNESS_BROKER", "amqtt")
+        inner.makepyfile(
+            """
+            def test_events(chain, bus, funded_account):
+                assert bus.endpoint.kind == "amqtt"
+                tx = chain.transfer(funded_account, chain.accounts[0].address, 1).to_0x_hex()
+                events = bus.wait_for("block", lambda e: tx in e.payload["txs"], timeout=30)
+                assert len(events) == 2
+                bus.barrier("alone", 1, timeout=10)
+            """
+        )
+        result = inner.runpytest_subprocess("--chain-nodes=2")
+        result.assert_outcomes(passed=1)
+
     @pytest.mark.usefixtures("docker_required")
     def test_bus_on_the_docker_backend(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(
