@@ -285,6 +285,7 @@ def start_agents(
         if endpoint.username:
             argv += ["--user", endpoint.username]
         argv += ["--own", str(run_dir / "logs" / f"events-{name}.jsonl")]
+        argv += ["--alive-while", str(run_dir / "nodes")]
         if i == 0:
             argv += ["--record", str(run_dir / "logs" / "events-bus.jsonl")]
         if not has_peers:

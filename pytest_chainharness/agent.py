@@ -198,7 +198,10 @@ class Agent:
             thread.start()
         try:
             while not self.stop.wait(1.0):
-                pass
+                # The run's datadirs go at teardown, whoever does it: a safety net for an
+                # agent whose killer never came (e.g. a network left by a failed test).
+                if self.args.alive_while and not os.path.exists(self.args.alive_while):
+                    self.stop.set()
         finally:
             self.client.loop_stop()
 
@@ -215,6 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--record", help="append every event of the run to this JSONL file")
     parser.add_argument("--own", required=True, help="append this agent's events to this file")
     parser.add_argument("--no-peers", dest="peers", action="store_false")
+    parser.add_argument("--alive-while", help="exit once this path no longer exists")
     args = parser.parse_args(argv)
     args.host, _, port = args.broker.rpartition(":")
     args.port = int(port)

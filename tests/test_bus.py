@@ -272,3 +272,48 @@ class TestWholeRuns:
         )
         result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=4")
         result.assert_outcomes(passed=1)
+
+
+def test_agent_exits_once_the_run_is_gone(chain: Chain, bus: SyncBus, tmp_path: Path) -> None:
+    from pytest_chainharness.agent import script_path
+
+    marker = tmp_path / "nodes"
+    marker.mkdir()
+    node = chain.nodes[0]
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            script_path(),
+            "--run",
+            f"{bus.run_id}-orphan",
+            "--node",
+            node.name,
+            "--rpc",
+            node.rpc_url,
+            "--ws",
+            node.ws_url,
+            "--broker",
+            f"{bus.endpoint.host}:{bus.endpoint.port}",
+            "--user",
+            str(bus.endpoint.username),
+            "--own",
+            str(tmp_path / "events.jsonl"),
+            "--alive-while",
+            str(marker),
+        ],
+        env={**os.environ, "CHAINHARNESS_BUS_PASSWORD": str(bus.endpoint.password)},
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and "block" not in _read(tmp_path / "events.jsonl"):
+            time.sleep(0.1)
+        assert '"block"' in _read(tmp_path / "events.jsonl")
+        marker.rmdir()
+        assert agent.wait(timeout=10) == 0
+    finally:
+        agent.kill()
+        agent.wait()
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,8 +317,16 @@ def test_cli_up_attach_status_logs_down(inner: pytest.Pytester, runs_dir: Path) 
 
     up = cli("up", "--chain-nodes=2", "--chain-backend=docker", "--chain-seed=5")
     assert up.returncode == 0, up.stdout + up.stderr
-    assert "2 node(s) up on docker" in up.stdout
-    assert "node1: http://127.0.0.1:" in up.stdout
+    try:
+        _use_and_take_down(cli, up.stdout, inner, runs_dir)
+    finally:
+        cli("down")  # a failed assertion above must not leave the network running
+    assert_nothing_left(runs_dir)
+
+
+def _use_and_take_down(cli: Any, up_out: str, inner: pytest.Pytester, runs_dir: Path) -> None:
+    assert "2 node(s) up on docker" in up_out
+    assert "node1: http://127.0.0.1:" in up_out
     state = inner.path / ".chainharness" / "state.json"
     record = json.loads(state.read_text())
     assert record["backend"] == "docker"
@@ -367,7 +376,6 @@ def test_cli_up_attach_status_logs_down(inner: pytest.Pytester, runs_dir: Path) 
     finally:
         bystander.remove()
         client.close()
-    assert_nothing_left(runs_dir)
 
 
 def test_indexer_service_example(inner: pytest.Pytester, runs_dir: Path) -> None:
