@@ -7,6 +7,7 @@ deadline passes they raise ``ChainTimeout`` with a table of every node's state.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -189,6 +190,9 @@ class Chain:
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
         self._partitioned = False
+        self._stall_key: tuple[tuple[str, str], ...] = ()
+        self._stall_since = 0.0
+        self._stall_checked = 0.0
 
     def __repr__(self) -> str:
         return (
@@ -272,6 +276,7 @@ class Chain:
                     return result
             except RPCError as exc:
                 last_error = exc
+            self._break_clique_deadlock()
             if time.monotonic() >= deadline:
                 detail = f"\nlast error: {last_error}" if last_error else ""
                 table = self.status_table()
@@ -289,6 +294,44 @@ class Chain:
                 quick = 5 if woke else max(0, quick - 1)
             else:
                 time.sleep(POLL_INTERVAL)
+
+    def _break_clique_deadlock(self) -> None:
+        """Rewind the losing side of a Clique fork that no signer can extend.
+
+        Two branches of equal difficulty where every signer on each branch has signed too
+        recently (geth's known Clique deadlock) never resolve on their own: nobody seals
+        and nobody reorgs. Waits call this; once every running node's head has stood
+        still for several periods with more than one head among them, the nodes off the
+        most common branch drop their head block (debug_setHead) and sync the other one.
+        """
+        now = time.monotonic()
+        if self._partitioned or now - self._stall_checked < 1.0:
+            return
+        self._stall_checked = now
+        heads = self.heads()
+        if len(heads) < 2:
+            return
+        key = tuple(sorted((name, head.hash) for name, head in heads.items()))
+        if key != self._stall_key:
+            self._stall_key, self._stall_since = key, now
+            return
+        if now - self._stall_since < max(6.0, 5.0 * self.testnet.period):
+            return
+        branches: dict[str, list[str]] = {}
+        for name, head in heads.items():
+            branches.setdefault(head.hash, []).append(name)
+        if len(branches) < 2:
+            return  # one head that does not move: not a fork (sealing stopped elsewhere)
+        keep = min(branches, key=lambda h: (-len(branches[h]), h))
+        lowest = min(head.number for head in heads.values())
+        if self._on_action is not None:
+            self._on_action("*", "clique-unstall")
+        for name, head in heads.items():
+            if head.hash != keep:
+                # A node that went away meanwhile is left alone; the next check retries.
+                with contextlib.suppress(RPCError):
+                    self.node(name)._rpc("debug_setHead", [hex(max(0, lowest - 1))])
+        self._stall_key = ()
 
     def _select(self, nodes: Sequence[int | str | Node] | None) -> list[Node]:
         return self.running_nodes() if nodes is None else [self.node(n) for n in nodes]

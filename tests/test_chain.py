@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from eth_account.signers.local import LocalAccount
 
@@ -152,3 +154,18 @@ def test_upgrade_and_rollback_keep_the_datadir(chain: Chain) -> None:
     node.upgrade("1.13.15")
     assert node.client_version.startswith("1.13.15")
     chain.wait_converged(timeout=30)
+
+
+@pytest.mark.disruptive
+def test_two_two_split_then_heal_makes_progress_again(chain: Chain) -> None:
+    # Each half of a 2|2 split of four Clique signers stalls after a block or two; after
+    # the heal the two branches can be of equal difficulty with every signer too recent
+    # on its own branch: the waits rewind the losing side instead of waiting forever.
+    with chain.partition([0, 1], [2, 3]):
+        start = max(h.number for h in chain.heads().values())
+        time.sleep(4)
+        during = max(h.number for h in chain.heads().values())
+        assert during <= start + 2  # a half cannot keep sealing alone
+    chain.wait_ready(timeout=60)
+    head = chain.wait_converged(timeout=60)
+    chain.wait_for_height(head.number + 2, timeout=30)
