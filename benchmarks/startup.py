@@ -83,7 +83,7 @@ def one_run(nodes: int, seed: int, backend: str) -> dict[str, float]:
         if isinstance(provider, DockerProvider):
             rss = container_rss_mb(provider)
         else:
-            rss = [rss_mb(int(e["pid"])) for e in provider._load()["nodes"].values()]
+            rss = [rss_mb(int(e["pid"])) for e in provider.shared.load()["nodes"].values()]
         t1 = time.perf_counter()
         provider.teardown()
         teardown = time.perf_counter() - t1

@@ -267,8 +267,6 @@ def start_agents(
     has_peers: bool,
 ) -> list[subprocess.Popen[bytes]]:
     """One agent process per (name, rpc_url, ws_url); the first also records the history."""
-    import sys
-
     from .agent import script_path
 
     agents = []

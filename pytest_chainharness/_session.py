@@ -463,7 +463,7 @@ def start_network(
 
             specs = load_services(settings.services)
             record["services"] = start_services(provider, specs).to_dict()
-        record["bus"] = _start_bus(settings, provider, backend, run_dir, run_id)
+        record["bus"] = _start_bus(settings, provider, adapter, backend, run_dir, run_id)
         record["client_version"] = (
             adapter.version(version_of) if version_of is not None else provider.client_version(0)
         )
@@ -475,7 +475,12 @@ def start_network(
 
 
 def _start_bus(
-    settings: Settings, provider: Provider, backend: str, run_dir: Path, run_id: str
+    settings: Settings,
+    provider: Provider,
+    adapter: ClientAdapter,
+    backend: str,
+    run_dir: Path,
+    run_id: str,
 ) -> dict[str, Any]:
     """The run's broker and one agent per node; ``{"error": ...}`` when no broker can run
     here (the chain then works without a bus and the ``bus`` fixture says why)."""
@@ -496,7 +501,6 @@ def _start_bus(
         except ToolNotFound as exc:
             return {"error": str(exc)}
     testnet = provider.testnet
-    adapter = get_client(testnet.client)
     start_agents(
         endpoint,
         run_id=run_id,

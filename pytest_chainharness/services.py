@@ -197,13 +197,6 @@ def _ordered(path: Path, specs: dict[str, ServiceSpec]) -> list[ServiceSpec]:
     return done
 
 
-class _Values(dict[str, Any]):
-    """format_map source that names the unknown placeholder instead of a bare KeyError."""
-
-    def __missing__(self, key: str) -> Any:
-        raise KeyError(key)
-
-
 class _Obj:
     def __init__(self, **attrs: str) -> None:
         self.__dict__.update(attrs)
@@ -212,7 +205,7 @@ class _Obj:
 def placeholders(provider: Any, specs: list[ServiceSpec]) -> dict[str, Any]:
     """The values ``{...}`` in a service's env and command may use."""
     ports = provider.adapter.container_ports()
-    values: dict[str, Any] = _Values(chain_id=provider.testnet.chain_id, run_id=provider.run_id)
+    values: dict[str, Any] = {"chain_id": provider.testnet.chain_id, "run_id": provider.run_id}
     for node in provider.testnet.nodes:
         values[node.name] = _Obj(
             host=node.name,

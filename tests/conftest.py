@@ -1,5 +1,10 @@
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,3 +32,44 @@ def inner(
     monkeypatch.setenv("CHAINHARNESS_TOOLS", str(ROOT / ".tools"))
     pytester.makeini("[pytest]\nchain_backend = process\n")
     return pytester
+
+
+HOLD_THE_CHAIN = """
+import time
+
+def test_hang(chain):
+    print("NETWORK-UP", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.fixture
+def interrupt_when_up(inner: pytest.Pytester) -> Callable[..., tuple[int, str]]:
+    """Run a child pytest whose one test holds the chain; once the network is up and
+    ``is_up()`` agrees, send the child ``sig``. Returns its exit code and output."""
+
+    def run(args: Sequence[str], sig: int, is_up: Callable[[], object]) -> tuple[int, str]:
+        inner.makepyfile(HOLD_THE_CHAIN)
+        out = inner.path / "out.txt"
+        with open(out, "w") as sink:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", *args],
+                cwd=inner.path,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                # A shell running us in the background ignores SIGINT, and children inherit
+                # that; Python only turns SIGINT into KeyboardInterrupt when it is default.
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while "NETWORK-UP" not in out.read_text() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert is_up(), out.read_text()[-2000:]
+            proc.send_signal(sig)
+            return proc.wait(timeout=30), out.read_text()
+        finally:
+            proc.kill()
+            proc.wait()
+
+    return run

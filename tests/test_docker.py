@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,6 @@ from pytest_chainharness.providers.docker import DockerProvider, image_for_versi
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINHARNESS = str(Path(sys.executable).parent / "chainharness")
-PYTEST = [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider"]
 EXAMPLES = (ROOT / "examples" / "test_example.py").read_text()
 
 pytestmark = pytest.mark.usefixtures("docker_required", "geth_required")
@@ -129,36 +129,16 @@ class TestLeaks:
         ids=["sigkill", "sigterm", "sigint"],
     )
     def test_interrupted_run_leaves_nothing(
-        self, inner: pytest.Pytester, runs_dir: Path, sig: int, code: int
+        self,
+        interrupt_when_up: Callable[..., tuple[int, str]],
+        runs_dir: Path,
+        sig: int,
+        code: int,
     ) -> None:
-        inner.makepyfile(
-            """
-            import time
-
-            def test_hang(chain):
-                print("NETWORK-UP", flush=True)
-                time.sleep(300)
-            """
+        seen, output = interrupt_when_up(
+            ["--chain-nodes=2", "--chain-backend=docker"], sig, lambda: run_objects(runs_dir)
         )
-        out = inner.path / "out.txt"
-        with open(out, "w") as sink:
-            proc = subprocess.Popen(
-                [*PYTEST, "--chain-nodes=2", "--chain-backend=docker"],
-                cwd=inner.path,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-            )
-        try:
-            deadline = time.monotonic() + 60
-            while "NETWORK-UP" not in out.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert run_objects(runs_dir), out.read_text()[-2000:]
-            proc.send_signal(sig)
-            assert proc.wait(timeout=30) == code, out.read_text()[-2000:]
-        finally:
-            proc.kill()
-            proc.wait()
+        assert seen == code, output[-2000:]
         assert_nothing_left(runs_dir)
 
     def test_failing_fixture_leaves_nothing(self, inner: pytest.Pytester, runs_dir: Path) -> None:

@@ -6,9 +6,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -108,49 +107,34 @@ class TestWholeRuns:
         ids=["sigkill-watchdog", "sigterm-watchdog", "sigint-teardown"],
     )
     def test_interrupted_run_leaves_nothing(
-        self, inner: pytest.Pytester, runs_dir: Path, sig: int, code: int
+        self,
+        interrupt_when_up: Callable[..., tuple[int, str]],
+        runs_dir: Path,
+        sig: int,
+        code: int,
     ) -> None:
-        inner.makepyfile(
-            """
-            import time
-
-            def test_hang(chain):
-                print("NETWORK-UP", flush=True)
-                time.sleep(300)
-            """
+        seen, output = interrupt_when_up(
+            ["--chain-nodes=2"], sig, lambda: processes_under(runs_dir)
         )
-        out = inner.path / "out.txt"
-        with open(out, "w") as sink:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pytest", "-s", "-p", "no:cacheprovider", "--chain-nodes=2"],
-                cwd=inner.path,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                # A shell running us in the background ignores SIGINT, and children inherit
-                # that; Python only turns SIGINT into KeyboardInterrupt when it is default.
-                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-            )
-        try:
-            deadline = time.monotonic() + 60
-            while "NETWORK-UP" not in out.read_text() and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert processes_under(runs_dir)
-            proc.send_signal(sig)
-            assert proc.wait(timeout=30) == code, out.read_text()[-2000:]
-        finally:
-            proc.kill()
-            proc.wait()
+        assert seen == code, output[-2000:]
         assert_nothing_left(runs_dir)
 
 
-def two_node_chain(testnet: Testnet, adapter: GethAdapter, tmp_path: Path) -> Chain:
+def two_node_chain(
+    testnet: Testnet,
+    adapter: GethAdapter,
+    tmp_path: Path,
+    *,
+    provider_class: type[ProcessProvider] = ProcessProvider,
+    binary: Path | None = None,
+) -> Chain:
     """A chain on the process backend, launched by the test itself, with its run under tmp_path."""
-    provider = ProcessProvider(
+    provider = provider_class(
         testnet,
         adapter,
         run_dir=tmp_path / "run",
         run_id=f"t-{os.getpid()}-{testnet.seed}",
-        binary=adapter.find_binary(),
+        binary=binary or adapter.find_binary(),
     )
     return Chain(testnet, provider, adapter)
 
@@ -239,14 +223,8 @@ class TestStartFailures:
         testnet = build_testnet(nodes=2, client="geth", period=1, seed=13, accounts=4)
         first_port = testnet.nodes[1].http_port
         adapter = GethAdapter(root=ROOT)
-        provider = ProcessProvider(
-            testnet,
-            adapter,
-            run_dir=tmp_path / "run",
-            run_id=f"t-{os.getpid()}-13",
-            binary=wrapper,
-        )
-        chain = Chain(testnet, provider, adapter)
+        chain = two_node_chain(testnet, adapter, tmp_path, binary=wrapper)
+        provider = chain.provider
         try:
             launch(chain, timeout=60)
             assert hung_once.exists()
@@ -273,14 +251,8 @@ class TestStartFailures:
             def add_peers(self, index: int) -> None:
                 return None
 
-        provider = StalledDials(
-            testnet,
-            adapter,
-            run_dir=tmp_path / "run",
-            run_id=f"t-{os.getpid()}-14",
-            binary=adapter.find_binary(),
-        )
-        chain = Chain(testnet, provider, adapter)
+        chain = two_node_chain(testnet, adapter, tmp_path, provider_class=StalledDials)
+        provider = chain.provider
         try:
             launch(chain, timeout=60)
             assert chain.nodes[0].peer_count() == 1

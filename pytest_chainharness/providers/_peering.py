@@ -14,6 +14,7 @@ from .._errors import UnsupportedAction
 from .._rpc import RPCError, rpc_call
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter
+from ._state import RunState
 from .base import NodeState
 
 __all__ = ["AdminPeering"]
@@ -22,6 +23,7 @@ __all__ = ["AdminPeering"]
 class AdminPeering:
     testnet: Testnet
     adapter: ClientAdapter
+    shared: RunState
 
     def state(self, index: int) -> NodeState:
         raise NotImplementedError
@@ -31,7 +33,8 @@ class AdminPeering:
         raise NotImplementedError
 
     def _save_partition(self, groups: list[list[int]] | None) -> None:
-        raise NotImplementedError
+        with self.shared.edit() as data:
+            data["partition"] = groups
 
     def partition(self, groups: Sequence[Sequence[int]]) -> str:
         if not self.adapter.has_peers:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import os
 import re
 import shlex
@@ -31,7 +30,6 @@ import docker.errors
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import EndpointConfig, IPAMConfig, IPAMPool
-from filelock import FileLock
 from testcontainers.core.config import ConnectionMode, testcontainers_config
 from testcontainers.core.container import DockerContainer
 
@@ -51,6 +49,7 @@ from .._rpc import rpc_call
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
 from ._peering import AdminPeering
+from ._state import RunState
 from .base import NodeState
 
 __all__ = ["DockerProvider", "image_for_version"]
@@ -131,8 +130,7 @@ class DockerProvider(AdminPeering):
         self.network_name = network or f"{run_id}-net"
         self.subnet = subnet
         self._client = docker_client()
-        self._state_file = run_dir / "docker-state.json"
-        self._lock = FileLock(str(run_dir / "docker-state.lock"))
+        self.shared = RunState(run_dir / "docker-state.json", testnet)
 
     # -- naming, labels, shared state ------------------------------------------------------
 
@@ -152,29 +150,8 @@ class DockerProvider(AdminPeering):
     def artifacts_dir(self) -> Path:
         return self.run_dir / "logs"
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self._state_file.read_text())
-            return data
-        except FileNotFoundError:
-            return {"nodes": {}, "partition": None}
-
-    def _update(self, index: int | None = None, **fields: Any) -> None:
-        with self._lock:
-            data = self._load()
-            if index is not None:
-                data["nodes"].setdefault(str(index), {}).update(fields)
-            data["testnet"] = self.testnet.to_dict()
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self._state_file)
-
-    def _entry(self, index: int) -> dict[str, Any]:
-        entry: dict[str, Any] = self._load()["nodes"].get(str(index), {})
-        return entry
-
     def node_image(self, index: int) -> str:
-        return str(self._entry(index).get("image") or self.image)
+        return str(self.shared.entry(index).get("image") or self.image)
 
     def _container(self, index: int) -> Container | None:
         try:
@@ -249,7 +226,8 @@ class DockerProvider(AdminPeering):
                     self.testnet.nodes,
                 )
             )
-        self._update(subnet=self.subnet)
+        with self.shared.edit() as data:
+            data["subnet"] = self.subnet
 
     def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
         chosen = list(range(len(self.testnet.nodes)) if indexes is None else indexes)
@@ -274,7 +252,7 @@ class DockerProvider(AdminPeering):
     def start(self, index: int) -> None:
         if self.state(index) in (NodeState.RUNNING, NodeState.PAUSED):
             return
-        self._update(index, intent="running")
+        self.shared.record(index, intent="running")
         existing = self._container(index)
         if existing is not None:
             existing.start()
@@ -328,9 +306,10 @@ class DockerProvider(AdminPeering):
     def _take_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
         node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
-        if not self.adapter.has_peers or self.adapter.container_ports()["ws"] == 8545:
+        ports = self.adapter.container_ports()
+        if ports["ws"] == ports["http"]:  # one listener for both (anvil): one published port
             node.ws_port = node.http_port
-        self._update(index)
+        self.shared.save()
 
     def _save_logs(self, index: int) -> None:
         container = self._container(index)
@@ -359,7 +338,7 @@ class DockerProvider(AdminPeering):
     def state(self, index: int) -> NodeState:
         container = self._container(index)
         if container is None:
-            return NodeState.NEW if not self._entry(index) else NodeState.STOPPED
+            return NodeState.NEW if not self.shared.entry(index) else NodeState.STOPPED
         status = container.status
         if status == "paused":
             return NodeState.PAUSED
@@ -368,17 +347,19 @@ class DockerProvider(AdminPeering):
         if status == "created":
             return NodeState.NEW
         return (
-            NodeState.STOPPED if self._entry(index).get("intent") == "stopped" else NodeState.EXITED
+            NodeState.STOPPED
+            if self.shared.entry(index).get("intent") == "stopped"
+            else NodeState.EXITED
         )
 
     def stop(self, index: int, *, timeout: float = 10.0) -> None:
-        self._update(index, intent="stopped")
+        self.shared.record(index, intent="stopped")
         container = self._container(index)
         if container is not None:
             container.stop(timeout=max(1, int(timeout)))
 
     def kill(self, index: int) -> None:
-        self._update(index, intent="stopped")
+        self.shared.record(index, intent="stopped")
         container = self._container(index)
         if container is not None and container.status in ("running", "paused", "restarting"):
             try:
@@ -426,7 +407,7 @@ class DockerProvider(AdminPeering):
         self.stop(index)
         self._save_logs(index)
         self._remove_container(index)
-        self._update(index, image=image)
+        self.shared.record(index, image=image)
         self.start(index)
 
     def client_version(self, index: int) -> str:
@@ -437,21 +418,7 @@ class DockerProvider(AdminPeering):
 
     def refresh(self) -> None:
         """Reload what another process may have changed (ports after a retry, subnet)."""
-        data = self._load()
-        self.subnet = data.get("subnet", self.subnet)
-        if "testnet" in data:
-            fresh = Testnet.from_dict(data["testnet"])
-            for mine, theirs in zip(self.testnet.nodes, fresh.nodes, strict=True):
-                mine.p2p_port, mine.http_port = theirs.p2p_port, theirs.http_port
-                mine.ws_port, mine.authrpc_port = theirs.ws_port, theirs.authrpc_port
-
-    def _save_partition(self, groups: list[list[int]] | None) -> None:
-        with self._lock:
-            data = self._load()
-            data["partition"] = groups
-            tmp = self._state_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self._state_file)
+        self.subnet = self.shared.refresh().get("subnet", self.subnet)
 
     # -- teardown and attach ---------------------------------------------------------------
 

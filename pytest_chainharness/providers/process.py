@@ -14,7 +14,6 @@ sweeps by the environment marker so a node started by anyone is never left behin
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -25,14 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from .._errors import ChainHarnessError, NetworkStartError
 from .._ports import PortAllocator
 from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
 from ._peering import AdminPeering
+from ._state import RunState
 from .base import NodeState
 
 __all__ = ["ProcessProvider"]
@@ -60,8 +58,7 @@ class ProcessProvider(AdminPeering):
         self.default_binary = binary
         self._ports = ports or PortAllocator()
         self._children: dict[int, subprocess.Popen[bytes]] = {}
-        self._state_file = run_dir / "process-state.json"
-        self._lock = FileLock(str(run_dir / "process-state.lock"))
+        self.shared = RunState(run_dir / "process-state.json", testnet)
 
     # -- paths and shared state ------------------------------------------------------------
 
@@ -75,32 +72,8 @@ class ProcessProvider(AdminPeering):
     def artifacts_dir(self) -> Path:
         return self.run_dir / "logs"
 
-    def _load(self) -> dict[str, Any]:
-        try:
-            data: dict[str, Any] = json.loads(self._state_file.read_text())
-            return data
-        except FileNotFoundError:
-            return {"nodes": {}, "partition": None}
-
-    def _save(self, data: dict[str, Any]) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self._state_file)
-
-    def _record(self, index: int, **fields: Any) -> None:
-        with self._lock:
-            data = self._load()
-            entry = data["nodes"].setdefault(str(index), {})
-            entry.update(fields)
-            data["testnet"] = self.testnet.to_dict()
-            self._save(data)
-
-    def _entry(self, index: int) -> dict[str, Any]:
-        entry: dict[str, Any] = self._load()["nodes"].get(str(index), {})
-        return entry
-
     def _binary(self, index: int) -> Path:
-        return Path(self._entry(index).get("binary") or self.default_binary)
+        return Path(self.shared.entry(index).get("binary") or self.default_binary)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -115,10 +88,7 @@ class ProcessProvider(AdminPeering):
                     self.testnet.nodes,
                 )
             )
-        with self._lock:
-            data = self._load()
-            data["testnet"] = self.testnet.to_dict()
-            self._save(data)
+        self.shared.save()
 
     def _place(self, index: int, binary: Path | None = None) -> Placement:
         node = self.testnet.nodes[index]
@@ -169,26 +139,24 @@ class ProcessProvider(AdminPeering):
                 process_group=0,
             )
         self._children[index] = proc
-        with self._lock:
-            data = self._load()
+        with self.shared.edit() as data:
             data["nodes"].setdefault(str(index), {}).update(
                 pid=proc.pid, intent="running", binary=str(binary)
             )
             # Every pid ever started: a node killed by another xdist worker is re-parented
             # to the owner when its starter exits, and only the owner can reap it then.
             data.setdefault("started", []).append(proc.pid)
-            self._save(data)
 
     def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
         for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
             self.adapter.start_sealing(self.testnet.nodes[index])
 
     def _pid(self, index: int) -> int | None:
-        pid = self._entry(index).get("pid")
+        pid = self.shared.entry(index).get("pid")
         return int(pid) if pid else None
 
     def state(self, index: int) -> NodeState:
-        entry = self._entry(index)
+        entry = self.shared.entry(index)
         pid = entry.get("pid")
         child = self._children.get(index)
         if child is not None and child.pid == pid:
@@ -204,7 +172,7 @@ class ProcessProvider(AdminPeering):
 
     def _signal_and_wait(self, index: int, sig: int, timeout: float) -> None:
         pid = self._pid(index)
-        self._record(index, intent="stopped")
+        self.shared.record(index, intent="stopped")
         if pid is None:
             return
         left = kill_pids([pid], sig=sig, timeout=timeout)
@@ -255,24 +223,12 @@ class ProcessProvider(AdminPeering):
         node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
         for other in self.testnet.nodes:
             self.adapter.update_peers(self.datadir(other.index), self._place(other.index).peers)
-        with self._lock:
-            data = self._load()
-            data["testnet"] = self.testnet.to_dict()
-            self._save(data)
-
-    def refresh(self) -> None:
-        """Reload ports another process may have changed (after a port retry)."""
-        data = self._load()
-        if "testnet" in data:
-            fresh = Testnet.from_dict(data["testnet"])
-            for mine, theirs in zip(self.testnet.nodes, fresh.nodes, strict=True):
-                mine.p2p_port, mine.http_port = theirs.p2p_port, theirs.http_port
-                mine.ws_port, mine.authrpc_port = theirs.ws_port, theirs.authrpc_port
+        self.shared.save()
 
     def upgrade(self, index: int, version: str) -> None:
         binary = self.adapter.find_binary(version)
         self.stop(index)
-        self._record(index, binary=str(binary))
+        self.shared.record(index, binary=str(binary))
         self.start(index)
 
     def client_version(self, index: int) -> str:
@@ -283,16 +239,10 @@ class ProcessProvider(AdminPeering):
     def enode(self, index: int) -> str:
         return self.testnet.nodes[index].enode
 
-    def _save_partition(self, groups: list[list[int]] | None) -> None:
-        with self._lock:
-            data = self._load()
-            data["partition"] = groups
-            self._save(data)
-
     # -- teardown and attach ---------------------------------------------------------------
 
     def teardown(self) -> None:
-        data = self._load()
+        data = self.shared.load()
         pids = {int(e["pid"]) for e in data["nodes"].values() if e.get("pid")}
         pids.update(int(p) for p in data.get("started", []))
         pids.update(find_marked(self.run_id))
@@ -321,5 +271,5 @@ class ProcessProvider(AdminPeering):
             run_id=description["run_id"],
             binary=Path(description["binary"]),
         )
-        provider.refresh()
+        provider.shared.refresh()
         return provider
