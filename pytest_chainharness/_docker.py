@@ -40,6 +40,19 @@ LABEL_ROLE = "io.chainharness.role"
 
 def docker_client(timeout: int = 60) -> docker.DockerClient:
     """A client for the engine ``DOCKER_HOST`` (or the default socket) names."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if host.startswith("unix://"):
+        # docker-py leaks its socket when a unix connect fails; find out without it.
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(timeout)
+            probe.connect(host.removeprefix("unix://"))
+        except OSError as exc:
+            raise docker.errors.DockerException(
+                f"Error while fetching server API version: {exc}"
+            ) from None
+        finally:
+            probe.close()
     return docker.from_env(timeout=timeout)
 
 
@@ -72,6 +85,22 @@ def image_exists(tag: str) -> bool:
     finally:
         client.close()
     return True
+
+
+def image_id(ref: str) -> str | None:
+    """The id of local image ``ref``; None when there is no such image or no engine."""
+    try:
+        client = docker_client(timeout=10)
+    except docker.errors.DockerException:
+        return None
+    try:
+        # A listing, not images.get: a 404 response left in the pool leaks its socket.
+        ids = client.api.images(name=ref, quiet=True)
+    except (docker.errors.DockerException, OSError):
+        return None
+    finally:
+        client.close()
+    return str(ids[0]) if ids else None
 
 
 def owner_label(pid: int | None = None) -> str:

@@ -136,6 +136,11 @@ class ChainSession:
     def started(self) -> bool:
         return self._chain is not None
 
+    @property
+    def current_chain(self) -> Chain | None:
+        """The chain if this process has it already (never starts one)."""
+        return self._chain
+
     def adapter(self) -> ClientAdapter:
         adapter = get_client(self.settings.client, root=self.root)
         return adapter
@@ -193,8 +198,10 @@ class ChainSession:
         chain.waker = bus.wait_change
         chain.describe_events = bus.last_events_table
         chain.on_sent = lambda node, tx: bus.publish("tx", tx, node=node)
-        chain._on_action = lambda node, action: bus.publish(
-            "fault", {"action": action}, node=None if node == "*" else node
+        chain.action_listeners.append(
+            lambda node, action: bus.publish(
+                "fault", {"action": action}, node=None if node == "*" else node
+            )
         )
 
     def close(self) -> None:
@@ -338,6 +345,28 @@ class ChainSession:
     def network_record(self) -> dict[str, Any] | None:
         return self._read()
 
+    def describe(self) -> dict[str, Any]:
+        """What the run tested against: client, version, nodes, backend, seed (for reports)."""
+        s = self.settings
+        record = read_state(s.attach) if s.attach is not None else self._read()
+        info: dict[str, Any] = {"client": s.client, "nodes": s.nodes, "seed": self.run.seed}
+        if record is not None and record.get("status") == "up":
+            info["backend"] = record.get("backend", record["provider"].get("provider"))
+            info["nodes"] = len(record["provider"]["testnet"]["nodes"])
+            info["version"] = record.get("client_version", "unknown")
+            info["seed"] = record["provider"]["testnet"].get("seed", self.run.seed)
+            info["started"] = True
+        else:
+            backend, _ = resolve_backend(s.backend, s.image)
+            info["backend"] = backend
+            info["version"] = s.image if backend == "docker" else _binary_version(self, s)
+            info["started"] = False
+        if info["backend"] == "docker":
+            info["image"] = s.image
+        if s.attach is not None:
+            info["attached"] = str(s.attach)
+        return info
+
     def teardown(self) -> None:
         """Stop everything this run started (owner only; never an attached network)."""
         self.close()
@@ -361,6 +390,14 @@ class ChainSession:
             sweep_run(self.run.run_id, self.run.run_dir, self.adapter())
         if self._watchdog is not None:
             self._watchdog.poll()  # killed with the nodes (same run marker); collect its status
+
+
+def _binary_version(session: ChainSession, s: Settings) -> str:
+    adapter = session.adapter()
+    try:
+        return adapter.version(adapter.find_binary(explicit=s.geth if s.client == "geth" else None))
+    except (ToolNotFound, OSError, subprocess.SubprocessError) as exc:
+        return f"unknown ({type(exc).__name__})"
 
 
 def sweep_run(run_id: str, run_dir: Path, adapter: ClientAdapter) -> None:

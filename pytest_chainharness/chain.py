@@ -11,7 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -179,7 +179,11 @@ class Chain:
         #: Genesis-funded accounts reserved for this process (an xdist worker's slice).
         self.accounts: list[LocalAccount] = list(accounts)
         self.nodes = [Node(self, spec) for spec in testnet.nodes]
-        self._on_action = on_action
+        #: Told of every fault before it happens (node name or "*", action); a listener
+        #: may return a context manager that is held while the action runs (report steps).
+        self.action_listeners: list[Callable[[str, str], AbstractContextManager[Any] | None]] = []
+        if on_action is not None:
+            self.action_listeners.append(on_action)
         #: Sleeps until something may have changed (a bus event), at most the given seconds;
         #: without a bus the waits poll every POLL_INTERVAL.
         self.waker: Callable[[float], bool] | None = None
@@ -225,9 +229,17 @@ class Chain:
         return self.nodes[self.testnet.node(ref).index]
 
     def _act(self, node: Node, action: str, run: Callable[[], None]) -> None:
-        if self._on_action is not None:
-            self._on_action(node.name, action)
-        run()
+        with self._announce(node.name, action):
+            run()
+
+    @contextmanager
+    def _announce(self, node: str, action: str) -> Iterator[None]:
+        with ExitStack() as stack:
+            for listener in self.action_listeners:
+                scope = listener(node, action)
+                if scope is not None:
+                    stack.enter_context(scope)
+            yield
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -324,8 +336,8 @@ class Chain:
             return  # one head that does not move: not a fork (sealing stopped elsewhere)
         keep = min(branches, key=lambda h: (-len(branches[h]), h))
         lowest = min(head.number for head in heads.values())
-        if self._on_action is not None:
-            self._on_action("*", "clique-unstall")
+        with self._announce("*", "clique-unstall"):
+            pass
         for name, head in heads.items():
             if head.hash != keep:
                 # A node that went away meanwhile is left alone; the next check retries.
@@ -488,9 +500,8 @@ class Chain:
         that long after its previous dial.
         """
         resolved = self._groups(groups)
-        if self._on_action is not None:
-            self._on_action("*", f"partition {resolved}")
-        how = self.provider.partition(resolved)
+        with self._announce("*", f"partition {resolved}"):
+            how = self.provider.partition(resolved)
         self._partitioned = True
         try:
             yield how
@@ -499,9 +510,8 @@ class Chain:
 
     def heal(self) -> None:
         """Undo any partition."""
-        if self._on_action is not None:
-            self._on_action("*", "heal")
-        self.provider.heal()
+        with self._announce("*", "heal"):
+            self.provider.heal()
         self._partitioned = False
 
     # -- readiness -------------------------------------------------------------------------

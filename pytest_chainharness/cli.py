@@ -5,6 +5,7 @@
     chainharness logs NODE [--tail N] [--state FILE]
     chainharness down [--state FILE]
     chainharness images build|list
+    chainharness gate verify REPORT [--artifact NAME=PATH|IMAGE ...]
 
 ``up`` takes the plugin's chain options, starts the network, writes the state file
 (default ``.chainharness/state.json``) and prints the endpoints; ``pytest
@@ -81,7 +82,54 @@ def _parser() -> argparse.ArgumentParser:
 
     images = sub.add_parser("images", help="build or list the local images (no registry)")
     images.add_argument("images_args", nargs=argparse.REMAINDER)
+
+    gate = sub.add_parser("gate", help="check a gate verdict before a deploy")
+    gate_sub = gate.add_subparsers(dest="gate_command", required=True)
+    verify = gate_sub.add_parser(
+        "verify",
+        help="exit 0 only if REPORT promotes, is unedited and tested these artifacts",
+    )
+    verify.add_argument("report", type=Path)
+    verify.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="NAME=PATH|IMAGE",
+        help="the artifact about to be deployed; must be the one that was tested",
+    )
+    verify.add_argument("--target", default=None, help="require a promote to this stage or later")
+    verify.add_argument(
+        "--key-env",
+        default="CHAINHARNESS_GATE_KEY",
+        help="environment variable with the HMAC key (checked when set)",
+    )
+    verify.add_argument(
+        "--require-signature", action="store_true", help="fail unless the report is signed"
+    )
     return parser
+
+
+def _gate_verify(args: argparse.Namespace) -> int:
+    from .gate import GateError, key_from_env, parse_artifact, verify
+
+    try:
+        artifacts = [parse_artifact(text) for text in args.artifact]
+        content = verify(
+            args.report,
+            artifacts=artifacts,
+            key=key_from_env(args.key_env),
+            require_signature=args.require_signature,
+            target=args.target,
+        )
+    except GateError as exc:
+        print(f"chainharness gate verify: REJECTED: {exc}", file=sys.stderr)
+        return 1
+    signed = "signed" if "signature" in content else "unsigned"
+    print(
+        f"chainharness gate verify: OK: promote to {content['target']} "
+        f"({content['created']}, {signed}, {len(artifacts)} artifact(s) match)"
+    )
+    return 0
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -188,6 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .images import main as images_main
 
         return images_main(args.images_args)
+    if args.command == "gate":
+        return _gate_verify(args)
     if args.command == "up":
         return _up(args)
     if args.command == "down":

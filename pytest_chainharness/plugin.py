@@ -10,7 +10,9 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from web3 import Web3
 
+from ._allure import AllurePlugin, allure_dir
 from ._errors import ChainHarnessError, ToolNotFound
+from ._gate import GatePlugin, add_gate_options, infra_fail, item_stage, read_gate_settings
 from ._options import add_options, read_settings
 from ._session import ChainSession, RunInfo
 from .chain import Chain
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
     from .services import Services
 
 _SESSION_KEY = pytest.StashKey[ChainSession]()
+_ALLURE_KEY = pytest.StashKey[AllurePlugin | None]()
 
 MARKERS = (
     "chain(min_nodes=None, client=None): skip unless the run's network has at least "
@@ -36,12 +39,14 @@ MARKERS = (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
+    add_gate_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     settings = read_settings(config)
+    gate_settings = read_gate_settings(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and "chainharness_run_id" in workerinput:
         run = RunInfo.from_workerinput(workerinput)
@@ -52,6 +57,17 @@ def pytest_configure(config: pytest.Config) -> None:
         session = ChainSession(settings, run, owner=True, root=config.rootpath)
         config.add_cleanup(lambda: _finish(config, session))
     config.stash[_SESSION_KEY] = session
+    config.pluginmanager.register(
+        GatePlugin(config, gate_settings, owner=session.owner, describe_chain=session.describe),
+        "chainharness-gate",
+    )
+    reporter = None
+    if allure_dir(config) is not None:
+        reporter = AllurePlugin(
+            config, session, owner=session.owner, stage_of=item_stage, target=gate_settings.target
+        )
+        config.pluginmanager.register(reporter, "chainharness-allure")
+    config.stash[_ALLURE_KEY] = reporter
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "chainharness-xdist")
 
@@ -165,13 +181,21 @@ def _session(request: pytest.FixtureRequest) -> ChainSession:
 @pytest.fixture(scope="session")
 def chain(request: pytest.FixtureRequest) -> Chain:
     """The running network, started on first use and shared by all xdist workers."""
+    reporter = request.config.stash[_ALLURE_KEY]
     try:
-        return _session(request).chain()
+        if reporter is None:
+            return _session(request).chain()
+        with reporter.network_step():
+            started = _session(request).chain()
+        reporter.watch(started)
+        return started
     except ChainHarnessError as exc:
         failure = f"{type(exc).__name__}: {exc}"
     # The message says what to do (install command, node log tail); a traceback through
     # the harness, or the error printed twice as a chained exception, would only bury it.
-    pytest.fail(failure, pytrace=False)
+    # It is an infrastructure failure: the gate counts it apart from product failures.
+    infra_fail(failure)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 @pytest.fixture(scope="session")

@@ -178,7 +178,7 @@ class TestMissingTools:
         result.stdout.fnmatch_lines(
             [
                 "*client geth NOT FOUND*",
-                "ToolNotFound: geth was not found*"
+                "[[]infra[]] ToolNotFound: geth was not found*"
                 "Install it with: python -m pytest_chainharness.tools install geth*",
             ]
         )
