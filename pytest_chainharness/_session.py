@@ -328,17 +328,22 @@ class ChainSession:
     # -- restoring and tearing down --------------------------------------------------------
 
     def restore(self) -> None:
-        """Bring a disturbed network back: heal, restart/resume every node, converge."""
+        """Bring a disturbed network back: heal, clear latency, put every node back on the
+        run's version, restart/resume every node, converge."""
         chain = self._chain
         if chain is None:
             return
         chain.heal()
+        chain.clear_latency()
+        default = chain.provider.default_version_ref()
         for node in chain.nodes:
             state = chain.provider.state(node.index)
             if state is NodeState.PAUSED:
                 node.resume()
             elif state is not NodeState.RUNNING:
                 node.start()
+            if chain.provider.version_ref(node.index) != default:
+                node.upgrade(default)
         chain.wait_converged(timeout=60)
         chain.wait_ready(timeout=60)
 

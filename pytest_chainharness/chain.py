@@ -8,12 +8,13 @@ deadline passes they raise ``ChainTimeout`` with a table of every node's state.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
@@ -27,6 +28,9 @@ from ._rpc import RPCError, rpc_call
 from ._testnet import NodeSpec, Testnet
 from .clients.base import ClientAdapter
 from .providers.base import NodeState, Provider
+
+if TYPE_CHECKING:
+    from .upgrade import UpgradeResult
 
 __all__ = ["Chain", "Head", "Node"]
 
@@ -194,6 +198,8 @@ class Chain:
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
         self._partitioned = False
+        #: How the last partition was made (``netfilter`` or ``peers``).
+        self.partition_method: str | None = None
         self._stall_key: tuple[tuple[str, str], ...] = ()
         self._stall_since = 0.0
         self._stall_checked = 0.0
@@ -494,19 +500,90 @@ class Chain:
     def partition(self, *groups: Sequence[int | str | Node]) -> Iterator[str]:
         """Nodes in different groups cannot reach each other until the block is left.
 
-        Yields how the partition was made (the process backend: ``"peers"``, by dropping
-        peers through the admin API). Heals on exit, also when the body fails. With the
-        ``peers`` method a heal takes up to ~35 s to reconnect: geth redials a peer only
-        that long after its previous dial.
+        Yields how the partition was made: ``"netfilter"`` on the docker backend (packets
+        between groups dropped inside each container's namespace), ``"peers"`` on the
+        process backend (client-level: peers removed through the admin API; nodes that
+        share 127.0.0.1 cannot be told apart by a packet filter). Heals on exit, also when
+        the body fails.
         """
         resolved = self._groups(groups)
+        self.partition_method = "?"
         with self._announce("*", f"partition {resolved}"):
             how = self.provider.partition(resolved)
+        self.partition_method = how
         self._partitioned = True
         try:
             yield how
         finally:
             self.heal()
+
+    @contextmanager
+    def latency(self, node: int | str | Node, ms: int, *, jitter_ms: int = 0) -> Iterator[str]:
+        """Everything ``node`` sends to its peers is delayed by ``ms`` (± ``jitter_ms``)
+        until the block is left. Yields how (``"toxiproxy"``: a userspace TCP proxy on
+        every peer link of the node, as this kernel has no netem)."""
+        target = self.node(node)
+        how = self.add_latency(target, ms, jitter_ms=jitter_ms)
+        try:
+            yield how
+        finally:
+            self.clear_latency(target)
+
+    def add_latency(self, node: int | str | Node, ms: int, *, jitter_ms: int = 0) -> str:
+        """Delay what ``node`` sends by ``ms`` until ``clear_latency``; returns how."""
+        target = self.node(node)
+        how = ""
+
+        def run() -> None:
+            nonlocal how
+            how = self.provider.add_latency(target.index, ms, jitter_ms)
+
+        self._act(target, f"latency {ms}ms" + (f" ±{jitter_ms}ms" if jitter_ms else ""), run)
+        self._rejoined(target)
+        return how
+
+    def clear_latency(self, node: int | str | Node | None = None) -> None:
+        """Remove the latency of ``node`` (of every node by default)."""
+        slow = self.provider.latencies()
+        chosen = [self.node(i) for i in slow] if node is None else [self.node(node)]
+        for target in chosen:
+            if target.index in slow:
+                clear = functools.partial(self.provider.clear_latency, target.index)
+                self._act(target, "clear latency", clear)
+                self._rejoined(target)
+
+    def _rejoined(self, node: Node, timeout: float = 30.0) -> None:
+        # Moving a node's links restarts it: wait for its RPC, then let it seal again.
+        if node.running:
+            self._wait_rpc([node], timeout=timeout)
+            self._catch_up_and_seal(node)
+
+    def rolling_upgrade(
+        self,
+        version: str,
+        *,
+        max_unavailable: int = 1,
+        pause: float = 0.0,
+        health: Callable[[Node], object] | None = None,
+        auto_rollback: bool = True,
+        timeout: float = 60.0,
+    ) -> UpgradeResult:
+        """Upgrade every node to ``version`` in batches of ``max_unavailable``, checking
+        ``health(node)`` after each batch (default: it follows the chain again) and
+        pausing ``pause`` seconds between batches. When a batch is unhealthy and
+        ``auto_rollback`` is on, every node upgraded so far goes back to its previous
+        version. Returns what happened per node (``UpgradeResult``)."""
+        from .upgrade import rolling_upgrade
+
+        return rolling_upgrade(
+            self,
+            version,
+            max_unavailable=max_unavailable,
+            pause=pause,
+            health=health,
+            auto_rollback=auto_rollback,
+            timeout=timeout,
+        )
 
     def heal(self) -> None:
         """Undo any partition."""

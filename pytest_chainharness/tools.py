@@ -1,14 +1,15 @@
-"""Find and install the client binaries the harness runs (geth, anvil).
+"""Find and install the binaries the harness runs (geth, anvil, toxiproxy).
 
 Binaries live in a tools folder, never in the repository::
 
     <tools>/geth/<version>/geth                     built from the Go module proxy
     <tools>/anvil/node_modules/.bin/anvil            from the npm package @foundry-rs/anvil
+    <tools>/toxiproxy/<version>/server               toxiproxy (latency faults), Go proxy
 
 The tools folder is ``$CHAINHARNESS_TOOLS``, else ``.tools`` in the project root when it
 exists, else ``~/.cache/pytest-chainharness/tools``. Install with::
 
-    python -m pytest_chainharness.tools install geth anvil
+    python -m pytest_chainharness.tools install geth anvil toxiproxy
 """
 
 from __future__ import annotations
@@ -29,9 +30,11 @@ __all__ = [
     "GETH_VERSIONS",
     "find_anvil",
     "find_geth",
+    "find_toxiproxy",
     "geth_versions_installed",
     "install_anvil",
     "install_geth",
+    "install_toxiproxy",
     "tools_dir",
 ]
 
@@ -41,6 +44,8 @@ DEFAULT_GETH_VERSION = "1.13.15"
 GETH_VERSIONS = ("1.13.15", "1.13.14")
 
 INSTALL_COMMAND = "python -m pytest_chainharness.tools install"
+#: toxiproxy: the userspace TCP proxy behind latency faults where the kernel has no netem.
+TOXIPROXY_VERSION = "2.12.0"
 
 
 def tools_dir(root: Path | None = None) -> Path:
@@ -183,6 +188,48 @@ def _geth_reports(binary: Path, version: str) -> bool:
     return f"Version: {version}" in out.stdout
 
 
+def find_toxiproxy(root: Path | None = None) -> Path:
+    """The toxiproxy server binary: ``$CHAINHARNESS_TOXIPROXY``, the tools folder or PATH."""
+    explicit = os.environ.get("CHAINHARNESS_TOXIPROXY")
+    if explicit:
+        return Path(explicit)
+    built = tools_dir(root) / "toxiproxy" / TOXIPROXY_VERSION / "server"
+    if built.is_file():
+        return built
+    on_path = shutil.which("toxiproxy-server")
+    if on_path:
+        return Path(on_path)
+    raise ToolNotFound(
+        "toxiproxy (the TCP proxy behind latency faults; this kernel may lack netem) was "
+        f"not found. Install it with: {INSTALL_COMMAND} toxiproxy   (builds it from the Go "
+        "module proxy; needs Go)"
+    )
+
+
+def install_toxiproxy(*, dest: Path | None = None) -> Path:
+    """Build the toxiproxy server into ``dest/toxiproxy/<version>/server``."""
+    target = (dest or tools_dir()) / "toxiproxy" / TOXIPROXY_VERSION
+    binary = target / "server"
+    if binary.is_file():
+        print(f"toxiproxy {TOXIPROXY_VERSION}: already installed at {binary}")
+        return binary
+    if shutil.which("go") is None:
+        raise ToolNotFound("building toxiproxy needs Go on PATH")
+    print(f"toxiproxy {TOXIPROXY_VERSION}: building into {target}", flush=True)
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            "go",
+            "install",
+            "-trimpath",
+            f"github.com/Shopify/toxiproxy/v2/cmd/server@v{TOXIPROXY_VERSION}",
+        ],
+        env={**os.environ, "GOBIN": str(target)},
+        check=True,
+    )
+    return binary
+
+
 def install_anvil(*, dest: Path | None = None, version: str = "latest") -> Path:
     """Install anvil from npm into ``dest/anvil``."""
     if shutil.which("npm") is None:
@@ -217,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     inst = sub.add_parser("install", help="build/install clients into the tools folder")
-    inst.add_argument("what", nargs="+", choices=["geth", "anvil"])
+    inst.add_argument("what", nargs="+", choices=["geth", "anvil", "toxiproxy"])
     inst.add_argument("--dest", type=Path, help="tools folder (default: see module docs)")
     inst.add_argument(
         "--geth-version",
@@ -234,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_geth(args.geth_versions or GETH_VERSIONS, dest=dest)
             if "anvil" in args.what:
                 install_anvil(dest=dest)
+            if "toxiproxy" in args.what:
+                install_toxiproxy(dest=dest)
         else:
             root = Path.cwd()
             print(f"tools folder: {tools_dir(root)}")

@@ -18,7 +18,7 @@ fi
 .venv/bin/python -m pip install -q -e ".[dev]"
 
 export CHAINHARNESS_TOOLS="$PWD/.tools"
-.venv/bin/python -m pytest_chainharness.tools install geth --dest .tools
+.venv/bin/python -m pytest_chainharness.tools install geth toxiproxy --dest .tools
 if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
 else

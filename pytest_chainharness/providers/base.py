@@ -94,12 +94,38 @@ class Provider(Protocol):
         """The client version the node runs now."""
         ...
 
+    def check_version(self, version: str) -> str:
+        """Resolve an upgrade target (version, binary or image) without touching any node;
+        ``ToolNotFound`` naming the install/build command when it is not available."""
+        ...
+
+    def version_ref(self, index: int) -> str:
+        """What ``upgrade`` takes to put the node back on the version it runs now."""
+        ...
+
+    def default_version_ref(self) -> str:
+        """The run's own version (binary or image), for restoring after upgrades."""
+        ...
+
     def partition(self, groups: Sequence[Sequence[int]]) -> str:
-        """Cut the network into ``groups``; returns how (``"peers"``, ``"netns"``...)."""
+        """Cut the network into ``groups``; returns how: ``netfilter`` (packets dropped in
+        each node's namespace) or ``peers`` (client-level: admin peer removal)."""
         ...
 
     def heal(self) -> None:
         """Undo any partition."""
+        ...
+
+    def add_latency(self, index: int, latency_ms: int, jitter_ms: int = 0) -> str:
+        """Delay what node ``index`` sends to its peers; returns how (``toxiproxy``)."""
+        ...
+
+    def clear_latency(self, index: int | None = None) -> None:
+        """Remove the latency of one node (all by default) and restore direct links."""
+        ...
+
+    def latencies(self) -> dict[int, dict[str, Any]]:
+        """Node index → the latency fault on it now."""
         ...
 
     def enode(self, index: int) -> str:

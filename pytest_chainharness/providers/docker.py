@@ -48,6 +48,8 @@ from .._ports import PortAllocator
 from .._rpc import rpc_call
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
+from ._latency import ToxiproxyLatency
+from ._netfilter import empty_table, netfilter_missing, rules_for, set_rules
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState
@@ -102,7 +104,7 @@ def ensure_image(client: docker.DockerClient, image: str, option: str) -> None:
         raise missing_image_error(image, option) from exc
 
 
-class DockerProvider(AdminPeering):
+class DockerProvider(AdminPeering, ToxiproxyLatency):
     """Runs a ``Testnet`` as containers."""
 
     name = "docker"
@@ -256,10 +258,12 @@ class DockerProvider(AdminPeering):
         existing = self._container(index)
         if existing is not None:
             existing.start()
+            self._reapply_partition(index)
             return
         for attempt in range(PORT_RETRIES + 1):
             try:
                 self._run_container(index)
+                self._reapply_partition(index)
                 return
             except docker.errors.APIError as exc:
                 conflict = "address already in use" in str(exc) or "already allocated" in str(exc)
@@ -402,13 +406,79 @@ class DockerProvider(AdminPeering):
         self._take_ports(index)
 
     def upgrade(self, index: int, version: str) -> None:
-        image = image_for_version(self.image, version)
-        ensure_image(self._client, image, "the upgrade target")
+        image = self.check_version(version)
         self.stop(index)
         self._save_logs(index)
         self._remove_container(index)
         self.shared.record(index, image=image)
         self.start(index)
+
+    def check_version(self, version: str) -> str:
+        image = image_for_version(self.image, version)
+        ensure_image(self._client, image, "the upgrade target")
+        return image
+
+    def version_ref(self, index: int) -> str:
+        return self.node_image(index)
+
+    def default_version_ref(self) -> str:
+        return self.image
+
+    # -- partitions: packet filters in each container's namespace ----------------------
+
+    def _pid(self, index: int) -> int | None:
+        container = self._container(index)
+        if container is None or container.status not in ("running", "paused"):
+            return None
+        pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+        return pid or None
+
+    def _ips(self) -> dict[int, str]:
+        return {n.index: self.ip(n.index) for n in self.testnet.nodes}
+
+    def partition(self, groups: Sequence[Sequence[int]]) -> str:
+        missing = netfilter_missing()
+        if missing is not None:
+            # Client-level instead (admin peer removal); the caller is told which ran.
+            how = AdminPeering.partition(self, groups)
+            return f"{how} (packet filters unavailable: {missing})"
+        self._save_partition([list(g) for g in groups])
+        for node in self.testnet.nodes:
+            pid = self._pid(node.index)
+            if pid is not None:
+                set_rules(pid, rules_for(node.index, groups, self._ips()))
+        return "netfilter"
+
+    def _reapply_partition(self, index: int) -> None:
+        groups = self.shared.load().get("partition")
+        if groups and netfilter_missing() is None:
+            pid = self._pid(index)
+            if pid is not None:
+                set_rules(pid, rules_for(index, groups, self._ips()))
+
+    def heal(self) -> None:
+        if netfilter_missing() is None:
+            for node in self.testnet.nodes:
+                pid = self._pid(node.index)
+                if pid is not None:
+                    set_rules(pid, empty_table())
+        # Re-adding every peer also restores links a client-level partition dropped, and
+        # prompts nodes whose connections timed out during the partition to redial now.
+        AdminPeering.heal(self)
+
+    # -- latency: toxiproxy on the run network's gateway ---------------------------------
+
+    def _proxy_host(self) -> str:
+        network = self._client.networks.get(self.network_name)
+        configs = network.attrs.get("IPAM", {}).get("Config") or [{}]
+        gateway = configs[0].get("Gateway")
+        if not gateway:
+            assert self.subnet is not None
+            gateway = str(ipaddress.ip_network(self.subnet).network_address + 1)
+        return str(gateway)
+
+    def _p2p_upstream(self, index: int) -> str:
+        return f"{self.ip(index)}:{self.adapter.container_ports()['p2p']}"
 
     def client_version(self, index: int) -> str:
         # "Geth/v1.13.15-stable/linux-amd64/go1.22" → "1.13.15-stable", as the binary says.

@@ -29,6 +29,7 @@ from .._ports import PortAllocator
 from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
+from ._latency import ToxiproxyLatency
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState
@@ -36,7 +37,7 @@ from .base import NodeState
 __all__ = ["ProcessProvider"]
 
 
-class ProcessProvider(AdminPeering):
+class ProcessProvider(AdminPeering, ToxiproxyLatency):
     """Runs a ``Testnet`` as local processes."""
 
     name = "process"
@@ -225,8 +226,17 @@ class ProcessProvider(AdminPeering):
             self.adapter.update_peers(self.datadir(other.index), self._place(other.index).peers)
         self.shared.save()
 
+    def check_version(self, version: str) -> str:
+        return str(self.adapter.find_binary(version))
+
+    def version_ref(self, index: int) -> str:
+        return str(self._binary(index))
+
+    def default_version_ref(self) -> str:
+        return str(self.default_binary)
+
     def upgrade(self, index: int, version: str) -> None:
-        binary = self.adapter.find_binary(version)
+        binary = self.check_version(version)
         self.stop(index)
         self.shared.record(index, binary=str(binary))
         self.start(index)
@@ -238,6 +248,12 @@ class ProcessProvider(AdminPeering):
 
     def enode(self, index: int) -> str:
         return self.testnet.nodes[index].enode
+
+    def _proxy_host(self) -> str:
+        return "127.0.0.1"
+
+    def _p2p_upstream(self, index: int) -> str:
+        return f"127.0.0.1:{self.testnet.nodes[index].p2p_port}"
 
     # -- teardown and attach ---------------------------------------------------------------
 

@@ -1,0 +1,61 @@
+"""Packet-level partitions for containers: iptables rules inside each node's namespace.
+
+``nsenter -t <pid> -n iptables-restore`` runs the host's iptables in the container's
+network namespace, so node images need no iptables or capabilities of their own. Each
+node's filter table is replaced as a whole: applying a partition and healing it are one
+call per container, and nothing else in the container's namespace is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Sequence
+
+from .._errors import UnsupportedAction
+
+__all__ = ["netfilter_missing", "rules_for", "set_rules"]
+
+
+def netfilter_missing() -> str | None:
+    """Why packet-level partitions cannot run here (None: they can)."""
+    if os.geteuid() != 0:
+        return "entering a container's network namespace needs root"
+    for tool in ("nsenter", "iptables-restore"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    return None
+
+
+def rules_for(index: int, groups: Sequence[Sequence[int]], ip_of: dict[int, str]) -> str:
+    """The filter table of node ``index``: drop everything to and from other groups."""
+    mine = next((set(g) for g in groups if index in g), {index})
+    lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+    for other, ip in sorted(ip_of.items()):
+        if other not in mine:
+            # DROP, not REJECT: a partition is silence, as when a link goes down; open
+            # connections stall instead of closing, and resume if healed soon enough.
+            lines.append(f"-A INPUT -s {ip}/32 -j DROP")
+            lines.append(f"-A OUTPUT -d {ip}/32 -j DROP")
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+def set_rules(pid: int, table: str) -> None:
+    """Replace the filter table in the network namespace of process ``pid``."""
+    done = subprocess.run(
+        ["nsenter", "-t", str(pid), "-n", "iptables-restore"],
+        input=table,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    if done.returncode != 0:
+        raise UnsupportedAction(
+            f"iptables-restore in the namespace of pid {pid} failed: {done.stderr.strip()}"
+        )
+
+
+def empty_table() -> str:
+    return rules_for(-1, [], {})
