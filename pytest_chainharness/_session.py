@@ -17,11 +17,13 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from eth_account.signers.local import LocalAccount
 from filelock import FileLock
 
@@ -48,6 +50,10 @@ FIXED_ACCOUNTS = 8
 ATTACHED_FIXED_SLOTS = 8
 #: Finished runs whose logs are kept under the runs folder.
 KEEP_RUNS = 5
+
+
+#: Where each pytest process keeps its ``ChainSession`` (plugin hooks, scenario items).
+SESSION_KEY = pytest.StashKey["ChainSession"]()
 
 
 def runs_root() -> Path:
@@ -107,6 +113,61 @@ def _prune(root: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+class NetworkLock:
+    """Shared for tests that use the network, exclusive for disruptive ones: under xdist a
+    disruptive test never runs while another worker uses the same network.
+
+    A readers-writer lock over ``flock`` (filelock has no shared mode). A writer first
+    takes the turnstile, so a steady stream of readers cannot starve it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._main = directory / "network.rw"
+        self._turnstile = directory / "network.turnstile"
+        self._fd: int | None = None
+
+    def acquire(self, *, exclusive: bool, timeout: float = 1800.0) -> None:
+        import fcntl
+
+        if self._fd is not None:
+            return
+        deadline = time.monotonic() + timeout
+        gate = os.open(self._turnstile, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self._main, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._flock(gate, fcntl.LOCK_EX, deadline)
+            try:
+                if not exclusive:
+                    fcntl.flock(gate, fcntl.LOCK_UN)
+                self._flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH, deadline)
+            finally:
+                os.close(gate)  # closing releases the turnstile
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    @staticmethod
+    def _flock(fd: int, mode: int, deadline: float) -> None:
+        import fcntl
+
+        while True:
+            try:
+                fcntl.flock(fd, mode | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise ChainHarnessError(
+                        "waited too long for the network: another worker's test holds it"
+                    ) from None
+                time.sleep(0.02)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 class ChainSession:
     """The chain of one pytest process: lazily started or attached, then torn down."""
 
@@ -125,6 +186,8 @@ class ChainSession:
         self._accounts_lock = threading.Lock()
         self._network_file = run.run_dir / "network.json"
         self._lock = FileLock(str(run.run_dir / "network.lock"))
+        lock_dir = settings.attach.parent if settings.attach is not None else run.run_dir
+        self.network_lock = NetworkLock(lock_dir)
         if owner:
             # Nodes started by xdist workers are re-parented to us when the worker exits;
             # becoming a subreaper lets teardown reap them (see _proc.become_subreaper).

@@ -14,7 +14,7 @@ from ._allure import AllurePlugin, allure_dir
 from ._errors import ChainHarnessError, ToolNotFound
 from ._gate import GatePlugin, add_gate_options, infra_fail, item_stage, read_gate_settings
 from ._options import add_options, read_settings
-from ._session import ChainSession, RunInfo
+from ._session import SESSION_KEY, ChainSession, RunInfo
 from .chain import Chain
 from .clients import get_client
 from .providers import resolve_backend
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from .bus import SyncBus
     from .services import Services
 
-_SESSION_KEY = pytest.StashKey[ChainSession]()
+_SESSION_KEY = SESSION_KEY
 _ALLURE_KEY = pytest.StashKey[AllurePlugin | None]()
 
 MARKERS = (
@@ -164,11 +164,41 @@ def _chain_mark_unmet(mark: pytest.Mark, nodes: int, client: str) -> str | None:
     return None
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
-    if item.get_closest_marker("disruptive") is None:
-        return
-    item.config.stash[_SESSION_KEY].restore()
+def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
+    if file_path.suffix in (".yaml", ".yml"):
+        from .scenario import is_scenario
+
+        if is_scenario(file_path):
+            from .scenario.collect import ScenarioFile
+
+            found: pytest.Collector = ScenarioFile.from_parent(parent, path=file_path)
+            return found
+    return None
+
+
+def _uses_network(item: pytest.Item) -> bool:
+    names = getattr(item, "fixturenames", ())
+    return "chain" in names or item.get_closest_marker("disruptive") is not None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if _uses_network(item):
+        exclusive = item.get_closest_marker("disruptive") is not None
+        item.config.stash[_SESSION_KEY].network_lock.acquire(exclusive=exclusive)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Any:
+    session = item.config.stash[_SESSION_KEY]
+    try:
+        return (yield)
+    finally:
+        try:
+            if item.get_closest_marker("disruptive") is not None:
+                session.restore()
+        finally:
+            session.network_lock.release()
 
 
 # -- fixtures --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from .._broker import _CHILDREN
 from .._errors import ChainHarnessError, UnsupportedAction
 from .._ports import PortAllocator
 from .._proc import RUN_MARKER
@@ -103,7 +104,7 @@ class ToxiproxyLatency:
             api = f"http://127.0.0.1:{port}"
             log = open(self.run_dir / "logs" / "toxiproxy.log", "ab")  # noqa: SIM115
             with log:
-                subprocess.Popen(
+                server = subprocess.Popen(
                     [str(binary), "-host", "127.0.0.1", "-port", str(port)],
                     stdin=subprocess.DEVNULL,
                     stdout=log,
@@ -111,6 +112,8 @@ class ToxiproxyLatency:
                     env={**os.environ, RUN_MARKER: self.run_id},
                     start_new_session=True,
                 )
+            # Held (and reaped after teardown kills it) like the broker and the agents.
+            _CHILDREN.append(server)
             deadline = time.monotonic() + 10
             while True:
                 try:
