@@ -7,7 +7,7 @@ import time
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from pytest_chainharness import Chain, ChainTimeout, Head
+from pytest_chainharness import Chain, ChainTimeout, Head, Node, ToolNotFound
 
 pytestmark = pytest.mark.usefixtures("geth_required")
 
@@ -120,7 +120,11 @@ def test_partition_heals_even_when_the_body_fails(chain: Chain) -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         body()
-    assert seen == {"how": "peers", "peers": 0}
+    if chain.backend == "docker":
+        assert seen["how"] == "netfilter"  # packets dropped; open connections just stall
+    else:
+        assert seen == {"how": "peers", "peers": 0}
+    assert chain.provider.shared.load()["partition"] is None  # type: ignore[attr-defined]
     # geth redials a peer only 35 s after its last dial, so a heal can take that long.
     chain.wait_ready(timeout=60)  # every node has all peers again
     assert chain.wait_converged(timeout=30)
@@ -169,3 +173,48 @@ def test_two_two_split_then_heal_makes_progress_again(chain: Chain) -> None:
     chain.wait_ready(timeout=60)
     head = chain.wait_converged(timeout=60)
     chain.wait_for_height(head.number + 2, timeout=30)
+
+
+@pytest.mark.disruptive
+def test_latency_slows_one_node_and_clears(chain: Chain, funded_account: LocalAccount) -> None:
+    with chain.latency(3, 250) as how:
+        assert how == "toxiproxy"
+        assert chain.provider.latencies()[3]["ms"] == 250
+        peers = chain.nodes[3]._rpc("admin_peers")
+        # node3's links all go through the proxies now.
+        proxies = {e.split("@")[1] for e in chain.provider.latencies()[3]["peers"]}
+        remote = {p["network"]["remoteAddress"] for p in peers}
+        assert remote
+        assert remote <= proxies
+        tx = chain.transfer(funded_account, funded_account.address, 1)
+        chain.wait_for_tx(tx, timeout=30)
+    assert chain.provider.latencies() == {}
+    chain.wait_ready(timeout=60)
+
+
+@pytest.mark.disruptive
+def test_rolling_upgrade_rolls_back_on_failed_health(chain: Chain) -> None:
+    def canary(node: Node) -> bool:
+        return "1.13.15" in node.client_version  # the new version fails this on purpose
+
+    result = chain.rolling_upgrade("1.13.14", health=canary, max_unavailable=2)
+    assert result.rolled_back
+    assert not result.ok
+    statuses = {name: n.status for name, n in result.nodes.items()}
+    assert statuses == {
+        "node0": "rolled_back",
+        "node1": "rolled_back",
+        "node2": "not_started",
+        "node3": "not_started",
+    }
+    assert all(n.client_version.startswith("1.13.15") for n in chain.nodes)
+    assert "ROLLED BACK" in str(result)
+
+
+def test_upgrade_to_a_missing_version_fails_before_anything_changes(chain: Chain) -> None:
+    before = [n.state for n in chain.nodes]
+    with pytest.raises(ToolNotFound, match=r"9\.9\.9"):
+        chain.rolling_upgrade("9.9.9")
+    with pytest.raises(ToolNotFound, match=r"9\.9\.9"):
+        chain.nodes[0].upgrade("9.9.9")
+    assert [n.state for n in chain.nodes] == before == ["running"] * 4

@@ -605,7 +605,7 @@ class TestReports:
                 raise ChainHarnessError("docker went away")
             """
         )
-        result = inner.runpytest(
+        result = inner.runpytest_subprocess(
             "--alluredir=allure", "--chain-nodes=2", "--gate=integration", "--gate-report=v.json"
         )
         result.assert_outcomes(failed=2)

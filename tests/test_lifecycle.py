@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -293,3 +294,53 @@ def test_keep_leaves_the_network_and_says_how_to_stop_it(
     assert processes_under(runs_dir)
     subprocess.run(stop.split("stop it:", 1)[1], shell=True, check=True)
     assert_nothing_left(runs_dir)
+
+
+OVERLAP = """
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+LOG = Path(__file__).parent / "intervals.jsonl"
+
+
+def _log(kind, start):
+    with LOG.open("a") as out:
+        out.write(json.dumps({"kind": kind, "start": start, "end": time.time()}) + "\\n")
+
+
+@pytest.mark.disruptive
+@pytest.mark.parametrize("i", range(3))
+def test_disruptive(chain, i):
+    start = time.time()
+    chain.nodes[1].pause()
+    time.sleep(0.5)
+    chain.nodes[1].resume()
+    _log("disruptive", start)
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_normal(chain, i):
+    start = time.time()
+    time.sleep(0.3)
+    chain.heads()
+    _log("normal", start)
+"""
+
+
+@pytest.mark.usefixtures("geth_required", "mosquitto_required")
+def test_disruptive_tests_run_alone_under_xdist(inner: pytest.Pytester) -> None:
+    inner.makepyfile(test_overlap=OVERLAP)
+    result = inner.runpytest_subprocess("-n", "2", "--chain-nodes=2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=11)
+    rows = [json.loads(line) for line in (inner.path / "intervals.jsonl").read_text().splitlines()]
+    disruptive = [r for r in rows if r["kind"] == "disruptive"]
+    assert len(disruptive) == 3
+    for d in disruptive:
+        for other in rows:
+            if other is d:
+                continue
+            overlap = min(d["end"], other["end"]) - max(d["start"], other["start"])
+            assert overlap <= 0, f"{d} overlapped {other}"

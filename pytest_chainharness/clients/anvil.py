@@ -26,6 +26,8 @@ class AnvilAdapter:
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
+        #: Project root: where the tools folder (.tools) is looked up.
+        self.root = root
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
         return find_anvil(explicit=explicit or version, root=self._root)

@@ -66,6 +66,8 @@ class ClientAdapter(Protocol):
     poa: bool
     #: The client has peers whose count is part of readiness.
     has_peers: bool
+    #: Project root: where the tools folder (``.tools``) is looked up; None: the default.
+    root: Path | None
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
         """The binary for ``version`` (default when None); raises ``ToolNotFound``."""

@@ -71,6 +71,8 @@ class GethAdapter:
 
     def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
         self._root = root
+        #: Project root: where the tools folder (.tools) is looked up.
+        self.root = root
         self.extra_args = list(extra_args or [])
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:

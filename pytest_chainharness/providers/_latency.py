@@ -99,7 +99,7 @@ class ToxiproxyLatency:
                 with contextlib.suppress(ChainHarnessError):
                     _call(found["api"], "GET", "/version")
                     return str(found["api"])
-            binary = find_toxiproxy()
+            binary = find_toxiproxy(self.adapter.root)
             port = PortAllocator().take(1)[0]
             api = f"http://127.0.0.1:{port}"
             log = open(self.run_dir / "logs" / "toxiproxy.log", "ab")  # noqa: SIM115
