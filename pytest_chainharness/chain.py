@@ -344,12 +344,31 @@ class Chain:
         lowest = min(head.number for head in heads.values())
         with self._announce("*", "clique-unstall"):
             pass
+        winner = self.node(branches[keep][0])
         for name, head in heads.items():
             if head.hash != keep:
                 # A node that went away meanwhile is left alone; the next check retries.
                 with contextlib.suppress(RPCError):
-                    self.node(name)._rpc("debug_setHead", [hex(max(0, lowest - 1))])
+                    loser = self.node(name)
+                    dropped = self._raw_txs(loser, lowest, head.number)
+                    loser._rpc("debug_setHead", [hex(max(0, lowest - 1))])
+                    # A real reorg puts the losing blocks' transactions back in the pool;
+                    # setHead does not, so hand them to the winning branch ourselves.
+                    for raw in dropped:
+                        with contextlib.suppress(RPCError):
+                            winner._rpc("eth_sendRawTransaction", [raw])
         self._stall_key = ()
+
+    @staticmethod
+    def _raw_txs(node: Node, first: int, last: int) -> list[str]:
+        found: list[str] = []
+        for number in range(max(1, first), last + 1):
+            block = node._rpc("eth_getBlockByNumber", [hex(number), False]) or {}
+            for tx in block.get("transactions", []):
+                raw = node._rpc("eth_getRawTransactionByHash", [tx])
+                if raw:
+                    found.append(str(raw))
+        return found
 
     def _select(self, nodes: Sequence[int | str | Node] | None) -> list[Node]:
         return self.running_nodes() if nodes is None else [self.node(n) for n in nodes]
