@@ -6,10 +6,12 @@ Public names are re-exported here one by one; everything in ``_modules`` is priv
 from __future__ import annotations
 
 from ._errors import ChainHarnessError, ChainTimeout, NetworkStartError, ToolNotFound
+from ._load import LoadResult
 from ._testnet import NodeSpec, Testnet, build_testnet
 from .bus import BarrierTimeout, Event, SyncBus
 from .chain import Chain, Head, Node
 from .providers import NodeState, ProcessProvider, Provider
+from .upgrade import NodeUpgrade, UpgradeResult
 
 __all__ = [
     "BarrierTimeout",
@@ -18,15 +20,18 @@ __all__ = [
     "ChainTimeout",
     "Event",
     "Head",
+    "LoadResult",
     "NetworkStartError",
     "Node",
     "NodeSpec",
     "NodeState",
+    "NodeUpgrade",
     "ProcessProvider",
     "Provider",
     "SyncBus",
     "Testnet",
     "ToolNotFound",
+    "UpgradeResult",
     "build_testnet",
 ]
 

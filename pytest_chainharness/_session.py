@@ -373,20 +373,10 @@ class ChainSession:
 
     def _attached_account(self, state: Path) -> LocalAccount:
         # A network from 'chainharness up' outlives many sessions: hand out accounts in
-        # order across all of them (and their workers), counted beside the state file.
-        testnet = self._testnet_for_accounts()
-        used = state.with_name(state.name + ".accounts")
-        with FileLock(str(used) + ".lock"):
-            index = int(used.read_text() or 0) if used.exists() else 0
-            used.write_text(str(index + 1))
-        first = FIXED_ACCOUNTS * ATTACHED_FIXED_SLOTS
-        if first + index >= testnet.account_count:
-            raise ChainHarnessError(
-                f"funded_account ran out: the attached network's {testnet.account_count} "
-                f"accounts were all handed out (count in {used}); start it again with "
-                "'chainharness up --chain-accounts=N'"
-            )
-        return testnet.accounts(first + index, first + index + 1)[0]
+        # order across all of them (and their workers and load users).
+        from ._accounts import claim_attached
+
+        return claim_attached(state, self._testnet_for_accounts(), 1)[0]
 
     # -- restoring and tearing down --------------------------------------------------------
 
@@ -412,6 +402,17 @@ class ChainSession:
 
     def network_record(self) -> dict[str, Any] | None:
         return self._read()
+
+    def state_path(self) -> Path:
+        """The file a separate process (locust) reads the network from."""
+        return self.settings.attach if self.settings.attach is not None else self._network_file
+
+    def events_dir(self) -> Path | None:
+        """Where the node agents write their events (None: this run has no bus)."""
+        record = read_state(self.settings.attach) if self.settings.attach else self._read()
+        if not record or not (record.get("bus") or {}).get("endpoint"):
+            return None
+        return Path(record["provider"]["run_dir"]) / "logs"
 
     def describe(self) -> dict[str, Any]:
         """What the run tested against: client, version, nodes, backend, seed (for reports)."""

@@ -5,6 +5,7 @@
     chainharness logs NODE [--tail N] [--state FILE]
     chainharness down [--state FILE]
     chainharness images build|list
+    chainharness load [--users 10 --run-time 30s --profile transfer --slo ...] [--state FILE]
     chainharness gate verify REPORT [--artifact NAME=PATH|IMAGE ...]
 
 ``up`` takes the plugin's chain options, starts the network, writes the state file
@@ -83,6 +84,19 @@ def _parser() -> argparse.ArgumentParser:
     images = sub.add_parser("images", help="build or list the local images (no registry)")
     images.add_argument("images_args", nargs=argparse.REMAINDER)
 
+    load = sub.add_parser("load", help="run a headless locust load test against the network")
+    load.add_argument("--state", type=Path, default=DEFAULT_STATE, help=state_help)
+    load.add_argument("--users", "-u", type=int, default=10)
+    load.add_argument("--spawn-rate", "-r", type=float, default=None)
+    load.add_argument("--run-time", "-t", default="30s", help="e.g. 20s, 2m, 1m30s")
+    load.add_argument("--profile", default="transfer", help="transfer, read or mixed")
+    load.add_argument("--processes", type=int, default=1, help="locust worker processes")
+    load.add_argument("--max-requests", type=int, default=2_000_000)
+    load.add_argument(
+        "--slo", action="append", default=[], help="e.g. 'p95(eth_sendRawTransaction) <= 250ms'"
+    )
+    load.add_argument("--json", action="store_true", help="print the result as JSON too")
+
     gate = sub.add_parser("gate", help="check a gate verdict before a deploy")
     gate_sub = gate.add_subparsers(dest="gate_command", required=True)
     verify = gate_sub.add_parser(
@@ -107,6 +121,53 @@ def _parser() -> argparse.ArgumentParser:
         "--require-signature", action="store_true", help="fail unless the report is signed"
     )
     return parser
+
+
+def _load(args: argparse.Namespace) -> int:
+    from ._load import LoadSpec, check_slos, parse_slo, run_load
+
+    try:
+        spec = LoadSpec.make(
+            users=args.users,
+            spawn_rate=args.spawn_rate,
+            run_time=args.run_time,
+            profile=args.profile,
+            processes=args.processes,
+            max_requests=args.max_requests,
+        )
+        slos = [parse_slo(text) for text in args.slo]
+    except ValueError as exc:
+        print(f"chainharness load: {exc}", file=sys.stderr)
+        return 2
+    state: Path = args.state.resolve()
+    try:
+        record = read_state(state)
+        chain = _chain(state)
+    except ChainHarnessError as exc:
+        print(f"chainharness load: {exc}", file=sys.stderr)
+        return 1
+    from ._accounts import claim_attached
+
+    accounts = (
+        claim_attached(state, chain.testnet, spec.accounts_needed) if spec.accounts_needed else []
+    )
+    bus = record.get("bus") or {}
+    events = Path(record["provider"]["run_dir"]) / "logs" if bus.get("endpoint") else None
+    print(
+        f"chainharness load: {spec.users} users ({spec.profile}), {spec.run_time:g}s, "
+        f"{spec.processes} process(es) against {len(chain.nodes)} nodes",
+        flush=True,
+    )
+    result = run_load(
+        spec, state=state, accounts=accounts, events_dir=events, period=chain.testnet.period
+    )
+    print(result)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1))
+    broken = check_slos(result, slos)
+    for line in broken:
+        print(f"SLO not met: {line}")
+    return 1 if broken else 0
 
 
 def _gate_verify(args: argparse.Namespace) -> int:
@@ -238,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return images_main(args.images_args)
     if args.command == "gate":
         return _gate_verify(args)
+    if args.command == "load":
+        return _load(args)
     if args.command == "up":
         return _up(args)
     if args.command == "down":

@@ -13,6 +13,7 @@ from web3 import Web3
 from ._allure import AllurePlugin, allure_dir
 from ._errors import ChainHarnessError, ToolNotFound
 from ._gate import GatePlugin, add_gate_options, infra_fail, item_stage, read_gate_settings
+from ._load import LoadTestRunner, Slo, parse_slo
 from ._options import add_options, read_settings
 from ._session import SESSION_KEY, ChainSession, RunInfo
 from .chain import Chain
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 
 _SESSION_KEY = SESSION_KEY
 _ALLURE_KEY = pytest.StashKey[AllurePlugin | None]()
+_SLO_KEY = pytest.StashKey[list[Slo]]()
 
 MARKERS = (
     "chain(min_nodes=None, client=None): skip unless the run's network has at least "
@@ -40,6 +42,18 @@ MARKERS = (
 def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
     add_gate_options(parser)
+    parser.addini(
+        "chain_load_slo",
+        "SLOs every load_test checks, one per line, e.g. 'p95(eth_sendRawTransaction) <= 250ms'",
+        type="linelist",
+    )
+
+
+def read_slos(config: pytest.Config) -> list[Slo]:
+    try:
+        return [parse_slo(text) for text in config.getini("chain_load_slo")]
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini chain_load_slo: {exc}") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -47,6 +61,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", marker)
     settings = read_settings(config)
     gate_settings = read_gate_settings(config)
+    config.stash[_SLO_KEY] = read_slos(config)
     workerinput: dict[str, Any] | None = getattr(config, "workerinput", None)
     if workerinput is not None and "chainharness_run_id" in workerinput:
         run = RunInfo.from_workerinput(workerinput)
@@ -260,6 +275,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         if session is not None and session.bus is not None:
             report.sections.append(("chainharness events", session.bus.last_events_table(5)))
     return report
+
+
+@pytest.fixture
+def load_test(chain: Chain, request: pytest.FixtureRequest) -> LoadTestRunner:
+    """Run locust (in a child process) against the chain: ``load_test(users=20,
+    spawn_rate=10, run_time="20s", profile="transfer", slo=[...]) -> LoadResult``."""
+
+    def report(text: str) -> None:
+        request.node.add_report_section("call", "load", text)
+
+    return LoadTestRunner(_session(request), request.config.stash[_SLO_KEY], report)
 
 
 @pytest.fixture
