@@ -76,6 +76,8 @@ class LoadSpec:
     profile: str
     processes: int = 1
     max_requests: int = DEFAULT_MAX_REQUESTS
+    #: Target transfers per second over all users (None: as fast as each user can).
+    tx_rate: float | None = None
 
     @classmethod
     def make(
@@ -87,6 +89,7 @@ class LoadSpec:
         profile: Any = "transfer",
         processes: Any = 1,
         max_requests: Any = DEFAULT_MAX_REQUESTS,
+        tx_rate: Any = None,
     ) -> LoadSpec:
         if isinstance(users, bool) or not isinstance(users, int) or not 1 <= users <= MAX_USERS:
             raise ValueError(f"users={users!r}: expected a whole number 1..{MAX_USERS}")
@@ -105,7 +108,19 @@ class LoadSpec:
             raise ValueError(f"processes={processes} > users={users}: some would have no user")
         if not isinstance(max_requests, int) or max_requests < 1:
             raise ValueError(f"max_requests={max_requests!r}: expected a whole number >= 1")
-        return cls(users, rate, parse_run_time(run_time), str(profile), processes, max_requests)
+        if tx_rate is not None and (
+            isinstance(tx_rate, bool) or not isinstance(tx_rate, (int, float)) or tx_rate <= 0
+        ):
+            raise ValueError(f"tx_rate={tx_rate!r}: expected transfers per second > 0")
+        return cls(
+            users,
+            rate,
+            parse_run_time(run_time),
+            str(profile),
+            processes,
+            max_requests,
+            None if tx_rate is None else float(tx_rate),
+        )
 
     @property
     def accounts_needed(self) -> int:
@@ -342,6 +357,9 @@ def run_load(
             "CHAINHARNESS_LOAD_PROCESSES": str(spec.processes),
             "CHAINHARNESS_LOAD_MAX_REQUESTS": str(max(1, spec.max_requests // spec.processes)),
         }
+        if spec.tx_rate is not None:
+            transfer_users = spec.users if spec.profile == "transfer" else max(1, spec.users // 4)
+            env["CHAINHARNESS_LOAD_USER_RATE"] = f"{spec.tx_rate / transfer_users:.6f}"
         if accounts:
             keys = folder / "keys.json"
             keys.touch(mode=0o600)
@@ -503,6 +521,7 @@ class LoadTestRunner:
         *,
         processes: int = 1,
         max_requests: int = DEFAULT_MAX_REQUESTS,
+        tx_rate: float | None = None,
         slo: Sequence[str] | None = None,
     ) -> LoadResult:
         """Run locust against the session's chain; AssertionError when an SLO fails."""
@@ -513,6 +532,7 @@ class LoadTestRunner:
             profile=profile,
             processes=processes,
             max_requests=max_requests,
+            tx_rate=tx_rate,
         )
         slos = [*self._slos, *(parse_slo(text) for text in (slo or ()))]
         session = self._session

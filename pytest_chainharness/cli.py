@@ -93,6 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--processes", type=int, default=1, help="locust worker processes")
     load.add_argument("--max-requests", type=int, default=2_000_000)
     load.add_argument(
+        "--tx-rate", type=float, default=None, help="target transfers per second (all users)"
+    )
+    load.add_argument(
         "--slo", action="append", default=[], help="e.g. 'p95(eth_sendRawTransaction) <= 250ms'"
     )
     load.add_argument("--json", action="store_true", help="print the result as JSON too")
@@ -134,6 +137,7 @@ def _load(args: argparse.Namespace) -> int:
             profile=args.profile,
             processes=args.processes,
             max_requests=args.max_requests,
+            tx_rate=args.tx_rate,
         )
         slos = [parse_slo(text) for text in args.slo]
     except ValueError as exc:

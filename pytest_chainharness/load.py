@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from locust import User, constant, task
+from locust import User, constant, constant_throughput, task
 from locust.contrib.fasthttp import FastHttpSession
 from locust.exception import StopUser
 
@@ -135,10 +135,18 @@ class ChainUser(User):
             return answer.get("result")
 
 
+def _transfer_wait() -> Any:
+    # $CHAINHARNESS_LOAD_USER_RATE: transfers per second per user (an open-loop target);
+    # unset: each user sends as fast as its node answers.
+    rate = float(os.environ.get("CHAINHARNESS_LOAD_USER_RATE", "0") or 0)
+    return constant_throughput(rate) if rate > 0 else constant(0)
+
+
 class TransferUser(ChainUser):
     """Signed value transfers from one funded account, nonces tracked locally."""
 
     weight = 1
+    wait_time = _transfer_wait()
     value_wei = 1
     max_fee = 100 * 10**9
     tip = 10**9

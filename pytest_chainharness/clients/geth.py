@@ -183,6 +183,10 @@ class GethAdapter:
                 "--password",
                 f"{datadir}/password",
                 "--allow-insecure-unlock",
+                # Re-assemble the block being sealed every second (geth's floor; default
+                # 2 s) so transactions that arrive mid-period still make the next block.
+                "--miner.recommit",
+                "1s",
             ]
         if node.signer and seal:
             argv.append("--mine")
