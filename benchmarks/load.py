@@ -191,10 +191,12 @@ def main() -> int:
         f"{medians['paced_inclusion_all_p95_ms']:>16.1f}"
     )
     print(f"{'included tx/s':<30}{medians['harness_included_tps']:>19.1f}")
-    print(f"harness / baseline accepted: {ratio:.1f}x; goal >= {GOAL_TPS} tx/s: "
-          f"{'met' if medians['harness_accepted_tps'] >= GOAL_TPS else 'NOT met'}; "
-          f"p95 inclusion <= 2 periods (2000 ms): "
-          f"{'met' if medians['paced_inclusion_p95_ms'] <= 2000 else 'NOT met'} at 500 tx/s")  # fmt: skip
+    tps_ok = "met" if medians["harness_accepted_tps"] >= GOAL_TPS else "NOT met"
+    p95_ok = "met" if medians["paced_inclusion_p95_ms"] <= 2000 else "NOT met"
+    print(
+        f"harness / baseline accepted: {ratio:.1f}x; goal >= {GOAL_TPS} tx/s: {tps_ok}; "
+        f"p95 inclusion <= 2 periods (2000 ms) at {GOAL_TPS}/s: {p95_ok}"
+    )
     print(f"ceilings: signing {sign:.0f} tx/s on one core; block gas {30_000_000 // 21_000} tx/s")
     return 0
 
