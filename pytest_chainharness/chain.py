@@ -525,16 +525,21 @@ class Chain:
         share 127.0.0.1 cannot be told apart by a packet filter). Heals on exit, also when
         the body fails.
         """
-        resolved = self._groups(groups)
-        self.partition_method = "?"
-        with self._announce("*", f"partition {resolved}"):
-            how = self.provider.partition(resolved)
-        self.partition_method = how
-        self._partitioned = True
+        how = self.cut(*groups)
         try:
             yield how
         finally:
             self.heal()
+
+    def cut(self, *groups: Sequence[int | str | Node]) -> str:
+        """Partition the network until ``heal()`` (``partition()`` without the block);
+        returns how, as ``partition()`` does."""
+        resolved = self._groups(groups)
+        with self._announce("*", f"partition {resolved}"):
+            how = self.provider.partition(resolved)
+        self.partition_method = how
+        self._partitioned = True
+        return how
 
     @contextmanager
     def latency(self, node: int | str | Node, ms: int, *, jitter_ms: int = 0) -> Iterator[str]:

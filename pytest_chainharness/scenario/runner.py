@@ -156,12 +156,8 @@ class ScenarioRun:
                 getattr(self._node(a["node"]), step.action)(timeout=a["timeout"])
                 return f"node{a['node']} {step.action}ed"
             case "partition":
-                how = chain.provider.partition(a["groups"])
-                chain._partitioned = True
-                chain.partition_method = how
+                how = chain.cut(*a["groups"])
                 self.methods.add(how)
-                if self.bus is not None:
-                    self.bus.publish("fault", {"action": f"partition {a['groups']}", "method": how})
                 return f"partition {a['groups']} by {how}"
             case "heal":
                 chain.heal()
@@ -256,9 +252,7 @@ class ScenarioRun:
     def _apply(self, fault: Fault) -> None:
         chain = self.chain
         if fault.kind == "partition":
-            how = chain.provider.partition([list(g) for g in fault.groups])
-            chain._partitioned = True
-            self.methods.add(how)
+            self.methods.add(chain.cut(*fault.groups))
         elif fault.kind == "latency":
             self.methods.add(chain.add_latency(fault.nodes[0], fault.ms))
         elif fault.kind == "restart":
