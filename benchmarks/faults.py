@@ -4,10 +4,12 @@
                                           [--hold 4] [--no-settled]
 
 Per run: a fresh 4-node geth Clique network; a 2|2 partition held ``--hold`` seconds
-(both halves stall), then the time from ``heal()`` until every node reports the same
-head (``wait_converged``). Measured twice per run: right after start ("fresh": every
-node dialled every other less than 35 s ago, and geth waits 35 s before redialling a
-node) and, with --settled (default), again 36 s later ("settled"). Then a rolling
+(under Clique each half seals at most a block or two, and often only one half can, so
+a run notes whether the halves had forked), then the time from ``heal()`` until every
+node reports the same head (``wait_converged``). Measured twice per run: right after
+start ("fresh": every node dialled every other less than 35 s ago, and geth waits 35 s
+before redialling a node) and, with --settled (default), again 36 s later ("settled").
+Then a rolling
 upgrade of all four nodes v1.13.15 → v1.13.14 (max_unavailable=1, the default health
 check: the node follows the chain again) and back.
 
@@ -37,12 +39,14 @@ from pytest_chainharness.providers.docker import DockerProvider
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def partition_heal(chain: Chain, hold: float) -> float:
+def partition_heal(chain: Chain, hold: float) -> tuple[float, bool]:
+    """Seconds from heal to converged, and whether the halves had forked by then."""
     with chain.partition([0, 1], [2, 3]):
         time.sleep(hold)
+        forked = len({h.hash for h in chain.heads().values()}) > 1
         t0 = time.perf_counter()
     chain.wait_converged(timeout=120)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, forked
 
 
 def one_run(backend: str, seed: int, hold: float, settled: bool) -> dict[str, float]:
@@ -65,10 +69,12 @@ def one_run(backend: str, seed: int, hold: float, settled: bool) -> dict[str, fl
             (Path(tmp) / "logs").mkdir(exist_ok=True)
             launch(chain)
             chain.wait_for_height(3, timeout=30)
-            result = {"heal_fresh_s": partition_heal(chain, hold)}
+            took, forked = partition_heal(chain, hold)
+            result = {"heal_fresh_s": took, "forked_fresh": float(forked)}
             if settled:
                 time.sleep(36)
-                result["heal_settled_s"] = partition_heal(chain, hold)
+                took, forked = partition_heal(chain, hold)
+                result.update({"heal_settled_s": took, "forked_settled": float(forked)})
             chain.wait_ready(timeout=60)
             t0 = time.perf_counter()
             up = chain.rolling_upgrade("1.13.14", max_unavailable=1)
@@ -124,6 +130,10 @@ def main() -> int:
             for k in keys
         ]
         print(f"{backend:<8}" + "".join(f"{c:>24}" for c in cells))
+    for backend, found in samples.items():
+        forks = sum(found.get("forked_fresh", [])) + sum(found.get("forked_settled", []))
+        cuts = len(found.get("forked_fresh", [])) + len(found.get("forked_settled", []))
+        print(f"{backend}: the halves had forked at the heal in {forks:g} of {cuts} partitions")
     if "process" in medians and "docker" in medians:
         ratio = medians["process"]["heal_fresh_s"] / medians["docker"]["heal_fresh_s"]
         print(f"\nfresh heal: process/docker = {ratio:.1f}x (client-level vs packet-level cut)")

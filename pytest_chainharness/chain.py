@@ -345,18 +345,32 @@ class Chain:
         with self._announce("*", "clique-unstall"):
             pass
         winner = self.node(branches[keep][0])
-        for name, head in heads.items():
-            if head.hash != keep:
-                # A node that went away meanwhile is left alone; the next check retries.
+        losers = [self.node(name) for name, head in heads.items() if head.hash != keep]
+        for loser in losers:
+            # A node that went away meanwhile is left alone; the next check retries.
+            with contextlib.suppress(RPCError):
+                # Not sealing while it rewinds: a signer back at the fork point could
+                # seal a new competing block at once and re-create the deadlock.
+                if loser.signer:
+                    loser._rpc("miner_stop")
+                dropped = self._raw_txs(loser, lowest, heads[loser.name].number)
+                loser._rpc("debug_setHead", [hex(max(0, lowest - 1))])
+                # A real reorg puts the losing blocks' transactions back in the pool;
+                # setHead does not, so hand them to the winning branch ourselves.
+                for raw in dropped:
+                    with contextlib.suppress(RPCError):
+                        winner._rpc("eth_sendRawTransaction", [raw])
+        deadline = time.monotonic() + max(10.0, 5.0 * self.testnet.period)
+        pending = list(losers)
+        while pending and time.monotonic() < deadline:
+            with contextlib.suppress(RPCError):
+                target = winner.head().number
+                pending = [n for n in pending if n.head().number < target]
+            time.sleep(POLL_INTERVAL)
+        for loser in losers:
+            if loser.signer:
                 with contextlib.suppress(RPCError):
-                    loser = self.node(name)
-                    dropped = self._raw_txs(loser, lowest, head.number)
-                    loser._rpc("debug_setHead", [hex(max(0, lowest - 1))])
-                    # A real reorg puts the losing blocks' transactions back in the pool;
-                    # setHead does not, so hand them to the winning branch ourselves.
-                    for raw in dropped:
-                        with contextlib.suppress(RPCError):
-                            winner._rpc("eth_sendRawTransaction", [raw])
+                    self.provider.start_sealing([loser.index])
         self._stall_key = ()
 
     @staticmethod
