@@ -64,8 +64,19 @@ def is_infra(exc: BaseException) -> bool:
     if isinstance(exc, (InfraFailed, ChainHarnessError)):
         return True
     module = type(exc).__module__ or ""
-    # docker-py raises these when the engine vanishes or refuses (the product is not at fault).
-    return module.startswith("docker.errors")
+    # docker-py raises these when the engine refuses; the product is not at fault.
+    if module.startswith(("docker.errors", "testcontainers.")):
+        return True
+    # An engine that vanished mid-call surfaces as a bare transport error from inside
+    # docker-py (or testcontainers): infra too, but only when it came through them.
+    if module.startswith(("requests.", "urllib3.")):
+        tb = exc.__traceback__
+        while tb is not None:
+            filename = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+            if "/docker/" in filename or "/testcontainers/" in filename:
+                return True
+            tb = tb.tb_next
+    return False
 
 
 @dataclass(frozen=True)

@@ -362,6 +362,31 @@ class TestInfraAndInterrupts:
         assert "stage build: 3 failed, 2 of them infra" in verdict["reasons"]
         result.stdout.fnmatch_lines(["*[[]infra[]] test_*.py::test_needs_chain: *[[]infra[]]*"])
 
+    def test_engine_gone_is_infra_but_a_bare_http_error_is_not(
+        self, inner: pytest.Pytester
+    ) -> None:
+        inner.makepyfile(
+            """
+            import docker
+            import requests
+
+            def test_engine_gone():
+                # docker-py against a socket nobody listens on: what a vanished engine does.
+                client = docker.DockerClient(base_url="unix:///nonexistent.sock", version="1.41")
+                try:
+                    client.containers.list()
+                finally:
+                    client.close()
+
+            def test_product_http_error():
+                raise requests.exceptions.ConnectionError("the product's API is down")
+            """
+        )
+        inner.runpytest("--gate=build", "--gate-report=v.json")
+        verdict = _verdict(inner.path / "v.json")
+        kinds = {f["test"].split("::")[1]: f["kind"] for f in verdict["failures"]}
+        assert kinds == {"test_engine_gone": "infra", "test_product_http_error": "product"}
+
     def test_keyboard_interrupt_never_promotes(self, inner: pytest.Pytester) -> None:
         # An earlier run's promote must not survive a run that is interrupted.
         inner.makepyfile("def test_ok():\n    pass\n")
