@@ -5,7 +5,13 @@ Public names are re-exported here one by one; everything in ``_modules`` is priv
 
 from __future__ import annotations
 
-from ._errors import ChainHarnessError, ChainTimeout, NetworkStartError, ToolNotFound
+from ._errors import (
+    ChainHarnessError,
+    ChainTimeout,
+    NetworkStartError,
+    ToolNotFound,
+    UnsupportedAction,
+)
 from ._load import LoadResult
 from ._testnet import NodeSpec, Testnet, build_testnet
 from .bus import BarrierTimeout, Event, SyncBus
@@ -31,6 +37,7 @@ __all__ = [
     "SyncBus",
     "Testnet",
     "ToolNotFound",
+    "UnsupportedAction",
     "UpgradeResult",
     "build_testnet",
 ]

@@ -556,27 +556,35 @@ class Chain:
         return how
 
     @contextmanager
-    def latency(self, node: int | str | Node, ms: int, *, jitter_ms: int = 0) -> Iterator[str]:
-        """Everything ``node`` sends to its peers is delayed by ``ms`` (± ``jitter_ms``)
-        until the block is left. Yields how (``"toxiproxy"``: a userspace TCP proxy on
-        every peer link of the node, as this kernel has no netem)."""
+    def latency(
+        self, node: int | str | Node, ms: int, *, jitter_ms: int = 0, loss: float = 0.0
+    ) -> Iterator[str]:
+        """Everything ``node`` sends to its peers is delayed by ``ms`` (± ``jitter_ms``),
+        and ``loss`` (0..1) of its packets are dropped, until the block is left. Yields
+        how: ``"toxiproxy"`` (a userspace TCP proxy on every peer link of the node, as
+        this kernel has no netem), with ``"+iptables"`` for loss (docker backend: a
+        random-drop rule in the node's namespace; the process backend cannot)."""
         target = self.node(node)
-        how = self.add_latency(target, ms, jitter_ms=jitter_ms)
+        how = self.add_latency(target, ms, jitter_ms=jitter_ms, loss=loss)
         try:
             yield how
         finally:
             self.clear_latency(target)
 
-    def add_latency(self, node: int | str | Node, ms: int, *, jitter_ms: int = 0) -> str:
-        """Delay what ``node`` sends by ``ms`` until ``clear_latency``; returns how."""
+    def add_latency(
+        self, node: int | str | Node, ms: int, *, jitter_ms: int = 0, loss: float = 0.0
+    ) -> str:
+        """Delay what ``node`` sends by ``ms`` (± ``jitter_ms``), and drop ``loss`` (0..1)
+        of its packets (docker backend), until ``clear_latency``; returns how."""
         target = self.node(node)
         how = ""
 
         def run() -> None:
             nonlocal how
-            how = self.provider.add_latency(target.index, ms, jitter_ms)
+            how = self.provider.add_latency(target.index, ms, jitter_ms, loss)
 
-        self._act(target, f"latency {ms}ms" + (f" ±{jitter_ms}ms" if jitter_ms else ""), run)
+        what = f"latency {ms}ms" + (f" ±{jitter_ms}ms" if jitter_ms else "")
+        self._act(target, what + (f" loss {loss:.0%}" if loss else ""), run)
         self._rejoined(target)
         return how
 

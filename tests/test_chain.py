@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from pytest_chainharness import Chain, ChainTimeout, Head, Node, ToolNotFound
+from pytest_chainharness import Chain, ChainTimeout, Head, Node, ToolNotFound, UnsupportedAction
 
 pytestmark = pytest.mark.usefixtures("geth_required")
 
@@ -190,6 +191,37 @@ def test_latency_slows_one_node_and_clears(chain: Chain, funded_account: LocalAc
         chain.wait_for_tx(tx, timeout=30)
     assert chain.provider.latencies() == {}
     chain.wait_ready(timeout=60)
+
+
+def _output_rules(pid: str) -> str:
+    """The OUTPUT chain in a container's network namespace."""
+    return subprocess.run(
+        ["nsenter", "-t", pid, "-n", "iptables", "-S", "OUTPUT"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+
+
+@pytest.mark.disruptive
+def test_packet_loss(chain: Chain, funded_account: LocalAccount) -> None:
+    if chain.backend != "docker":
+        # Nodes that share 127.0.0.1 cannot lose packets one by one; said before anything.
+        with pytest.raises(UnsupportedAction, match="packet loss needs a network namespace"):
+            chain.add_latency(3, 0, loss=0.2)
+        assert chain.provider.latencies() == {}
+        return
+    with chain.latency(3, 0, loss=0.3) as how:
+        assert how == "iptables"
+        pid = str(chain.provider._pid(3))  # type: ignore[attr-defined]
+        rules = _output_rules(pid)
+        assert "-m statistic --mode random --probability 0.29" in rules
+        assert "-j DROP" in rules
+        assert "/32 -j DROP" not in rules  # no partition rules
+        tx = chain.transfer(funded_account, funded_account.address, 1)
+        chain.wait_for_tx(tx, timeout=60)  # TCP retransmits: slower, but it gets there
+    assert "statistic" not in _output_rules(pid)
+    assert chain.provider.latencies() == {}
 
 
 @pytest.mark.disruptive

@@ -382,7 +382,8 @@ class TestInfraAndInterrupts:
                 raise requests.exceptions.ConnectionError("the product's API is down")
             """
         )
-        inner.runpytest("--gate=build", "--gate-report=v.json")
+        # In a child: docker-py leaks the socket of a failed connect (a ResourceWarning).
+        inner.runpytest_subprocess("--gate=build", "--gate-report=v.json")
         verdict = _verdict(inner.path / "v.json")
         kinds = {f["test"].split("::")[1]: f["kind"] for f in verdict["failures"]}
         assert kinds == {"test_engine_gone": "infra", "test_product_http_error": "product"}

@@ -56,3 +56,20 @@ def test_round_trip_through_dict() -> None:
 def test_bad_descriptions(kwargs: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         build_testnet(client="geth", period=1, seed=1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_packet_filter_tables() -> None:
+    from pytest_chainharness.providers._netfilter import rules_for
+
+    ips = {0: "10.0.0.10", 1: "10.0.0.11", 2: "10.0.0.12", 3: "10.0.0.13"}
+    healed = rules_for(0, [], ips)
+    assert "-j DROP" not in healed  # no partition: nothing dropped
+    split = rules_for(0, [[0, 1], [2, 3]], ips)
+    assert "-A OUTPUT -d 10.0.0.12/32 -j DROP" in split
+    assert "-A INPUT -s 10.0.0.13/32 -j DROP" in split
+    assert "10.0.0.11" not in split
+    lossy = rules_for(0, [], ips, loss=0.25, subnet="10.0.0.0/24", keep_ports=[8545, 8546])
+    assert (
+        "-A OUTPUT -p tcp -d 10.0.0.0/24 -m multiport ! --sports 8545,8546 -m statistic "
+        "--mode random --probability 0.250000 -j DROP"
+    ) in lossy

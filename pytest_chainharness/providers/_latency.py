@@ -128,11 +128,36 @@ class ToxiproxyLatency:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def add_latency(self, index: int, latency_ms: int, jitter_ms: int = 0) -> str:
+    def _set_loss(self, index: int, loss: float) -> None:
+        raise UnsupportedAction(
+            "packet loss needs a network namespace per node (the docker backend drops a "
+            "share of each node's packets with iptables); process-backend nodes share "
+            "127.0.0.1, and these kernels have no netem"
+        )
+
+    def add_latency(
+        self, index: int, latency_ms: int, jitter_ms: int = 0, loss: float = 0.0
+    ) -> str:
         if not self.adapter.has_peers:
             raise UnsupportedAction(f"client {self.adapter.name} has no peer links to slow down")
         if latency_ms < 0 or jitter_ms < 0:
             raise ValueError("latency and jitter are milliseconds >= 0")
+        if not 0 <= loss < 1:
+            raise ValueError(f"loss={loss}: expected a share of packets, 0 <= loss < 1")
+        if loss or index in self._losses():
+            self._set_loss(index, loss)
+        if latency_ms == 0 and jitter_ms == 0:
+            self._record_latency(index, {**self.latencies().get(index, {}), "loss": loss})
+            return "iptables" if loss else "none"
+        how = self._add_proxies(index, latency_ms, jitter_ms)
+        current = self.latencies()[index]
+        self._record_latency(index, {**current, "loss": loss})
+        return f"{how}+iptables" if loss else how
+
+    def _losses(self) -> dict[int, float]:
+        return {int(k): float(v) for k, v in (self.shared.load().get("loss") or {}).items()}
+
+    def _add_proxies(self, index: int, latency_ms: int, jitter_ms: int) -> str:
         api = self._toxiproxy()
         toxic = {
             "name": "latency",
@@ -142,7 +167,7 @@ class ToxiproxyLatency:
             "attributes": {"latency": int(latency_ms), "jitter": int(jitter_ms)},
         }
         current = self.latencies().get(index)
-        if current is not None:
+        if current is not None and current.get("proxies"):
             # Already behind proxies: change the toxics; connections stay up.
             for name in current["proxies"]:
                 _call(api, "POST", f"/proxies/{name}/toxics/latency", toxic)
@@ -205,6 +230,11 @@ class ToxiproxyLatency:
         chosen = sorted(current) if index is None else [index] if index in current else []
         api = self.shared.load().get("toxiproxy", {}).get("api")
         for slow in chosen:
+            if current[slow].get("loss"):
+                self._set_loss(slow, 0.0)
+            if not current[slow].get("proxies"):
+                self._record_latency(slow, None)
+                continue
             self.adapter.update_peers(self.datadir(slow), self._place(slow).peers)
             if api:
                 for name in current[slow]["proxies"]:

@@ -28,9 +28,19 @@ def netfilter_missing() -> str | None:
     return None
 
 
-def rules_for(index: int, groups: Sequence[Sequence[int]], ip_of: dict[int, str]) -> str:
-    """The filter table of node ``index``: drop everything to and from other groups."""
-    mine = next((set(g) for g in groups if index in g), {index})
+def rules_for(
+    index: int,
+    groups: Sequence[Sequence[int]],
+    ip_of: dict[int, str],
+    *,
+    loss: float = 0.0,
+    subnet: str | None = None,
+    keep_ports: Sequence[int] = (),
+) -> str:
+    """The filter table of node ``index``: drop everything to and from other groups, and
+    (with ``loss``) that share of the packets it sends into ``subnet``, at random."""
+    # No partition: every node is in the one group.
+    mine = next((set(g) for g in groups if index in g), {index}) if groups else set(ip_of)
     lines = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
     for other, ip in sorted(ip_of.items()):
         if other not in mine:
@@ -38,6 +48,14 @@ def rules_for(index: int, groups: Sequence[Sequence[int]], ip_of: dict[int, str]
             # connections stall instead of closing, and resume if healed soon enough.
             lines.append(f"-A INPUT -s {ip}/32 -j DROP")
             lines.append(f"-A OUTPUT -d {ip}/32 -j DROP")
+    if loss > 0 and subnet is not None:
+        # The statistic match is per packet, as netem's loss is; RPC answers (to the
+        # harness, through the gateway) are spared so the test can still see the node.
+        spare = f"-m multiport ! --sports {','.join(map(str, keep_ports))} " if keep_ports else ""
+        lines.append(
+            f"-A OUTPUT -p tcp -d {subnet} {spare}-m statistic --mode random "
+            f"--probability {loss:.6f} -j DROP"
+        )
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
 
@@ -55,7 +73,3 @@ def set_rules(pid: int, table: str) -> None:
         raise UnsupportedAction(
             f"iptables-restore in the namespace of pid {pid} failed: {done.stderr.strip()}"
         )
-
-
-def empty_table() -> str:
-    return rules_for(-1, [], {})

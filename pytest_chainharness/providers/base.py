@@ -116,8 +116,11 @@ class Provider(Protocol):
         """Undo any partition."""
         ...
 
-    def add_latency(self, index: int, latency_ms: int, jitter_ms: int = 0) -> str:
-        """Delay what node ``index`` sends to its peers; returns how (``toxiproxy``)."""
+    def add_latency(
+        self, index: int, latency_ms: int, jitter_ms: int = 0, loss: float = 0.0
+    ) -> str:
+        """Delay what node ``index`` sends to its peers (and drop ``loss`` of its packets);
+        returns how (``toxiproxy``, ``iptables`` for loss)."""
         ...
 
     def clear_latency(self, index: int | None = None) -> None:

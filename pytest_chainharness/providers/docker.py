@@ -43,13 +43,13 @@ from .._docker import (
     owner_label,
     remove_run,
 )
-from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound
+from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from .._ports import PortAllocator
 from .._rpc import rpc_call
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
 from ._latency import ToxiproxyLatency
-from ._netfilter import empty_table, netfilter_missing, rules_for, set_rules
+from ._netfilter import netfilter_missing, rules_for, set_rules
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState
@@ -436,6 +436,25 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
     def _ips(self) -> dict[int, str]:
         return {n.index: self.ip(n.index) for n in self.testnet.nodes}
 
+    def _table(self, index: int, data: dict[str, Any]) -> str:
+        loss = float((data.get("loss") or {}).get(str(index), 0.0))
+        ports = self.adapter.container_ports()
+        return rules_for(
+            index,
+            data.get("partition") or [],
+            self._ips(),
+            loss=loss,
+            subnet=self.subnet,
+            keep_ports=sorted({ports["http"], ports["ws"]}),
+        )
+
+    def _apply_filters(self, indexes: Sequence[int] | None = None) -> None:
+        data = self.shared.load()
+        for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
+            pid = self._pid(index)
+            if pid is not None:
+                set_rules(pid, self._table(index, data))
+
     def partition(self, groups: Sequence[Sequence[int]]) -> str:
         missing = netfilter_missing()
         if missing is not None:
@@ -443,28 +462,33 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
             how = AdminPeering.partition(self, groups)
             return f"{how} (packet filters unavailable: {missing})"
         self._save_partition([list(g) for g in groups])
-        for node in self.testnet.nodes:
-            pid = self._pid(node.index)
-            if pid is not None:
-                set_rules(pid, rules_for(node.index, groups, self._ips()))
+        self._apply_filters()
         return "netfilter"
 
     def _reapply_partition(self, index: int) -> None:
-        groups = self.shared.load().get("partition")
-        if groups and netfilter_missing() is None:
-            pid = self._pid(index)
-            if pid is not None:
-                set_rules(pid, rules_for(index, groups, self._ips()))
+        data = self.shared.load()
+        if (data.get("partition") or data.get("loss")) and netfilter_missing() is None:
+            self._apply_filters([index])
 
     def heal(self) -> None:
         if netfilter_missing() is None:
-            for node in self.testnet.nodes:
-                pid = self._pid(node.index)
-                if pid is not None:
-                    set_rules(pid, empty_table())
+            self._save_partition(None)
+            self._apply_filters()  # loss, if any, stays until the latency is cleared
         # Re-adding every peer also restores links a client-level partition dropped, and
         # prompts nodes whose connections timed out during the partition to redial now.
         AdminPeering.heal(self)
+
+    def _set_loss(self, index: int, loss: float) -> None:
+        missing = netfilter_missing()
+        if missing is not None:
+            raise UnsupportedAction(f"packet loss needs packet filters: {missing}")
+        with self.shared.edit() as data:
+            table = data.setdefault("loss", {})
+            if loss > 0:
+                table[str(index)] = loss
+            else:
+                table.pop(str(index), None)
+        self._apply_filters([index])
 
     # -- latency: toxiproxy on the run network's gateway ---------------------------------
 

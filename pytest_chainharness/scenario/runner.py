@@ -163,7 +163,7 @@ class ScenarioRun:
                 chain.heal()
                 return "healed"
             case "latency":
-                how = chain.add_latency(a["node"], a["ms"], jitter_ms=a["jitter"])
+                how = chain.add_latency(a["node"], a["ms"], jitter_ms=a["jitter"], loss=a["loss"])
                 self.methods.add(how)
                 return f"node{a['node']} +{a['ms']}ms by {how}"
             case "clear_latency":

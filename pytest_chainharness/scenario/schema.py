@@ -424,6 +424,7 @@ ACTIONS: dict[str, Checker] = {
             "node": _Field("node", required=True),
             "ms": _Field(int, required=True),
             "jitter": _Field(int, default=0),
+            "loss": _Field(float, default=0.0),
         },
         None,
     ),
