@@ -15,10 +15,14 @@ from filelock import FileLock
 from ._errors import ChainHarnessError
 from ._testnet import Testnet
 
-__all__ = ["ATTACHED_FIRST", "claim_attached"]
+__all__ = ["ATTACHED_FIRST", "ATTACHED_FIXED_SLOTS", "FIXED_ACCOUNTS", "claim_attached"]
 
-#: Accounts below this index are the fixed accounts of attached sessions (8 slots of 8).
-ATTACHED_FIRST = 64
+#: Genesis accounts each session (xdist worker) keeps as ``chain.accounts``.
+FIXED_ACCOUNTS = 8
+#: Attached sessions: this many slots of FIXED_ACCOUNTS come first, by worker index.
+ATTACHED_FIXED_SLOTS = 8
+#: Accounts below this index are those fixed accounts; the rest are handed out once each.
+ATTACHED_FIRST = FIXED_ACCOUNTS * ATTACHED_FIXED_SLOTS
 
 
 def claim_attached(state: Path, testnet: Testnet, count: int) -> list[LocalAccount]:

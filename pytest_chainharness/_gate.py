@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 import pytest
 
 from ._errors import ChainHarnessError
+from ._options import _raw
 from .gate import (
     DEFAULT_STAGES,
     XFAIL_POLICIES,
@@ -127,14 +128,6 @@ def add_gate_options(parser: pytest.Parser) -> None:
     parser.addini("chain_default_stage", "stage of tests without a stage mark (default: the first)")
 
 
-def _value(config: pytest.Config, name: str) -> tuple[Any, str]:
-    cli = config.getoption(name, default=None)
-    if cli is not None:
-        return cli, f"--{name.replace('_', '-')}"
-    value = config.getini(name)
-    return (value if value not in ("", None, []) else None), f"ini {name}"
-
-
 def read_gate_settings(config: pytest.Config) -> GateSettings:
     try:
         stages = parse_stages(str(config.getini("chain_stages")))
@@ -145,16 +138,16 @@ def read_gate_settings(config: pytest.Config) -> GateSettings:
         raise pytest.UsageError(
             f"ini chain_default_stage={default!r}: not a stage; stages are {', '.join(stages)}"
         )
-    target, where = _value(config, "gate")
+    target, where = _raw(config, "gate")
     if target is not None and str(target) not in stages:
         raise pytest.UsageError(
             f"{where}={target}: unknown stage; stages (ini chain_stages) are {', '.join(stages)}"
         )
-    report_raw, _ = _value(config, "gate_report")
+    report_raw, _ = _raw(config, "gate_report")
     report = Path(str(report_raw or "gate-report.json")).expanduser()
     if not report.is_absolute():
         report = config.invocation_params.dir / report
-    raw_skip, where = _value(config, "gate_max_skip")
+    raw_skip, where = _raw(config, "gate_max_skip")
     max_skip = 0.0
     if raw_skip is not None:
         text = str(raw_skip).strip()
@@ -164,11 +157,11 @@ def read_gate_settings(config: pytest.Config) -> GateSettings:
             max_skip = -1
         if not 0 <= max_skip <= 1:
             raise pytest.UsageError(f"{where}={raw_skip}: expected a share 0..1 or 0%..100%")
-    xfail_raw, where = _value(config, "gate_xfail")
+    xfail_raw, where = _raw(config, "gate_xfail")
     xfail = str(xfail_raw or "block")
     if xfail not in XFAIL_POLICIES:
         raise pytest.UsageError(f"{where}={xfail}: choose one of {', '.join(XFAIL_POLICIES)}")
-    artifacts_raw, where = _value(config, "gate_artifact")
+    artifacts_raw, where = _raw(config, "gate_artifact")
     artifacts = []
     for text in artifacts_raw or []:
         try:

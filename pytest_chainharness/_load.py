@@ -374,7 +374,6 @@ def run_load(
         ]  # fmt: skip
         if spec.processes > 1:
             argv += ["--processes", str(spec.processes)]
-        started = time.time()
         log_path = folder / "locust.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
@@ -395,7 +394,7 @@ def run_load(
         entries = json.loads(stats_file.read_text())
         sent = _read_sent(folder)
         senders = sum(1 for path in folder.glob("sent.*") if path.stat().st_size)
-    result = _result(spec, entries, sent, events_dir, period, started, log_text)
+    result = _result(spec, entries, sent, events_dir, period, log_text)
     result.senders = senders
     return result
 
@@ -416,7 +415,6 @@ def _result(
     sent: dict[str, float],
     events_dir: Path | None,
     period: float,
-    started: float,
     log: str,
 ) -> LoadResult:
     methods: dict[str, MethodStats] = {}

@@ -159,7 +159,7 @@ def _raw(config: pytest.Config, name: str) -> Any:
     if cli is not None:
         return cli, f"--{name.replace('_', '-')}"
     value = config.getini(name)
-    return (value if value not in ("", None) else None), f"ini {name}"
+    return (value if value not in ("", None, []) else None), f"ini {name}"
 
 
 def _int(config: pytest.Config, name: str, default: int, low: int, high: int | None) -> int:

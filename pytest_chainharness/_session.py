@@ -27,6 +27,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from filelock import FileLock
 
+from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim_attached
 from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound
 from ._options import Settings
 from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
@@ -43,11 +44,6 @@ from .providers.process import ProcessProvider
 
 __all__ = ["ChainSession", "RunInfo", "runs_root"]
 
-#: Genesis accounts of each worker's slice exposed as ``chain.accounts``; the rest of the
-#: slice feeds ``funded_account``.
-FIXED_ACCOUNTS = 8
-#: Fixed-account slices reserved on a network that sessions attach to.
-ATTACHED_FIXED_SLOTS = 8
 #: Finished runs whose logs are kept under the runs folder.
 KEEP_RUNS = 5
 
@@ -374,8 +370,6 @@ class ChainSession:
     def _attached_account(self, state: Path) -> LocalAccount:
         # A network from 'chainharness up' outlives many sessions: hand out accounts in
         # order across all of them (and their workers and load users).
-        from ._accounts import claim_attached
-
         return claim_attached(state, self._testnet_for_accounts(), 1)[0]
 
     # -- restoring and tearing down --------------------------------------------------------
@@ -410,9 +404,7 @@ class ChainSession:
     def events_dir(self) -> Path | None:
         """Where the node agents write their events (None: this run has no bus)."""
         record = read_state(self.settings.attach) if self.settings.attach else self._read()
-        if not record or not (record.get("bus") or {}).get("endpoint"):
-            return None
-        return Path(record["provider"]["run_dir"]) / "logs"
+        return events_dir(record) if record else None
 
     def describe(self) -> dict[str, Any]:
         """What the run tested against: client, version, nodes, backend, seed (for reports)."""
@@ -615,6 +607,13 @@ def _start_bus(
         has_peers=adapter.has_peers,
     )
     return {"endpoint": endpoint.to_dict()}
+
+
+def events_dir(record: dict[str, Any]) -> Path | None:
+    """Where a network's node agents write their events (None: it has no bus)."""
+    if not (record.get("bus") or {}).get("endpoint"):
+        return None
+    return Path(record["provider"]["run_dir"]) / "logs"
 
 
 def read_state(path: Path) -> dict[str, Any]:

@@ -478,9 +478,19 @@ class Chain:
             raise ChainHarnessError("no node is running to send the transaction to")
         return running[0]
 
-    def transfer(self, sender: LocalAccount, to: str, value_wei: int) -> HexBytes:
-        """Sign a value transfer locally, send it to node 0 and return its hash."""
-        node = self._entry_node()
+    def transfer(
+        self,
+        sender: LocalAccount,
+        to: str,
+        value_wei: int,
+        *,
+        node: int | str | Node | None = None,
+    ) -> HexBytes:
+        """Sign a value transfer locally, send it to node 0 (or ``node``), return its hash.
+
+        Nonces are tracked per sender across calls, whichever node each one goes to.
+        """
+        node = self._entry_node() if node is None else self.node(node)
         w3 = node.w3
         with self._nonce_lock:
             pending = w3.eth.get_transaction_count(sender.address, "pending")

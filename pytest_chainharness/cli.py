@@ -27,7 +27,7 @@ from typing import Any
 
 from ._errors import ChainHarnessError
 from ._options import DEFAULT_ACCOUNTS, DEFAULT_MAX_NODES, DEFAULT_NODES, Settings
-from ._session import read_state, runs_root, start_network, sweep_run
+from ._session import events_dir, read_state, runs_root, start_network, sweep_run
 from ._testnet import random_seed
 from .chain import Chain
 from .clients import CLIENTS, get_client
@@ -155,8 +155,7 @@ def _load(args: argparse.Namespace) -> int:
     accounts = (
         claim_attached(state, chain.testnet, spec.accounts_needed) if spec.accounts_needed else []
     )
-    bus = record.get("bus") or {}
-    events = Path(record["provider"]["run_dir"]) / "logs" if bus.get("endpoint") else None
+    events = events_dir(record)
     print(
         f"chainharness load: {spec.users} users ({spec.profile}), {spec.run_time:g}s, "
         f"{spec.processes} process(es) against {len(chain.nodes)} nodes",

@@ -21,6 +21,17 @@ def test_transfer_is_in_a_block_on_every_node(chain: Chain, funded_account: Loca
     assert all(r["status"] == 1 for r in receipts.values())
 
 
+def test_transfer_to_another_node_shares_the_nonce_count(
+    chain: Chain, funded_account: LocalAccount
+) -> None:
+    first = chain.transfer(funded_account, funded_account.address, 1, node=2)
+    second = chain.transfer(funded_account, funded_account.address, 1)
+    third = chain.transfer(funded_account, funded_account.address, 1, node="node3")
+    nonces = [chain.wait_for_tx(tx)["node0"] for tx in (first, second, third)]
+    assert [chain.nodes[0].w3.eth.get_transaction(r["transactionHash"])["nonce"]
+            for r in nonces] == [0, 1, 2]  # fmt: skip
+
+
 def test_nodes_converge_on_one_head(chain: Chain) -> None:
     head = chain.wait_converged()
     assert isinstance(head, Head)

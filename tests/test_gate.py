@@ -15,34 +15,6 @@ from pytest_chainharness.gate import DEFAULT_STAGES, content_digest
 
 STAGES = list(DEFAULT_STAGES)
 
-# One passing test per stage; FAIL_STAGE (an environment variable) names a stage whose
-# extra test fails.
-PER_STAGE = """
-import os
-import pytest
-
-STAGES = ["build", "integration", "staging", "production"]
-
-def test_unmarked_is_build():
-    pass
-
-@pytest.mark.stage("integration")
-def test_integration():
-    pass
-
-@pytest.mark.stage("staging")
-def test_staging():
-    pass
-
-@pytest.mark.stage("production")
-def test_production():
-    pass
-
-@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.stage(s)) for s in STAGES])
-def test_fails_in(stage):
-    assert os.environ.get("FAIL_STAGE") != stage, f"broken in {stage}"
-"""
-
 
 def _verdict(path: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(path.read_text())
@@ -60,6 +32,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
 
 
 STAGED = """
+import os
 import pytest
 
 def test_build():
@@ -77,6 +50,18 @@ def test_staging():
 def test_production():
     pass
 """
+
+# STAGED, plus a test per stage that fails in the stage $FAIL_STAGE names.
+PER_STAGE = (
+    STAGED
+    + """
+STAGES = ["build", "integration", "staging", "production"]
+
+@pytest.mark.parametrize("stage", [pytest.param(s, marks=pytest.mark.stage(s)) for s in STAGES])
+def test_fails_in(stage):
+    assert os.environ.get("FAIL_STAGE") != stage, f"broken in {stage}"
+"""
+)
 
 
 class TestSelectionAndVerdict:

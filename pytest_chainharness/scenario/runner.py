@@ -191,30 +191,9 @@ class ScenarioRun:
             self._sender = self.account()
         sender = self._sender
         for _ in range(count):
-            if node is None:
-                tx = self.chain.transfer(sender, sender.address, value)
-            else:
-                tx = self._send_via(self._node(node), sender, value)
+            tx = self.chain.transfer(sender, sender.address, value, node=node)
             self.sent.append(tx.to_0x_hex())
         return f"{count} tx sent"
-
-    def _send_via(self, node: Node, sender: LocalAccount, value: int) -> Any:
-        # chain.transfer sends to node 0; this sends to the given node (its own nonce view).
-        w3 = node.w3
-        nonce = w3.eth.get_transaction_count(sender.address, "pending")
-        base = int(w3.eth.get_block("latest").get("baseFeePerGas", 0) or 0)
-        tx: dict[str, Any] = {
-            "chainId": self.chain.chain_id,
-            "nonce": nonce,
-            "to": sender.address,
-            "value": value,
-            "gas": 21_000,
-            "maxFeePerGas": 2 * base + 10**9,
-            "maxPriorityFeePerGas": 10**9,
-            "type": 2,
-        }
-        signed = sender.sign_transaction(tx)
-        return w3.eth.send_raw_transaction(signed.raw_transaction)
 
     def _rolling(self, a: dict[str, Any]) -> str:
         result = self.chain.rolling_upgrade(
