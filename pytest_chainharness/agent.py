@@ -9,7 +9,9 @@ beside every node. It publishes, on ``chainharness/<run>/events/<kind>/<node>``:
 - ``block``  every block the node imports, in order and without gaps (number, hash,
   parent, timestamp, txs), from a ``newHeads`` WebSocket subscription (RPC polling only
   while the subscription is down); the latest is also retained on
-  ``chainharness/<run>/last/block/<node>``.
+  ``chainharness/<run>/last/block/<node>``. After a reorg the new branch is published
+  from the fork point, each block with ``replaces`` (the hash published before at its
+  height).
 - ``peers``  the peer count whenever it changes (count, previous); the latest is retained
   on ``chainharness/<run>/last/peers/<node>``.
 - ``health`` every 2 s: whether the node answers and its height.
@@ -46,6 +48,8 @@ else:  # run as a script: the package folder is sys.path[0]
 __all__ = ["main", "script_path"]
 
 HEALTH_EVERY = 2.0
+# How far back the agent follows a reorg (and how many block hashes it remembers).
+REORG_DEPTH = 128
 PEERS_EVERY = 0.5
 
 
@@ -63,6 +67,7 @@ class Agent:
         self.run, self.node = args.run, args.node
         self.stop = threading.Event()
         self.last_number = -1
+        self.published: dict[int, str] = {}
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{self.run}-agent-{self.node}",
@@ -121,23 +126,53 @@ class Agent:
         return rpc_call(self.args.rpc, method, params, timeout=2.0)
 
     def publish_blocks_up_to(self, number: int) -> None:
-        """Publish every block after the last one published, up to ``number``, in order."""
-        start = self.last_number + 1 if self.last_number >= 0 else number
-        for height in range(start, number + 1):
-            block = self.rpc("eth_getBlockByNumber", [hex(height), False])
-            if block is None:
-                return
-            self.publish(
-                "block",
-                {
-                    "number": height,
-                    "hash": block["hash"],
-                    "parent": block["parentHash"],
-                    "timestamp": int(block["timestamp"], 16),
-                    "txs": [tx.lower() for tx in block["transactions"]],
-                },
-            )
-            self.last_number = height
+        """Publish every block of the node's chain after the last one published, up to
+        ``number``, in order. After a reorg the new branch is published from the fork
+        point on, so a block that replaced one already published (and the txs in it) is
+        not missed; its event carries ``replaces``, the hash it took the place of."""
+        head = self.rpc("eth_getBlockByNumber", [hex(number), False])
+        if head is None:
+            return
+        branch = [head]
+        # Walk back by parent hash (not by number: the node may switch branches while we
+        # walk) through any blocks not published yet, until the parent is one we published,
+        # or is older than the hashes we remember.
+        while True:
+            block = branch[-1]
+            height = int(block["number"], 16)
+            if height <= self.last_number and self.published.get(height) == block["hash"]:
+                branch.pop()  # the head we already published: nothing new
+                break
+            if height == 0 or self.last_number < 0:
+                break  # the first block this agent sees
+            if height - 1 <= self.last_number:
+                below = self.published.get(height - 1)
+                if below is None or below == block["parentHash"]:
+                    break
+            parent = self.rpc("eth_getBlockByHash", [block["parentHash"], False])
+            if parent is None:
+                return  # the node moved on while we walked: the next head redoes this
+            branch.append(parent)
+        for block in reversed(branch):
+            height = int(block["number"], 16)
+            payload: dict[str, Any] = {
+                "number": height,
+                "hash": block["hash"],
+                "parent": block["parentHash"],
+                "timestamp": int(block["timestamp"], 16),
+                "txs": [tx.lower() for tx in block["transactions"]],
+            }
+            replaced = self.published.get(height)
+            if replaced is not None and replaced != block["hash"]:
+                payload["replaces"] = replaced
+            self.publish("block", payload)
+            self.published[height] = block["hash"]
+        # The head may be below what we published (a reorg onto a shorter branch, or a
+        # rewind to an ancestor). What we published above it is kept only to name what a
+        # later block at that height replaces.
+        self.last_number = int(head["number"], 16)
+        for height in [h for h in self.published if abs(h - self.last_number) > REORG_DEPTH]:
+            del self.published[height]
 
     def follow_heads(self) -> None:
         while not self.stop.is_set():

@@ -8,7 +8,15 @@ import time
 import pytest
 from eth_account.signers.local import LocalAccount
 
-from pytest_chainharness import Chain, ChainTimeout, Head, Node, ToolNotFound, UnsupportedAction
+from pytest_chainharness import (
+    Chain,
+    ChainTimeout,
+    Head,
+    Node,
+    SyncBus,
+    ToolNotFound,
+    UnsupportedAction,
+)
 
 pytestmark = pytest.mark.usefixtures("geth_required")
 
@@ -173,7 +181,7 @@ def test_upgrade_and_rollback_keep_the_datadir(chain: Chain) -> None:
 
 
 @pytest.mark.disruptive
-def test_two_two_split_then_heal_makes_progress_again(chain: Chain) -> None:
+def test_two_two_split_then_heal_makes_progress_again(chain: Chain, bus: SyncBus) -> None:
     # Each half of a 2|2 split of four Clique signers stalls after a block or two; after
     # the heal the two branches can be of equal difficulty with every signer too recent
     # on its own branch: the waits rewind the losing side instead of waiting forever.
@@ -185,6 +193,20 @@ def test_two_two_split_then_heal_makes_progress_again(chain: Chain) -> None:
     chain.wait_ready(timeout=60)
     head = chain.wait_converged(timeout=60)
     chain.wait_for_height(head.number + 2, timeout=30)
+    # The losing half's agents published the winning branch over the blocks they had
+    # announced: the bus's last word on each height is the canonical block, on every node.
+    bus.wait_for("block", lambda e: e.payload["number"] >= head.number, timeout=30)
+    views = {
+        name: {e.payload["number"]: e.payload["hash"] for e in bus.events("block", node=name)}
+        for name in (node.name for node in chain.nodes)
+    }
+    first = max(min(view) for view in views.values())  # an agent starts at the head it sees
+    canonical = {
+        n: chain.nodes[0].w3.eth.get_block(n)["hash"].to_0x_hex()
+        for n in range(max(start - 2, first), head.number + 1)
+    }
+    for name, view in views.items():
+        assert {n: view.get(n) for n in canonical} == canonical, name
 
 
 @pytest.mark.disruptive

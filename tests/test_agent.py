@@ -1,0 +1,196 @@
+"""The node agent's block following, against a scripted node: gaps, reorgs, rewinds."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_chainharness.agent import REORG_DEPTH, Agent
+
+
+class ScriptedNode:
+    """Blocks by hash and a canonical chain the test rewrites, answering as geth does."""
+
+    def __init__(self) -> None:
+        self.blocks: dict[str, dict[str, Any]] = {}
+        self.canonical: list[str] = []
+        self.extend("genesis", 0, 1)
+
+    def extend(
+        self, branch: str, parent_height: int, count: int, txs: tuple[str, ...] = ()
+    ) -> None:
+        """Make the chain: canonical up to ``parent_height``, then ``count`` blocks of
+        ``branch`` (the first of them holding ``txs``)."""
+        del self.canonical[parent_height + 1 :]
+        for i in range(count):
+            height = len(self.canonical)
+            parent = self.canonical[-1] if self.canonical else "0x" + "00" * 32
+            block_hash = f"0x{branch}-{height}"
+            self.blocks[block_hash] = {
+                "number": hex(height),
+                "hash": block_hash,
+                "parentHash": parent,
+                "timestamp": hex(1000 + height),
+                "transactions": list(txs) if i == 0 else [],
+            }
+            self.canonical.append(block_hash)
+
+    def rewind(self, height: int) -> None:
+        del self.canonical[height + 1 :]
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        assert params is not None
+        if method == "eth_getBlockByNumber":
+            height = int(params[0], 16)
+            return self.blocks[self.canonical[height]] if height < len(self.canonical) else None
+        if method == "eth_getBlockByHash":
+            return self.blocks.get(params[0])
+        raise AssertionError(f"unexpected call {method}")
+
+    @property
+    def head(self) -> int:
+        return len(self.canonical) - 1
+
+
+@pytest.fixture
+def node() -> ScriptedNode:
+    return ScriptedNode()
+
+
+class RecordingAgent(Agent):
+    """An agent that asks the scripted node and keeps what it would publish."""
+
+    def __init__(self, args: argparse.Namespace, node: ScriptedNode) -> None:
+        super().__init__(args)
+        self.node_rpc = node.rpc
+        self.events: list[dict[str, Any]] = []
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        return self.node_rpc(method, params)
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        assert kind == "block"
+        self.events.append(payload)
+
+
+@pytest.fixture
+def agent(node: ScriptedNode, tmp_path: Path) -> Iterator[RecordingAgent]:
+    args = argparse.Namespace(
+        run="r", node="node0", broker="127.0.0.1:1", user=None, password=None,
+        record=None, own=str(tmp_path / "own.jsonl"),
+    )  # fmt: skip
+    made = RecordingAgent(args, node)
+    yield made
+    made.own.close()
+
+
+def advance(
+    node: ScriptedNode,
+    agent: RecordingAgent,
+    branch: str,
+    parent_height: int,
+    count: int,
+    txs: tuple[str, ...] = (),
+) -> None:
+    """The node's chain changes, then a new head reaches the agent."""
+    node.extend(branch, parent_height, count, txs)
+    agent.publish_blocks_up_to(node.head)
+
+
+def published(agent: RecordingAgent) -> list[tuple[int, str]]:
+    return [(e["number"], e["hash"]) for e in agent.events]
+
+
+def test_first_head_then_every_block_without_gaps(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    advance(node, agent, "a", 0, 3)
+    advance(node, agent, "a", 3, 4)
+    agent.publish_blocks_up_to(node.head)  # the same head again: nothing new
+    assert published(agent) == [(h, f"0xa-{h}") for h in range(3, 8)]
+
+
+def test_a_block_replaced_at_the_same_height_is_published(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    advance(node, agent, "a", 0, 5)
+    # An out-of-turn block 5 loses to an in-turn one holding a tx: the head height stays.
+    advance(node, agent, "b", 4, 1, txs=("0xTX",))
+    last = agent.events[-1]
+    assert (last["number"], last["hash"], last["txs"]) == (5, "0xb-5", ["0xtx"])
+    assert last["replaces"] == "0xa-5"
+    assert last["parent"] == "0xa-4"
+
+
+def test_a_deeper_reorg_publishes_the_new_branch_from_the_fork(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    advance(node, agent, "a", 0, 1)
+    advance(node, agent, "a", 1, 5)  # heights 2..6 on branch a
+    advance(node, agent, "b", 3, 5, txs=("0xtx",))  # b forks after 3: 4..8
+    new = agent.events[6:]
+    assert [(e["number"], e["hash"]) for e in new] == [(h, f"0xb-{h}") for h in range(4, 9)]
+    assert [e.get("replaces") for e in new] == ["0xa-4", "0xa-5", "0xa-6", None, None]
+    assert new[0]["txs"] == ["0xtx"]
+
+
+def test_a_reorg_onto_a_shorter_branch(node: ScriptedNode, agent: RecordingAgent) -> None:
+    agent.publish_blocks_up_to(node.head)
+    advance(node, agent, "a", 0, 6)
+    advance(node, agent, "b", 2, 2)  # heavier but shorter: head 4
+    assert published(agent)[-2:] == [(3, "0xb-3"), (4, "0xb-4")]
+    assert agent.last_number == 4
+    advance(node, agent, "b", 4, 1)
+    assert agent.events[-1]["hash"] == "0xb-5"
+    assert agent.events[-1]["replaces"] == "0xa-5"
+    # And back onto a: its blocks from the fork on are published again.
+    node.canonical[3:] = [f"0xa-{h}" for h in range(3, 7)]
+    agent.publish_blocks_up_to(node.head)
+    assert published(agent)[-4:] == [(h, f"0xa-{h}") for h in range(3, 7)]
+
+
+def test_a_rewind_to_an_ancestor_then_new_blocks(node: ScriptedNode, agent: RecordingAgent) -> None:
+    advance(node, agent, "a", 0, 1)
+    advance(node, agent, "a", 1, 5)
+    node.rewind(3)  # debug_setHead, as the harness does to end a Clique stall
+    agent.publish_blocks_up_to(node.head)
+    assert len(agent.events) == 6
+    assert agent.last_number == 3
+    advance(node, agent, "c", 3, 1)
+    assert agent.events[-1]["hash"] == "0xc-4"
+    assert agent.events[-1]["replaces"] == "0xa-4"
+
+
+def test_a_block_gone_while_walking_back_is_retried_on_the_next_head(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    agent.publish_blocks_up_to(node.head)
+    advance(node, agent, "a", 0, 3)
+    node.extend("b", 1, 3)
+    real = node.rpc
+    gone = {"0xb-2"}
+
+    def flaky(method: str, params: list[Any] | None = None) -> Any:
+        if method == "eth_getBlockByHash" and params and params[0] in gone:
+            return None
+        return real(method, params)
+
+    agent.node_rpc = flaky
+    agent.publish_blocks_up_to(node.head)
+    assert len(agent.events) == 4
+    gone.clear()
+    agent.publish_blocks_up_to(node.head)
+    assert published(agent)[4:] == [(2, "0xb-2"), (3, "0xb-3"), (4, "0xb-4")]
+
+
+def test_memory_is_bounded(node: ScriptedNode, agent: RecordingAgent) -> None:
+    advance(node, agent, "a", 0, 1)
+    for _ in range(3 * REORG_DEPTH):
+        node.extend("a", node.head, 1)
+        agent.publish_blocks_up_to(node.head)
+    assert len(agent.published) <= REORG_DEPTH + 1
+    assert [n for n, _ in published(agent)] == list(range(1, 3 * REORG_DEPTH + 2))
