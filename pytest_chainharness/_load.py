@@ -481,10 +481,14 @@ def _inclusion(
 
 
 def _seen_in_blocks(files: Sequence[Path], wanted: set[str]) -> dict[str, dict[str, float]]:
+    """Per node, tx → when the block that holds it on the node's chain was announced.
+
+    A block a reorg displaced does not count: its txs count where they landed after.
+    """
     seen: dict[str, dict[str, float]] = {}
     for path in files:
-        node = path.stem.removeprefix("events-")
-        found = seen.setdefault(node, {})
+        # height → (announced at, txs), as the node's agent last published it
+        chain: dict[int, tuple[float, list[str]]] = {}
         with path.open() as fh:
             for line in fh:
                 if '"block"' not in line:
@@ -495,9 +499,18 @@ def _seen_in_blocks(files: Sequence[Path], wanted: set[str]) -> dict[str, dict[s
                     continue  # a line being written right now
                 if event.get("kind") != "block":
                     continue
-                for tx in event.get("payload", {}).get("txs", ()):
-                    if tx in wanted and tx not in found:
-                        found[tx] = float(event["ts"])
+                payload = event.get("payload", {})
+                number = int(payload["number"])
+                if "replaces" in payload:
+                    # The agent republishes the new branch upwards from the fork point.
+                    for height in [h for h in chain if h > number]:
+                        del chain[height]
+                chain[number] = (float(event["ts"]), list(payload.get("txs", ())))
+        found = seen.setdefault(path.stem.removeprefix("events-"), {})
+        for at, txs in chain.values():
+            for tx in txs:
+                if tx in wanted:
+                    found[tx] = at
     return seen
 
 

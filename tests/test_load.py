@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -14,6 +15,7 @@ from pytest_chainharness import LoadResult
 from pytest_chainharness._load import (
     LoadSpec,
     MethodStats,
+    _seen_in_blocks,
     check_slos,
     parse_run_time,
     parse_slo,
@@ -100,11 +102,35 @@ class TestSlos:
 
 
 @pytest.mark.usefixtures("geth_required", "mosquitto_required")
+def test_inclusion_counts_the_block_that_stayed(tmp_path: Path) -> None:
+    def block(ts: float, number: int, txs: list[str], replaces: str | None = None) -> str:
+        payload: dict[str, object] = {"number": number, "hash": f"h{number}-{ts}", "txs": txs}
+        if replaces:
+            payload["replaces"] = replaces
+        return json.dumps({"kind": "block", "node": "node0", "ts": ts, "payload": payload})
+
+    lines = [
+        block(1.0, 5, ["0xa"]),
+        block(2.0, 6, ["0xb"]),
+        '{"kind": "health", "node": "node0", "ts": 2.5, "payload": {"ok": true}}',
+        # A reorg onto a shorter branch: 5 is replaced, 6 is gone; 0xa lands again at 5,
+        # 0xb only later, at 7 after the new 6.
+        block(3.0, 5, ["0xa"], replaces="h5-1.0"),
+        block(4.0, 6, []),
+        block(5.0, 7, ["0xb", "0xnot-sent"]),
+        '{"kind": "block", "node": "node0", "ts": 6.0, "pay',  # cut short by a kill
+    ]
+    (tmp_path / "events-node0.jsonl").write_text("\n".join(lines) + "\n")
+    seen = _seen_in_blocks([tmp_path / "events-node0.jsonl"], {"0xa", "0xb", "0xc"})
+    assert seen == {"node0": {"0xa": 3.0, "0xb": 5.0}}
+
+
 class TestAgainstANetwork:
     def test_short_run_includes_transactions_on_every_node(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(
             """
-            import math
+            import json
+import math
 
             def test_load(load_test):
                 r = load_test(users=10, spawn_rate=10, run_time="8s", profile="mixed")
