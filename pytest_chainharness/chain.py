@@ -320,7 +320,8 @@ class Chain:
         recently (geth's known Clique deadlock) never resolve on their own: nobody seals
         and nobody reorgs. Waits call this; once every running node's head has stood
         still for several periods with more than one head among them, the nodes off the
-        most common branch drop their head block (debug_setHead) and sync the other one.
+        heaviest branch (then the most common) go back to where they forked from it
+        (debug_setHead) and sync it before they seal again.
         """
         now = time.monotonic()
         if self._partitioned or now - self._stall_checked < 1.0:
@@ -340,8 +341,13 @@ class Chain:
             branches.setdefault(head.hash, []).append(name)
         if len(branches) < 2:
             return  # one head that does not move: not a fork (sealing stopped elsewhere)
-        keep = min(branches, key=lambda h: (-len(branches[h]), h))
-        lowest = min(head.number for head in heads.values())
+        # The heaviest branch wins, as geth's own fork choice would pick it (a lighter
+        # side left alone adopts it only at geth's next forced sync); then the branch
+        # most nodes are on; the hash only breaks an exact tie.
+        weight = {
+            h: self._total_difficulty(self.node(names[0]), h) for h, names in branches.items()
+        }
+        keep = min(branches, key=lambda h: (-weight[h], -len(branches[h]), h))
         with self._announce("*", "clique-unstall"):
             pass
         winner = self.node(branches[keep][0])
@@ -353,14 +359,18 @@ class Chain:
                 # seal a new competing block at once and re-create the deadlock.
                 if loser.signer:
                     loser._rpc("miner_stop")
-                dropped = self._raw_txs(loser, lowest, heads[loser.name].number)
-                loser._rpc("debug_setHead", [hex(max(0, lowest - 1))])
+                fork = self._fork_point(loser, winner, heads[loser.name].number)
+                dropped = self._raw_txs(loser, fork + 1, heads[loser.name].number)
+                loser._rpc("debug_setHead", [hex(fork)])
                 # A real reorg puts the losing blocks' transactions back in the pool;
                 # setHead does not, so hand them to the winning branch ourselves.
                 for raw in dropped:
                     with contextlib.suppress(RPCError):
                         winner._rpc("eth_sendRawTransaction", [raw])
-        deadline = time.monotonic() + max(10.0, 5.0 * self.testnet.period)
+        # With fewer than geth's five sync peers, a node only syncs a heavier peer on its
+        # forced sync cycle (every 10 s): wait through one, plus the sync itself, before
+        # the losers seal again.
+        deadline = time.monotonic() + max(25.0, 5.0 * self.testnet.period)
         pending = list(losers)
         while pending and time.monotonic() < deadline:
             with contextlib.suppress(RPCError):
@@ -372,6 +382,23 @@ class Chain:
                 with contextlib.suppress(RPCError):
                     self.provider.start_sealing([loser.index])
         self._stall_key = ()
+
+    @staticmethod
+    def _total_difficulty(node: Node, block_hash: str) -> int:
+        with contextlib.suppress(RPCError, TypeError, ValueError):
+            block = node._rpc("eth_getBlockByHash", [block_hash, False]) or {}
+            return int(block.get("totalDifficulty") or "0x0", 16)
+        return 0
+
+    @staticmethod
+    def _fork_point(loser: Node, winner: Node, height: int, depth: int = 64) -> int:
+        """The highest block the two nodes share, at most ``depth`` below ``height``."""
+        for number in range(height, max(0, height - depth) - 1, -1):
+            mine = loser._rpc("eth_getBlockByNumber", [hex(number), False])
+            theirs = winner._rpc("eth_getBlockByNumber", [hex(number), False])
+            if mine and theirs and mine["hash"] == theirs["hash"]:
+                return number
+        return max(0, height - depth)
 
     @staticmethod
     def _raw_txs(node: Node, first: int, last: int) -> list[str]:

@@ -101,7 +101,6 @@ class TestSlos:
         ]
 
 
-@pytest.mark.usefixtures("geth_required", "mosquitto_required")
 def test_inclusion_counts_the_block_that_stayed(tmp_path: Path) -> None:
     def block(ts: float, number: int, txs: list[str], replaces: str | None = None) -> str:
         payload: dict[str, object] = {"number": number, "hash": f"h{number}-{ts}", "txs": txs}
@@ -125,12 +124,12 @@ def test_inclusion_counts_the_block_that_stayed(tmp_path: Path) -> None:
     assert seen == {"node0": {"0xa": 3.0, "0xb": 5.0}}
 
 
+@pytest.mark.usefixtures("geth_required", "mosquitto_required")
 class TestAgainstANetwork:
     def test_short_run_includes_transactions_on_every_node(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(
             """
-            import json
-import math
+            import math
 
             def test_load(load_test):
                 r = load_test(users=10, spawn_rate=10, run_time="8s", profile="mixed")
