@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import statistics
 import sys
 import tempfile
@@ -96,6 +97,9 @@ def main() -> int:
     parser.add_argument("--hold", type=float, default=4.0)
     parser.add_argument("--no-settled", dest="settled", action="store_false")
     args = parser.parse_args()
+    # The harness logs each Clique unstall it performs: part of what a heal time means.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    logging.getLogger("pytest_chainharness").setLevel(logging.INFO)
     backends = ["process", "docker"] if args.backend == "both" else [args.backend]
     samples: dict[str, dict[str, list[float]]] = {}
     for backend in backends:

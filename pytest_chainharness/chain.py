@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,7 @@ __all__ = ["Chain", "Head", "Node"]
 POLL_INTERVAL = 0.05
 
 T = TypeVar("T")
+log = logging.getLogger("pytest_chainharness")
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,7 @@ class Chain:
         and nobody reorgs. Waits call this; once every running node's head has stood
         still for several periods with more than one head among them, the nodes off the
         heaviest branch (then the most common) go back to where they forked from it
-        (debug_setHead) and sync it before they seal again.
+        (debug_setHead) and import it before they seal again.
         """
         now = time.monotonic()
         if self._partitioned or now - self._stall_checked < 1.0:
@@ -329,6 +331,12 @@ class Chain:
         self._stall_checked = now
         heads = self.heads()
         if len(heads) < 2:
+            return
+        if not self._fully_peered(len(heads) - 1):
+            # Nodes that are not connected stand still for another reason (a heal waits
+            # for geth's redial), and what the losers sealed after a rewind could not
+            # reach the others yet. The stall clock starts once they are connected.
+            self._stall_key = ()
             return
         key = tuple(sorted((name, head.hash) for name, head in heads.items()))
         if key != self._stall_key:
@@ -348,40 +356,70 @@ class Chain:
             h: self._total_difficulty(self.node(names[0]), h) for h, names in branches.items()
         }
         keep = min(branches, key=lambda h: (-weight[h], -len(branches[h]), h))
+        log.info(
+            "clique-unstall: heads %s stood still %.0fs; keeping %s (total difficulty %s)",
+            {n: f"{h.number}:{h.hash[:10]}" for n, h in heads.items()},
+            now - self._stall_since,
+            keep[:10],
+            weight,
+        )
         with self._announce("*", "clique-unstall"):
             pass
         winner = self.node(branches[keep][0])
+        top = heads[winner.name].number
         losers = [self.node(name) for name, head in heads.items() if head.hash != keep]
         for loser in losers:
             # A node that went away meanwhile is left alone; the next check retries.
             with contextlib.suppress(RPCError):
-                # Not sealing while it rewinds: a signer back at the fork point could
-                # seal a new competing block at once and re-create the deadlock.
-                if loser.signer:
-                    loser._rpc("miner_stop")
-                fork = self._fork_point(loser, winner, heads[loser.name].number)
-                dropped = self._raw_txs(loser, fork + 1, heads[loser.name].number)
-                loser._rpc("debug_setHead", [hex(fork)])
-                # A real reorg puts the losing blocks' transactions back in the pool;
-                # setHead does not, so hand them to the winning branch ourselves.
-                for raw in dropped:
-                    with contextlib.suppress(RPCError):
-                        winner._rpc("eth_sendRawTransaction", [raw])
-        # With fewer than geth's five sync peers, a node only syncs a heavier peer on its
-        # forced sync cycle (every 10 s): wait through one, plus the sync itself, before
-        # the losers seal again.
-        deadline = time.monotonic() + max(25.0, 5.0 * self.testnet.period)
-        pending = list(losers)
-        while pending and time.monotonic() < deadline:
-            with contextlib.suppress(RPCError):
-                target = winner.head().number
-                pending = [n for n in pending if n.head().number < target]
-            time.sleep(POLL_INTERVAL)
-        for loser in losers:
+                self._adopt_branch(loser, winner, heads[loser.name].number, top)
+        self._stall_key = ()
+
+    def _adopt_branch(self, loser: Node, winner: Node, height: int, top: int) -> None:
+        """Put ``loser`` on ``winner``'s chain: rewind to the fork point, import the rest.
+
+        geth would not fetch the kept branch by itself: its sync loop, once its forced
+        cycle has found nothing to do, waits for a peer event (a new peer, or a block
+        announced with more difficulty), and in a deadlock there is none. So the blocks
+        are handed over: read from the winner, imported by the loser.
+        """
+        # Not sealing while it rewinds: a signer back at the fork point could seal a new
+        # competing block at once and re-create the deadlock.
+        if loser.signer:
+            loser._rpc("miner_stop")
+        try:
+            fork = self._fork_point(loser, winner, height)
+            dropped = self._raw_txs(loser, fork + 1, height)
+            blocks = b"".join(
+                bytes.fromhex(str(winner._rpc("debug_getRawBlock", [hex(n)]))[2:])
+                for n in range(fork + 1, top + 1)
+            )
+            # Rewound first, the imported branch is strictly heavier and becomes the head;
+            # at equal difficulty geth could keep its own.
+            loser._rpc("debug_setHead", [hex(fork)])
+            path = self.provider.put_file(loser.index, "chainharness-unstall.rlp", blocks)
+            loser._rpc("admin_importChain", [path], timeout=30.0)
+            # A real reorg puts the losing blocks' transactions back in the pool; setHead
+            # does not, so hand them to the kept branch ourselves.
+            for raw in dropped:
+                with contextlib.suppress(RPCError):
+                    winner._rpc("eth_sendRawTransaction", [raw])
+            log.info(
+                "clique-unstall: %s rewound to %d and imported %d..%d from %s",
+                loser.name, fork, fork + 1, top, winner.name,
+            )  # fmt: skip
+        finally:
             if loser.signer:
                 with contextlib.suppress(RPCError):
                     self.provider.start_sealing([loser.index])
-        self._stall_key = ()
+
+    def _fully_peered(self, others: int) -> bool:
+        """Whether every running node is connected to (at least) ``others`` peers."""
+        if not self.adapter.has_peers:
+            return True
+        try:
+            return all(node.peer_count() >= others for node in self.running_nodes())
+        except RPCError:
+            return False
 
     @staticmethod
     def _total_difficulty(node: Node, block_hash: str) -> int:

@@ -6,6 +6,7 @@ import subprocess
 import time
 
 import pytest
+from eth_account import Account
 from eth_account.signers.local import LocalAccount
 
 from pytest_chainharness import (
@@ -207,6 +208,28 @@ def test_two_two_split_then_heal_makes_progress_again(chain: Chain, bus: SyncBus
     }
     for name, view in views.items():
         assert {n: view.get(n) for n in canonical} == canonical, name
+
+
+@pytest.mark.disruptive
+def test_a_stalled_half_is_handed_the_kept_branch(
+    chain: Chain, funded_account: LocalAccount
+) -> None:
+    # What the waits do against the Clique deadlock, made to happen: with both halves
+    # stalled on branches of their own, node2 and node3 take node0's without being
+    # connected to it, and a transfer only their branch held is sent again, not lost.
+    with chain.partition([0, 1], [2, 3]):
+        tx = chain.transfer(funded_account, Account.create().address, 1, node=2)
+        time.sleep(4)
+        top = chain.nodes[0].head()
+        assert chain.nodes[2].head().hash != top.hash  # two branches
+        for index in (2, 3):
+            loser = chain.nodes[index]
+            chain._adopt_branch(loser, chain.nodes[0], loser.head().number, top.number)
+            assert loser.w3.eth.get_block(top.number)["hash"].to_0x_hex() == top.hash
+    chain.wait_ready(timeout=60)
+    chain.wait_converged(timeout=60)
+    receipts = chain.wait_for_tx(tx, timeout=60)
+    assert len({r["blockHash"] for r in receipts.values()}) == 1, receipts
 
 
 @pytest.mark.disruptive

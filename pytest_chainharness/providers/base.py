@@ -139,6 +139,10 @@ class Provider(Protocol):
         """Ask a running node to dial every other node now."""
         ...
 
+    def put_file(self, index: int, name: str, data: bytes) -> str:
+        """Write ``name`` into the node's datadir; return the path the node reads it at."""
+        ...
+
     def teardown(self) -> None:
         """Stop every node and remove every datadir; safe to call twice."""
         ...

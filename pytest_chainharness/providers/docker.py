@@ -145,6 +145,11 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
     def datadir(self, index: int) -> Path:
         return self.run_dir / "nodes" / self.testnet.nodes[index].name
 
+    def put_file(self, index: int, name: str, data: bytes) -> str:
+        path = self.datadir(index) / name
+        path.write_bytes(data)
+        return f"{DATADIR}/{name}"
+
     def log_path(self, index: int) -> Path:
         return self.run_dir / "logs" / f"{self.testnet.nodes[index].name}.log"
 
