@@ -7,11 +7,13 @@ import re
 import shutil
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import pytest
 
-from pytest_chainharness.scenario import ScenarioError, draw_schedule, load_scenario
+from pytest_chainharness import Head
+from pytest_chainharness.scenario import ScenarioError, draw_schedule, load_scenario, runner
 
 SHIPPED = Path(__file__).resolve().parent.parent / "scenarios" / "faults"
 
@@ -141,6 +143,53 @@ class TestRandomFaults:
             members = sorted(i for g in fault.groups for i in g)
             assert members == [0, 1, 2, 3, 4]
             assert all(fault.groups)
+
+
+class TestNoFork:
+    """The lasting-fork check compares heights deeper than k below the lowest head."""
+
+    class Node:
+        def __init__(self, name: str, hashes: dict[int, str]) -> None:
+            self.name, self.rpc_url, self.hashes = name, name, hashes
+
+        def head(self) -> Head:
+            top = max(self.hashes)
+            return Head(top, self.hashes[top])
+
+    def check(self, monkeypatch: pytest.MonkeyPatch, depth: int, *chains: dict[int, str]) -> str:
+        nodes = [self.Node(f"node{i}", c) for i, c in enumerate(chains)]
+        by_url = {n.rpc_url: n.hashes for n in nodes}
+        monkeypatch.setattr(
+            runner, "_hashes", lambda url, a, b: {n: by_url[url][n] for n in range(a, b + 1)}
+        )
+        chain: Any = SimpleNamespace(running_nodes=lambda: nodes)
+        unused: Any = None  # the check reads only the chain and the start height
+        run = runner.ScenarioRun(
+            scenario=unused, chain=chain, account=unused, bus=None, seed=0, key="k", start_height=2
+        )
+        return run._no_fork(depth)
+
+    SHARED: ClassVar[dict[int, str]] = {n: f"0x{n:02x}" for n in range(1, 10)}
+
+    def test_the_head_itself_may_differ(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        other = {**self.SHARED, 9: "0xother"}
+        assert self.check(monkeypatch, 0, self.SHARED, other).startswith("heights 2..8 ")
+
+    def test_a_fork_below_the_head_fails_with_the_hashes(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        other = {**self.SHARED, 8: "0xother", 9: "0xother9"}
+        with pytest.raises(AssertionError, match=r"fork at height 8 \(1 below the common head 9"):
+            self.check(monkeypatch, 0, self.SHARED, other)
+        # Within the allowed depth it passes.
+        assert self.check(monkeypatch, 1, self.SHARED, other).startswith("heights 2..7 ")
+
+    def test_the_lowest_head_is_the_common_one(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        behind = {n: h for n, h in self.SHARED.items() if n <= 6}
+        behind[6] = "0xbehind"
+        assert self.check(monkeypatch, 0, self.SHARED, behind).startswith("heights 2..5 ")
+        with pytest.raises(AssertionError, match="fork at height 5"):
+            self.check(monkeypatch, 0, self.SHARED, {**behind, 5: "0xx"})
 
 
 class TestCollection:

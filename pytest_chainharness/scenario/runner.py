@@ -322,7 +322,9 @@ class ScenarioRun:
     def _no_fork(self, depth: int) -> str:
         nodes = self.chain.running_nodes()
         common = min(n.head().number for n in nodes)
-        last = common - depth
+        # Deeper than ``depth`` below the common head: at the head itself two signers may
+        # have sealed the same height a moment ago, which the next block settles.
+        last = common - depth - 1
         first = max(1, min(self.start_height, last))
         if last < first:
             return "no blocks deep enough to compare"
