@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from ._errors import NetworkStartError
+from ._errors import ChainTimeout, NetworkStartError
 from ._rpc import RPCError
 from .chain import POLL_INTERVAL, Chain
 from .providers.base import NodeState
@@ -21,6 +21,9 @@ NUDGE_AFTER = 2.0
 #: geth keeps a failed dial in its history for ~35 s and a nudge cannot shorten that,
 #: while a restarted node dials every peer afresh.
 STALLED_AFTER = 4.0
+#: Least time the nodes get to agree on one head once each is past genesis: enough to
+#: see a stalled fork (6 s) and break it.
+CONVERGE_TIMEOUT = 20.0
 #: A node whose RPC has not answered this long after its start is restarted on fresh
 #: ports: geth sometimes hangs instead of exiting when one of its ports is taken.
 HUNG_AFTER = 10.0
@@ -29,10 +32,11 @@ HUNG_AFTER = 10.0
 def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | None = None) -> None:
     """Set up and start every node of ``chain``, then wait until the network is ready.
 
-    Ready means: every node answers RPC, is connected to every other node and has a block
-    above genesis. On any failure every node is torn down before ``NetworkStartError`` is
-    raised, with the failing node's last 50 log lines. ``phases``, when given, receives
-    the seconds spent in each stage (setup, spawn, peers, first_block).
+    Ready means: every node answers RPC, is connected to every other node, has a block
+    above genesis, and all agree on the head. On any failure every node is torn down
+    before ``NetworkStartError`` is raised, with the failing node's last 50 log lines.
+    ``phases``, when given, receives the seconds spent in each stage (setup, spawn,
+    peers, first_block).
     """
     provider = chain.provider
     spent = phases if phases is not None else {}
@@ -54,6 +58,14 @@ def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | No
         lap("peers")
         provider.start_sealing()
         _await(chain, deadline, phase="blocks")
+        # Past genesis everywhere is not yet one chain: two signers can seal competing
+        # first blocks, and with two signers that fork can stand (each too recent on its
+        # own branch). The converged wait breaks such a stall (see Chain), so a session
+        # never starts on a forked network.
+        try:
+            chain.wait_converged(timeout=max(CONVERGE_TIMEOUT, deadline - time.monotonic()))
+        except ChainTimeout as exc:
+            raise NetworkStartError(f"the nodes did not agree on one chain: {exc}") from exc
         lap("first_block")
     except BaseException:
         provider.teardown()
