@@ -11,7 +11,8 @@ brought up with ``docker-compose up -d`` and waited on with the same readiness c
 Prints one JSON document and a readable table: per N, the median (and min/max) of
 ready time, teardown time and RSS per node over ``--runs`` runs, and where the start
 time goes (setup = genesis/init of every datadir, spawn, peers = until every node has
-N-1 peers, first_block = until every node has a block above genesis).
+N-1 peers, first_block = until every node has a block above genesis and all agree on
+the head).
 """
 
 from __future__ import annotations
