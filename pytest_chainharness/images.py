@@ -5,7 +5,7 @@ Machines that reach no container registry still get every image the docker backe
     chainharness/base:bookworm       Debian minbase (debootstrap from the apt mirror + import)
     chainharness/geth:v1.13.15       base + the geth built by ``tools install geth``
     chainharness/geth:v1.13.14       (every installed geth version gets a tag)
-    chainharness/anvil:latest        base + the anvil installed from npm (when installed)
+    chainharness/anvil:v1.7.1        base + anvil's native binary from npm (when installed)
     chainharness/mosquitto:2         base + Debian's mosquitto (the bus's broker)
     chainharness/python:3.11         base + Debian's python3 (small services, the example indexer)
 
@@ -24,17 +24,18 @@ import subprocess
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ._errors import ToolNotFound
-from .tools import find_anvil, geth_versions_installed
+from .tools import ANVIL_VERSION, find_anvil, geth_versions_installed
 
 __all__ = [
     "ANVIL_IMAGE",
     "BASE_IMAGE",
     "BUILD_COMMAND",
     "GETH_IMAGE",
+    "IMAGE_GROUPS",
     "MOSQUITTO_IMAGE",
     "PYTHON_IMAGE",
     "build_images",
@@ -44,10 +45,12 @@ __all__ = [
 BUILD_COMMAND = "chainharness images build"
 BASE_IMAGE = "chainharness/base:bookworm"
 GETH_IMAGE = "chainharness/geth"
-ANVIL_IMAGE = "chainharness/anvil:latest"
+ANVIL_IMAGE = f"chainharness/anvil:v{ANVIL_VERSION}"
 MOSQUITTO_IMAGE = "chainharness/mosquitto:2"
 PYTHON_IMAGE = "chainharness/python:3.11"
 SUITE = "bookworm"
+#: What ``build_images(only=...)`` and ``images build --only`` choose from.
+IMAGE_GROUPS = ("os", "geth", "anvil")
 
 
 def geth_image(version: str) -> str:
@@ -145,9 +148,14 @@ def build_images(
     *,
     root: Path | None = None,
     force: bool = False,
+    only: Collection[str] = IMAGE_GROUPS,
     say: Callable[[str], None] = print,
 ) -> list[str]:
-    """Build every image that is missing (all with ``force``); returns the tags built."""
+    """Build every image of the groups ``only`` (``os``, ``geth``, ``anvil``) that is
+    missing (all of them with ``force``); returns the tags built."""
+    unknown = set(only) - set(IMAGE_GROUPS)
+    if unknown:
+        raise ValueError(f"unknown image group(s) {sorted(unknown)}; known: {IMAGE_GROUPS}")
     from ._docker import image_exists
 
     built: list[str] = []
@@ -158,7 +166,7 @@ def build_images(
         say(f"built {tag} ({time.perf_counter() - started:.1f}s)")
 
     wanted_os = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE]
-    if force or not all(image_exists(tag) for tag in wanted_os):
+    if "os" in only and (force or not all(image_exists(tag) for tag in wanted_os)):
         with tempfile.TemporaryDirectory(prefix="chainharness-rootfs-") as tmp:
             rootfs = Path(tmp) / "rootfs"
             say(f"debootstrap {SUITE} from {apt_mirror()} ...")
@@ -175,6 +183,18 @@ def build_images(
             _import_rootfs(rootfs, PYTHON_IMAGE, ['CMD ["python3"]'])
             done(PYTHON_IMAGE)
 
+    if not image_exists(BASE_IMAGE):
+        raise ToolNotFound(f"the base image {BASE_IMAGE} is missing: {BUILD_COMMAND}")
+    if "geth" in only:
+        _build_geth_images(root, force, done)
+    if "anvil" in only:
+        _build_anvil_image(root, force, done, say)
+    return built
+
+
+def _build_geth_images(root: Path | None, force: bool, done: Callable[[str], None]) -> None:
+    from ._docker import image_exists
+
     geths = geth_versions_installed(root)
     if not geths:
         raise ToolNotFound(
@@ -186,17 +206,24 @@ def build_images(
         if force or not image_exists(tag):
             _build_from_base(tag, {"/usr/local/bin/geth": binary}, ["geth"])
             done(tag)
+
+
+def _build_anvil_image(
+    root: Path | None, force: bool, done: Callable[[str], None], say: Callable[[str], None]
+) -> None:
+    from ._docker import image_exists
+
     try:
         anvil = find_anvil(root=root)
-    except ToolNotFound:
-        say("anvil is not installed: no anvil image (tools install anvil, then build again)")
-    else:
-        if force or not image_exists(ANVIL_IMAGE):
-            # npm's anvil is a node launcher; the image gets the native binary beside it.
-            native = sorted(anvil.resolve().parents[2].glob("anvil-linux-*/bin/anvil"))
-            _build_from_base(ANVIL_IMAGE, {"/usr/local/bin/anvil": native[0]}, ["anvil"])
-            done(ANVIL_IMAGE)
-    return built
+    except ToolNotFound as exc:
+        say(f"no anvil image: {exc}")
+        return
+    if not force and image_exists(ANVIL_IMAGE):
+        return
+    # find_anvil gives the native binary (never npm's node launcher, which the image
+    # could not run without node).
+    _build_from_base(ANVIL_IMAGE, {"/usr/local/bin/anvil": anvil}, ["anvil"])
+    done(ANVIL_IMAGE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -204,6 +231,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build every missing image (no registry needed)")
     build.add_argument("--force", action="store_true", help="rebuild images that exist")
+    build.add_argument(
+        "--only",
+        action="append",
+        choices=IMAGE_GROUPS,
+        help="build only this group (repeatable; default: all)",
+    )
     sub.add_parser("list", help="show which images exist")
     args = parser.parse_args(argv)
     from ._docker import image_exists
@@ -215,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{tag:36} {'present' if image_exists(tag) else 'missing'}")
         return 0
     try:
-        built = build_images(root=Path.cwd(), force=args.force)
+        built = build_images(root=Path.cwd(), force=args.force, only=args.only or IMAGE_GROUPS)
     except ToolNotFound as exc:
         print(f"chainharness images: {exc}")
         return 1

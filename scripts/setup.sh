@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with the package and its dev tools,
 # a Docker engine with the local images (scripts/docker.sh, chainharness images build),
-# geth v1.13.15 and v1.13.14 built from the Go module proxy, and anvil from npm — all
-# into git-ignored folders (.venv/, .tools/). Re-running skips what is already there.
+# geth v1.13.15 and v1.13.14 and toxiproxy 2.12.0 built from the Go module proxy, and
+# anvil 1.7.1 from npm — all pinned, into git-ignored folders (.venv/, .tools/). Re-running
+# skips what is already there; it ends by running every tool (tools doctor), so a broken
+# install fails here, with one line per broken tool.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -14,13 +16,22 @@ if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[dev]"
+# The editable install follows code changes by itself; only a changed pyproject.toml (or a
+# new interpreter) needs pip again, which saves ~10 s on every demo and test run.
+stamp=.venv/.chainharness-installed
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $(.venv/bin/python -VV | tr -d '\n')"
+if [ ! -x .venv/bin/chainharness ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing the package and its dev tools into .venv"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+  echo "$want" >"$stamp"
+fi
 
 export CHAINHARNESS_TOOLS="$PWD/.tools"
+tools=(geth toxiproxy)
 .venv/bin/python -m pytest_chainharness.tools install geth toxiproxy --dest .tools
 if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
+  tools+=(anvil)
 else
   echo "setup: npm not found: anvil is not installed and the anvil tests will be skipped" >&2
 fi
@@ -35,6 +46,9 @@ if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
     echo "setup: mosquitto is missing and cannot be installed here: the bus tests will skip" >&2
   fi
 fi
+if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
+  tools+=(mosquitto)
+fi
 
 # A Docker engine and the local images for the docker backend. Machines where no engine
 # can be installed or started keep the process backend; the docker tests then skip and
@@ -44,3 +58,6 @@ if bash scripts/docker.sh; then
 else
   echo "setup: no Docker engine: the docker backend and its tests are unavailable here" >&2
 fi
+
+# Every tool installed above must run and report its pinned version.
+.venv/bin/python -m pytest_chainharness.tools doctor "${tools[@]}"

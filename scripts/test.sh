@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
+# Go lives outside PATH on some machines; the tool tests build with it.
+[ -d /usr/local/go/bin ] && export PATH="$PATH:/usr/local/go/bin"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy

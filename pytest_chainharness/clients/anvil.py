@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
 from .._testnet import NodeSpec, Testnet
-from ..tools import find_anvil
+from ..tools import binary_version, find_anvil
 from .base import Placement
 from .geth import genesis
 
@@ -33,9 +31,7 @@ class AnvilAdapter:
         return find_anvil(explicit=explicit or version, root=self._root)
 
     def version(self, binary: Path) -> str:
-        out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
-        match = re.search(r"Version:\s*(\S+)", out.stdout)
-        return match.group(1) if match else out.stdout.strip() or "unknown"
+        return binary_version(binary, ["--version"], r"Version:\s*(\S+)")
 
     def write_files(
         self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement

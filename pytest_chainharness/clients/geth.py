@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from eth_account import Account
 
 from .._rpc import rpc_call
 from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
-from ..tools import find_geth
+from ..tools import binary_version, find_geth
 from .base import Placement
 
 __all__ = ["GethAdapter", "genesis"]
@@ -79,9 +77,7 @@ class GethAdapter:
         return find_geth(version=version, explicit=explicit, root=self._root)
 
     def version(self, binary: Path) -> str:
-        out = subprocess.run([str(binary), "version"], capture_output=True, text=True, timeout=30)
-        match = re.search(r"^Version:\s*(\S+)", out.stdout, re.MULTILINE)
-        return match.group(1) if match else "unknown"
+        return binary_version(binary, ["version"], r"^Version:\s*(\S+)")
 
     def write_files(
         self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement

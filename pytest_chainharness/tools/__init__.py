@@ -1,0 +1,473 @@
+"""Find, install and check the binaries the harness runs (geth, anvil, toxiproxy).
+
+Binaries live in a tools folder, never in the repository; every version is pinned::
+
+    <tools>/geth/<version>/geth          built from the Go module proxy
+    <tools>/anvil/node_modules/...       npm package @foundry-rs/anvil (native binary)
+    <tools>/toxiproxy/<version>/server   toxiproxy (latency faults), Go module proxy
+
+The tools folder is ``$CHAINHARNESS_TOOLS``, else ``.tools`` in the project root when it
+exists, else ``~/.cache/pytest-chainharness/tools``. Install, then check, with::
+
+    python -m pytest_chainharness.tools install geth anvil toxiproxy
+    python -m pytest_chainharness.tools doctor
+
+The command line lives in ``__main__.py``, so running it imports this module once (no
+runpy warning about a module found in ``sys.modules`` before execution).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._errors import ToolNotFound
+
+__all__ = [
+    "ANVIL_VERSION",
+    "DEFAULT_GETH_VERSION",
+    "DOCTOR_TOOLS",
+    "GETH_VERSIONS",
+    "INSTALL_COMMAND",
+    "TOXIPROXY_VERSION",
+    "anvil_native_path",
+    "binary_version",
+    "doctor",
+    "find_anvil",
+    "find_geth",
+    "find_mosquitto",
+    "find_toxiproxy",
+    "geth_versions_installed",
+    "install_anvil",
+    "install_geth",
+    "install_toxiproxy",
+    "tools_dir",
+]
+
+#: The last geth release that seals Clique (PoA) blocks.
+DEFAULT_GETH_VERSION = "1.13.15"
+#: Built by default: the default and the "other version" for upgrade/rollback tests.
+GETH_VERSIONS = ("1.13.15", "1.13.14")
+
+INSTALL_COMMAND = "python -m pytest_chainharness.tools install"
+#: toxiproxy: the userspace TCP proxy behind latency faults where the kernel has no netem.
+TOXIPROXY_VERSION = "2.12.0"
+#: anvil (Foundry), the single-node development chain; npm package @foundry-rs/anvil.
+ANVIL_VERSION = "1.7.1"
+
+
+def tools_dir(root: Path | None = None) -> Path:
+    """Where client binaries are installed and looked up."""
+    env = os.environ.get("CHAINHARNESS_TOOLS")
+    if env:
+        return Path(env).expanduser().resolve()
+    if root is not None and (root / ".tools").is_dir():
+        return (root / ".tools").resolve()
+    return Path.home() / ".cache" / "pytest-chainharness" / "tools"
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in re.findall(r"\d+", version))
+
+
+def geth_versions_installed(root: Path | None = None) -> dict[str, Path]:
+    """Installed geth versions → binary, newest first."""
+    base = tools_dir(root) / "geth"
+    found = {
+        d.name: d / "geth"
+        for d in base.glob("*")
+        if (d / "geth").is_file() and os.access(d / "geth", os.X_OK)
+    }
+    return dict(sorted(found.items(), key=lambda kv: _version_key(kv[0]), reverse=True))
+
+
+def find_geth(
+    *, version: str | None = None, explicit: str | None = None, root: Path | None = None
+) -> Path:
+    """Locate geth: explicit path/``$CHAINHARNESS_GETH`` > tools folder > ``PATH``.
+
+    With ``version``, only that version from the tools folder (or a path) is accepted.
+    """
+    if version is not None and ("/" in version or Path(version).is_file()):
+        explicit, version = version, None
+    explicit = explicit or (None if version else os.environ.get("CHAINHARNESS_GETH"))
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path.resolve()
+        found = shutil.which(explicit)
+        if found:
+            return Path(found)
+        raise ToolNotFound(f"geth binary {explicit!r} does not exist or is not executable")
+    installed = geth_versions_installed(root)
+    if version is not None:
+        version = version.lstrip("v")
+        if version in installed:
+            return installed[version]
+        have = ", ".join(installed) or "none"
+        raise ToolNotFound(
+            f"geth {version} is not installed (installed: {have}). "
+            f"Install it with: {INSTALL_COMMAND} geth --geth-version {version}"
+        )
+    if DEFAULT_GETH_VERSION in installed:
+        return installed[DEFAULT_GETH_VERSION]
+    if installed:
+        return next(iter(installed.values()))
+    on_path = shutil.which("geth")
+    if on_path:
+        return Path(on_path)
+    raise ToolNotFound(
+        f"geth was not found (looked at --chain-geth, $CHAINHARNESS_GETH, {tools_dir(root)}/geth "
+        f"and PATH). Install it with: {INSTALL_COMMAND} geth   "
+        f"(builds geth v{DEFAULT_GETH_VERSION} from the Go module proxy; needs Go)"
+    )
+
+
+def _anvil_platform() -> str:
+    """The suffix of the npm package that carries anvil's native binary here."""
+    system = {"linux": "linux", "darwin": "darwin", "win32": "win32"}.get(
+        sys.platform, sys.platform
+    )
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        machine, machine
+    )
+    return f"{system}-{arch}"
+
+
+def anvil_native_path(prefix: Path) -> Path:
+    """Where ``npm install --prefix PREFIX @foundry-rs/anvil`` puts the native binary.
+
+    The package's ``bin`` is a node launcher, and its postinstall script (which npm 11 no
+    longer runs unless approved) used to put the binary elsewhere. The platform package
+    (an optional dependency, installed without any script) always carries it here, so
+    the harness runs it directly: for the process backend and inside the image alike.
+    """
+    return prefix / "node_modules" / "@foundry-rs" / f"anvil-{_anvil_platform()}" / "bin" / "anvil"
+
+
+def find_anvil(*, explicit: str | None = None, root: Path | None = None) -> Path:
+    """Locate anvil's native binary: explicit path/``$CHAINHARNESS_ANVIL`` > tools folder
+    > ``PATH``."""
+    explicit = explicit or os.environ.get("CHAINHARNESS_ANVIL")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path.resolve()
+        raise ToolNotFound(f"anvil binary {explicit!r} does not exist or is not executable")
+    prefix = tools_dir(root) / "anvil"
+    native = anvil_native_path(prefix)
+    if native.is_file() and os.access(native, os.X_OK):
+        return native
+    if prefix.exists():
+        raise ToolNotFound(
+            f"anvil's native binary is missing or not executable at {native} (a partial or "
+            f"older install in {prefix}). Reinstall it with: {INSTALL_COMMAND} anvil"
+        )
+    on_path = shutil.which("anvil")
+    if on_path:
+        return Path(on_path)
+    raise ToolNotFound(
+        f"anvil was not found (looked at $CHAINHARNESS_ANVIL, {native} and PATH). "
+        f"Install it with: {INSTALL_COMMAND} anvil   (npm package "
+        f"@foundry-rs/anvil@{ANVIL_VERSION}; needs npm)"
+    )
+
+
+def _go_ldflags() -> str:
+    # Go >= 1.23 refuses the linkname used by github.com/fjl/memsize (runtime.stopTheWorld),
+    # which geth 1.13 imports; -checklinkname=0 is the documented workaround.
+    out = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True)
+    match = re.match(r"go1\.(\d+)", out.stdout.strip())
+    return "-checklinkname=0" if match and int(match.group(1)) >= 23 else ""
+
+
+def install_geth(
+    versions: Sequence[str] = GETH_VERSIONS, *, dest: Path | None = None
+) -> list[Path]:
+    """Build each geth version into ``dest/geth/<version>/geth``; skip ones already built."""
+    base = (dest or tools_dir()) / "geth"
+    built = []
+    for raw in versions:
+        version = raw.lstrip("v")
+        built.append(
+            _go_install(
+                f"github.com/ethereum/go-ethereum/cmd/geth@v{version}",
+                base / version / "geth",
+                what=f"geth {version}",
+                ldflags=_go_ldflags() if shutil.which("go") else "",
+                check=["version"],
+                expect=f"Version: {version}",
+            )
+        )
+    return built
+
+
+def _go_install(
+    package: str,
+    binary: Path,
+    *,
+    what: str,
+    ldflags: str,
+    check: Sequence[str],
+    expect: str,
+) -> Path:
+    """``go install package`` into ``binary``'s folder unless ``binary check`` already
+    prints ``expect``; the built binary must print it too."""
+    if _reports(binary, check, expect):
+        print(f"{what}: already installed at {binary}")
+        return binary
+    if shutil.which("go") is None:
+        raise ToolNotFound(f"building {what} needs Go (>= 1.21) on PATH")
+    print(f"{what}: building into {binary.parent} (a few minutes the first time)", flush=True)
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    _run_install(
+        ["go", "install", "-trimpath", f"-ldflags={ldflags}", package],
+        what=what,
+        env={**os.environ, "GOBIN": str(binary.parent)},
+    )
+    if not _reports(binary, check, expect):
+        raise ToolNotFound(f"built {binary} but `{binary.name} {' '.join(check)}` lacks {expect!r}")
+    return binary
+
+
+def find_toxiproxy(root: Path | None = None) -> Path:
+    """The toxiproxy server binary: ``$CHAINHARNESS_TOXIPROXY``, the tools folder or PATH."""
+    explicit = os.environ.get("CHAINHARNESS_TOXIPROXY")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise ToolNotFound(f"toxiproxy binary {explicit!r} does not exist or is not executable")
+    built = tools_dir(root) / "toxiproxy" / TOXIPROXY_VERSION / "server"
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    on_path = shutil.which("toxiproxy-server")
+    if on_path:
+        return Path(on_path)
+    raise ToolNotFound(
+        "toxiproxy (the TCP proxy behind latency faults; this kernel may lack netem) was "
+        f"not found. Install it with: {INSTALL_COMMAND} toxiproxy   (builds it from the Go "
+        "module proxy; needs Go)"
+    )
+
+
+def install_toxiproxy(*, dest: Path | None = None) -> Path:
+    """Build the toxiproxy server into ``dest/toxiproxy/<version>/server``."""
+    return _go_install(
+        f"github.com/Shopify/toxiproxy/v2/cmd/server@v{TOXIPROXY_VERSION}",
+        (dest or tools_dir()) / "toxiproxy" / TOXIPROXY_VERSION / "server",
+        what=f"toxiproxy {TOXIPROXY_VERSION}",
+        # `go install` leaves the version variable at its default ("git"): set it, so
+        # the binary says what it is (checked here and by doctor).
+        ldflags=f"-X github.com/Shopify/toxiproxy/v2.Version={TOXIPROXY_VERSION}",
+        check=["-version"],
+        expect=TOXIPROXY_VERSION,
+    )
+
+
+def install_anvil(*, dest: Path | None = None, version: str = ANVIL_VERSION) -> Path:
+    """Install anvil ``version`` from npm into ``dest/anvil``; return its native binary.
+
+    No package script runs (``--ignore-scripts``): npm 11 refuses unapproved ones, and
+    the binary needs none (see ``anvil_native_path``).
+    """
+    prefix = (dest or tools_dir()) / "anvil"
+    binary = anvil_native_path(prefix)
+    if _reports(binary, ["--version"], version):
+        print(f"anvil {version}: already installed at {binary}")
+        return binary
+    if shutil.which("npm") is None:
+        raise ToolNotFound("installing anvil needs npm on PATH")
+    prefix.mkdir(parents=True, exist_ok=True)
+    print(f"anvil {version}: installing @foundry-rs/anvil@{version} into {prefix}", flush=True)
+    _run_install(
+        [
+            "npm",
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--ignore-scripts",
+            "--prefix",
+            str(prefix),
+            f"@foundry-rs/anvil@{version}",
+        ],
+        what=f"anvil {version}",
+    )
+    if not _reports(binary, ["--version"], version):
+        raise ToolNotFound(
+            f"npm installed @foundry-rs/anvil@{version} but {binary} is missing or does not "
+            f"report version {version} (is @foundry-rs/anvil-{_anvil_platform()} published "
+            "for this platform?)"
+        )
+    return binary
+
+
+# -- doctor ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One installed tool, run to prove it works."""
+
+    name: str
+    #: Finds the binary; raises ToolNotFound (whose message has the install command).
+    find: Callable[[], Path]
+    #: Arguments that make it print its version.
+    argv: tuple[str, ...]
+    #: Text the output must contain.
+    expect: str
+    install: str
+
+
+def _checks(root: Path | None) -> list[Check]:
+    checks = [
+        Check(
+            f"geth {version}",
+            functools.partial(find_geth, version=version, root=root),
+            ("version",),
+            f"Version: {version}",
+            f"{INSTALL_COMMAND} geth --geth-version {version}",
+        )
+        for version in GETH_VERSIONS
+    ]
+    checks.append(
+        Check(
+            "anvil",
+            functools.partial(find_anvil, root=root),
+            ("--version",),
+            f"Version: {ANVIL_VERSION}",
+            f"{INSTALL_COMMAND} anvil",
+        )
+    )
+    checks.append(
+        Check(
+            "toxiproxy",
+            functools.partial(find_toxiproxy, root=root),
+            ("-version",),
+            TOXIPROXY_VERSION,
+            f"{INSTALL_COMMAND} toxiproxy",
+        )
+    )
+    checks.append(
+        Check(
+            "mosquitto",
+            find_mosquitto,
+            ("-h",),
+            "mosquitto version",
+            "apt-get install mosquitto",
+        )
+    )
+    return checks
+
+
+#: What ``doctor`` checks by default: everything scripts/setup.sh installs.
+DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "mosquitto")
+
+
+def doctor(
+    names: Sequence[str] = DOCTOR_TOOLS,
+    *,
+    root: Path | None = None,
+    say: Callable[[str], None] = print,
+    timeout: float = 20.0,
+) -> bool:
+    """Run every installed tool of ``names``; one line each. True when all work."""
+    healthy = True
+    for check in _checks(root):
+        if check.name.split()[0] not in names:
+            continue
+        problem, path, first = _diagnose(check, timeout)
+        if problem is None:
+            say(f"ok    {check.name:16} {first}  ({path})")
+        else:
+            healthy = False
+            say(f"FAIL  {check.name:16} {problem}. Fix: {check.install}")
+    return healthy
+
+
+def _diagnose(check: Check, timeout: float) -> tuple[str | None, Path | None, str]:
+    try:
+        path = check.find()
+    except ToolNotFound as exc:
+        return str(exc).split(". ")[0], None, ""
+    try:
+        text = _output(path, check.argv, timeout)
+    except ToolNotFound as exc:
+        return str(exc), path, ""
+    first = next((line.strip() for line in text.splitlines() if check.expect in line), "")
+    if not first:
+        tail = " | ".join(text.strip().splitlines()[-3:]) or "no output"
+        command = " ".join([str(path), *check.argv])
+        return f"`{command}` does not report {check.expect!r} ({tail})", path, ""
+    return None, path, first
+
+
+def find_mosquitto() -> Path:
+    """The mosquitto broker binary (Debian puts it in /usr/sbin, often not on PATH)."""
+    found = shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)),
+        None,
+    )
+    if found is None:
+        raise ToolNotFound(
+            "mosquitto (the bus's broker on the process backend) was not found on PATH or in "
+            "/usr/sbin. Install it with: apt-get install mosquitto"
+        )
+    return Path(found)
+
+
+def _output(binary: Path, argv: Sequence[str], timeout: float) -> str:
+    """What ``binary argv`` prints (stdout and stderr); a binary that cannot run or does
+    not finish within ``timeout`` seconds is a ToolNotFound naming the command."""
+    command = " ".join([str(binary), *argv])
+    try:
+        out = subprocess.run(
+            [str(binary), *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        raise ToolNotFound(f"`{command}` did not finish within {timeout:g}s") from None
+    except OSError as exc:
+        raise ToolNotFound(f"`{command}` cannot run: {exc.strerror or exc}") from None
+    return out.stdout + out.stderr
+
+
+def _reports(binary: Path, argv: Sequence[str], text: str, timeout: float = 30.0) -> bool:
+    try:
+        return text in _output(binary, argv, timeout)
+    except ToolNotFound:
+        return False
+
+
+def _run_install(argv: Sequence[str], *, what: str, env: dict[str, str] | None = None) -> None:
+    """Run a build or install step; a failure is a ToolNotFound with the output's tail."""
+    result = subprocess.run(
+        list(argv), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+    )
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])
+        raise ToolNotFound(
+            f"installing {what} failed (`{' '.join(argv)}` exited {result.returncode}):\n{tail}"
+        )
+
+
+def binary_version(
+    binary: Path, argv: Sequence[str], pattern: str, *, timeout: float = 10.0
+) -> str:
+    """Run ``binary argv`` and return the first group of ``pattern`` in its output
+    (``"unknown"`` when absent). A binary that cannot run, or does not finish within
+    ``timeout`` seconds, is a ToolNotFound naming the command."""
+    match = re.search(pattern, _output(binary, argv, timeout), re.MULTILINE)
+    return match.group(1) if match else "unknown"
