@@ -149,7 +149,7 @@ def detection_lag(transfers: int) -> dict[str, Any]:
         bus = SyncBus(
             BrokerEndpoint.from_dict(record["bus"]["endpoint"]), "ch-benchlag", chain.testnet.names
         )
-        chain.waker = bus.wait_change
+        chain.attach_bus(bus)
         rows = []
         try:
             chain.wait_for_height(2)

@@ -8,6 +8,7 @@ verdict; under xdist it sees every worker's reports through ``pytest_runtest_log
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ._errors import ChainHarnessError
 from ._options import _raw
 from .gate import (
     DEFAULT_STAGES,
+    KEY_ENV,
     XFAIL_POLICIES,
     GateError,
     Tally,
@@ -36,10 +38,12 @@ __all__ = [
     "GateSettings",
     "InfraFailed",
     "add_gate_options",
+    "claim_report",
     "infra_fail",
     "is_infra",
     "item_stage",
     "read_gate_settings",
+    "withhold_key",
 ]
 
 STAGE_PROPERTY = "stage"
@@ -128,6 +132,63 @@ def add_gate_options(parser: pytest.Parser) -> None:
     parser.addini("chain_default_stage", "stage of tests without a stage mark (default: the first)")
 
 
+def _report_path(config: pytest.Config) -> Path:
+    report_raw, _ = _raw(config, "gate_report")
+    report = Path(str(report_raw or "gate-report.json")).expanduser()
+    if not report.is_absolute():
+        report = config.invocation_params.dir / report
+    return report
+
+
+def claim_report(config: pytest.Config) -> None:
+    """With ``--gate``, replace the verdict file by a ``block`` before anything else is
+    checked, so no run that stops early (a usage error, a crash) leaves an earlier
+    ``promote`` in place for ``gate verify`` to accept. xdist workers write nothing.
+
+    The report's folder must exist (a typo must not make directories and run for an
+    hour), and the path must not be a folder.
+    """
+    if getattr(config, "workerinput", None) is not None or _raw(config, "gate")[0] is None:
+        return
+    report = _report_path(config)
+    cannot = f"--gate-report={report}: cannot write the verdict there"
+    if report.is_dir():
+        raise pytest.UsageError(f"{cannot}: it is a directory; name a file in it")
+    if not report.parent.is_dir():
+        raise pytest.UsageError(f"{cannot}: no such directory {report.parent}")
+    placeholder = seal(
+        {
+            "target": str(_raw(config, "gate")[0]),
+            "verdict": "block",
+            "reasons": ["the gate run has not finished (started, stopped early or killed)"],
+        },
+        None,
+    )
+    try:
+        write_report(report, placeholder)
+    except OSError as exc:
+        raise pytest.UsageError(f"{cannot} ({exc.strerror or exc})") from None
+
+
+def withhold_key(config: pytest.Config) -> bytes | None:
+    """Take the signing key out of the environment for the rest of the run.
+
+    Every child the harness starts (geth, the agents, the broker, the watchdog, xdist
+    workers, locust) inherits the environment; none of them needs the key, and any of
+    them (or a test) could leak or misuse it. Put back when pytest unconfigures, for
+    callers that run pytest in-process.
+    """
+    key = key_from_env()
+    value = os.environ.pop(KEY_ENV, None)
+    if value is not None:
+
+        def restore() -> None:
+            os.environ.setdefault(KEY_ENV, value)
+
+        config.add_cleanup(restore)
+    return key
+
+
 def read_gate_settings(config: pytest.Config) -> GateSettings:
     try:
         stages = parse_stages(str(config.getini("chain_stages")))
@@ -143,10 +204,7 @@ def read_gate_settings(config: pytest.Config) -> GateSettings:
         raise pytest.UsageError(
             f"{where}={target}: unknown stage; stages (ini chain_stages) are {', '.join(stages)}"
         )
-    report_raw, _ = _raw(config, "gate_report")
-    report = Path(str(report_raw or "gate-report.json")).expanduser()
-    if not report.is_absolute():
-        report = config.invocation_params.dir / report
+    report = _report_path(config)
     raw_skip, where = _raw(config, "gate_max_skip")
     max_skip = 0.0
     if raw_skip is not None:
@@ -234,8 +292,10 @@ class GatePlugin:
         *,
         owner: bool,
         describe_chain: Callable[[], Mapping[str, Any]],
+        key: bytes | None = None,
     ) -> None:
         self.config = config
+        self.key = key
         self.settings = settings
         self.owner = owner
         self.describe_chain = describe_chain
@@ -271,7 +331,6 @@ class GatePlugin:
             None,
         )
         try:
-            settings.report.parent.mkdir(parents=True, exist_ok=True)
             write_report(settings.report, placeholder)
         except OSError as exc:
             raise pytest.UsageError(
@@ -377,7 +436,7 @@ class GatePlugin:
             interrupted=interrupted,
             chain=chain,
             artifacts=self.artifacts,
-            key=key_from_env(),
+            key=self.key,
         )
         write_report(self.settings.report, self.verdict)
         if self.verdict["verdict"] != "promote" and session.exitstatus == pytest.ExitCode.OK:

@@ -50,6 +50,8 @@ class Settings:
     bus: str | None = None
     #: Broker image on the docker backend.
     bus_image: str = "chainharness/mosquitto:2"
+    #: Keep the run's logs under .chainharness/failed/ even when every test passed.
+    keep_logs: bool = False
 
 
 # (dest/ini name, flag, help, ini type, default)
@@ -137,6 +139,20 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini(
         "chain_keep", "leave the network running after the session", type="bool", default=False
     )
+    group.addoption(
+        "--chain-keep-logs",
+        dest="chain_keep_logs",
+        action="store_true",
+        default=None,
+        help="keep the run's node logs, events and state under .chainharness/failed/<run>/ "
+        "even when every test passed (a run with a failure always keeps them)",
+    )
+    parser.addini(
+        "chain_keep_logs",
+        "keep the run's logs under .chainharness/failed/ for passing runs too",
+        type="bool",
+        default=False,
+    )
     parser.addini(
         "chain_max_nodes",
         f"largest allowed --chain-nodes (default {DEFAULT_MAX_NODES})",
@@ -223,8 +239,7 @@ def read_settings(config: pytest.Config) -> Settings:
     seed_value, _ = _raw(config, "chain_seed")
     seed = None if seed_value is None else _int(config, "chain_seed", 0, 0, 2**63 - 1)
 
-    keep_cli = config.getoption("chain_keep", default=None)
-    keep = bool(keep_cli) if keep_cli is not None else bool(config.getini("chain_keep"))
+    keep = _flag(config, "chain_keep")
 
     geth, _ = _raw(config, "chain_geth")
     signers_raw, _ = _raw(config, "chain_signers")
@@ -253,7 +268,13 @@ def read_settings(config: pytest.Config) -> Settings:
         attach=attach,
         services=services,
         bus=bus,
+        keep_logs=_flag(config, "chain_keep_logs"),
     )
+
+
+def _flag(config: pytest.Config, name: str) -> bool:
+    cli = config.getoption(name, default=None)
+    return bool(cli) if cli is not None else bool(config.getini(name))
 
 
 def _bus(config: pytest.Config) -> str | None:

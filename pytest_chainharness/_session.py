@@ -177,6 +177,8 @@ class ChainSession:
         self.services: Any = None
         self.bus: Any = None
         self.bus_error = "the chain has not been started"
+        #: Set at session finish (owner): a test failed or the run was interrupted.
+        self.any_failed = False
         self._watchdog: subprocess.Popen[bytes] | None = None
         self._accounts: Iterator[LocalAccount] | None = None
         self._accounts_lock = threading.Lock()
@@ -254,14 +256,7 @@ class ChainSession:
             [n.name for n in chain.nodes],
         )
         self.bus = bus
-        chain.waker = bus.wait_change
-        chain.describe_events = bus.last_events_table
-        chain.on_sent = lambda node, tx: bus.publish("tx", tx, node=node)
-        chain.action_listeners.append(
-            lambda node, action: bus.publish(
-                "fault", {"action": action}, node=None if node == "*" else node
-            )
-        )
+        chain.attach_bus(bus)
 
     def close(self) -> None:
         """Disconnect this process from the bus (every process, at the end of its session)."""

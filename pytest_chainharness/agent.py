@@ -83,6 +83,13 @@ class Agent:
             self.client.username_pw_set(args.user, password)
         self.record = open(args.record, "a") if args.record else None  # noqa: SIM115
         self.own = open(args.own, "a")  # noqa: SIM115
+        # CHAINHARNESS_AGENT_TRACE=1: every newHeads message as it arrives, beside the
+        # events file, to tell a missed block from a late one when diagnosing the bus.
+        self.trace = (
+            open(args.own.replace("events-", "trace-"), "a")  # noqa: SIM115
+            if os.environ.get("CHAINHARNESS_AGENT_TRACE") == "1"
+            else None
+        )
         self._recorded: set[bytes] = set()
         if self.record is not None:
             self.client.on_connect = self._subscribe_all
@@ -197,6 +204,14 @@ class Agent:
                         except TimeoutError:
                             continue
                         head = message.get("params", {}).get("result", {})
+                        if self.trace is not None:
+                            self.trace.write(
+                                json.dumps(
+                                    {"ts": time.time(), "number": head.get("number"),
+                                     "hash": head.get("hash")}
+                                ) + "\n"
+                            )  # fmt: skip
+                            self.trace.flush()
                         if "number" in head:
                             self.publish_blocks_up_to(int(head["number"], 16))
             except (OSError, WebSocketException, RPCError, TimeoutError, ValueError):

@@ -67,6 +67,9 @@ class SyncBus:
         self.run_id = run_id
         self.nodes = list(nodes)
         self._events: list[Event] = []
+        #: node → hashes of every block it announced, and the lowest height announced.
+        self._block_hashes: dict[str, set[str]] = {}
+        self._first_block: dict[str, int] = {}
         self._arrivals: dict[str, set[str]] = {}
         self._kinds: set[str] = set(HARNESS_KINDS)
         self._cond = threading.Condition()
@@ -135,6 +138,8 @@ class SyncBus:
                 return
             self._seen.add(key)
             self._events.append(event)
+            if event.kind == "block" and event.node is not None:
+                self._index_block(event)
             self._kinds.add(event.kind)
             self._cond.notify_all()
 
@@ -241,6 +246,26 @@ class SyncBus:
                         f"{timeout:g}s: {', '.join(arrived) or 'nobody'}"
                     )
                 self._cond.wait(left)
+
+    def _index_block(self, event: Event) -> None:
+        assert event.node is not None
+        try:
+            number, block = int(event.payload["number"]), str(event.payload["hash"]).lower()
+        except (KeyError, TypeError, ValueError):
+            return
+        self._block_hashes.setdefault(event.node, set()).add(block)
+        first = self._first_block.get(event.node)
+        self._first_block[event.node] = number if first is None else min(first, number)
+
+    def has_block(self, node: str, block_hash: str, number: int) -> bool:
+        """Whether ``node``'s agent announced block ``block_hash`` (at ``number``) on the
+        bus. A block below the first one this bus heard of from that node (it connected
+        later) cannot be checked and counts as announced."""
+        with self._cond:
+            first = self._first_block.get(node)
+            if first is None:
+                return False
+            return number < first or block_hash.lower() in self._block_hashes[node]
 
     def wait_change(self, timeout: float) -> bool:
         """Sleep until any new event arrives (True), or ``timeout`` (False); the chain's

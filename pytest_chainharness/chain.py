@@ -31,6 +31,7 @@ from .clients.base import ClientAdapter
 from .providers.base import NodeState, Provider
 
 if TYPE_CHECKING:
+    from .bus import SyncBus
     from .upgrade import UpgradeResult
 
 __all__ = ["Chain", "Head", "Node"]
@@ -190,13 +191,8 @@ class Chain:
         self.action_listeners: list[Callable[[str, str], AbstractContextManager[Any] | None]] = []
         if on_action is not None:
             self.action_listeners.append(on_action)
-        #: Sleeps until something may have changed (a bus event), at most the given seconds;
-        #: without a bus the waits poll every POLL_INTERVAL.
-        self.waker: Callable[[float], bool] | None = None
-        #: Told of every transaction ``transfer`` sends (the bus publishes a ``tx`` event).
-        self.on_sent: Callable[[str, dict[str, Any]], None] | None = None
-        #: Extra lines for timeout messages (the bus's last events per node).
-        self.describe_events: Callable[[], str] | None = None
+        #: The run's event bus once ``attach_bus`` was called (None: waits poll RPC only).
+        self.bus: SyncBus | None = None
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
         self._partitioned = False
@@ -205,6 +201,33 @@ class Chain:
         self._stall_key: tuple[tuple[str, str], ...] = ()
         self._stall_since = 0.0
         self._stall_checked = 0.0
+
+    def attach_bus(self, bus: SyncBus) -> None:
+        """Make ``bus`` the chain's view of events, so the two never disagree: waits wake
+        on its events and return only once every node's agent has announced on it the
+        blocks the wait saw; timeouts show its last events; ``transfer`` publishes a
+        ``tx`` event; every fault is published as a ``fault`` event."""
+        self.bus = bus
+        self.action_listeners.append(
+            lambda node, action: bus.publish(
+                "fault", {"action": action}, node=None if node == "*" else node
+            )
+        )
+
+    def _unannounced(self, seen: dict[str, tuple[int, str]]) -> list[str]:
+        """Nodes whose block (number, hash) in ``seen`` the bus has not been told of yet.
+
+        The RPC view runs ahead of the bus by the agent's publish and the broker's
+        delivery (measured: 10-20 ms, right after the node sealed the block itself), so a
+        wait that returned on RPC alone could hand back a block that a test then does
+        not find in ``bus.events``.
+        """
+        if self.bus is None:
+            return []
+        return [
+            name for name, (number, block) in seen.items()
+            if not self.bus.has_block(name, block, number)
+        ]  # fmt: skip
 
     def __repr__(self) -> str:
         return (
@@ -285,32 +308,54 @@ class Chain:
 
     # -- waits -----------------------------------------------------------------------------
 
-    def _poll(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
+    def _poll(
+        self,
+        what: str,
+        check: Callable[[], T | None],
+        timeout: float,
+        *,
+        seen: Callable[[], dict[str, tuple[int, str]]] | None = None,
+    ) -> T:
+        """Call ``check`` until it returns something, at most ``timeout`` seconds.
+
+        ``seen`` gives the blocks (node → number, hash) that the last successful check
+        looked at; the result is returned only once the bus has them all, so what a
+        wait saw is in ``bus.events`` when it returns.
+        """
         deadline = time.monotonic() + timeout
         last_error: Exception | None = None
+        lagging: list[str] = []
         quick = 0
         while True:
             try:
                 result = check()
                 if result is not None:
-                    return result
+                    lagging = self._unannounced(seen()) if seen is not None else []
+                    if not lagging:
+                        return result
             except RPCError as exc:
                 last_error = exc
             self._break_clique_deadlock()
             if time.monotonic() >= deadline:
                 detail = f"\nlast error: {last_error}" if last_error else ""
+                if lagging:
+                    detail += (
+                        "\nthe chain got there, but the bus has no block event for it from "
+                        + ", ".join(lagging)
+                        + " (is the node's agent running? see its log in the run's logs)"
+                    )
                 table = self.status_table()
-                if self.describe_events is not None:
-                    table += "\n" + self.describe_events()
+                if self.bus is not None:
+                    table += "\n" + self.bus.last_events_table()
                 raise ChainTimeout(
                     f"timed out after {timeout:g}s waiting for {what}{detail}\n{table}"
                 )
-            if self.waker is not None:
+            if self.bus is not None:
                 # Re-check as soon as any node reports something, and at least twice a
                 # second. Right after an event, RPC may lag the node's own announcement
                 # by a few milliseconds: re-check quickly a few times before sleeping long.
-                pause = 0.02 if quick > 0 else 0.5
-                woke = self.waker(min(pause, max(0.0, deadline - time.monotonic())))
+                pause = 0.02 if quick > 0 or lagging else 0.5
+                woke = self.bus.wait_change(min(pause, max(0.0, deadline - time.monotonic())))
                 quick = 5 if woke else max(0, quick - 1)
             else:
                 time.sleep(POLL_INTERVAL)
@@ -457,25 +502,34 @@ class Chain:
     ) -> None:
         """Return when every running (or given) node has reached ``height``."""
 
+        heads: dict[str, Head] = {}
+
         def check() -> bool | None:
             selected = self._select(nodes)
+            heads.clear()
+            heads.update((n.name, n.head()) for n in selected)
             if not selected:
                 return None
-            return True if all(n.head().number >= height for n in selected) else None
+            return True if all(h.number >= height for h in heads.values()) else None
 
-        self._poll(f"height {height}", check, timeout)
+        self._poll(f"height {height}", check, timeout, seen=lambda: _blocks(heads))
 
     def wait_converged(self, *, timeout: float = 30.0) -> Head:
         """Return the head once every running node reports the same one."""
 
+        heads: dict[str, Head] = {}
+
         def check() -> Head | None:
             running = self.running_nodes()
+            heads.clear()
+            heads.update((n.name, n.head()) for n in running)
             if not running:
                 return None
-            heads = {n.head() for n in running}
-            return heads.pop() if len(heads) == 1 else None
+            distinct = set(heads.values())
+            return distinct.pop() if len(distinct) == 1 else None
 
-        return self._poll("all running nodes to converge on one head", check, timeout)
+        what = "all running nodes to converge on one head"
+        return self._poll(what, check, timeout, seen=lambda: _blocks(heads))
 
     def wait_for_tx(
         self,
@@ -484,20 +538,34 @@ class Chain:
         nodes: Sequence[int | str | Node] | None = None,
         timeout: float = 30.0,
     ) -> dict[str, TxReceipt]:
-        """Return node name → receipt once the transaction is in a block on every node."""
+        """Return node name → receipt once the transaction is in the same block on every
+        (given) running node, and the bus has that block from each of them.
+
+        Every receipt is read again on each look: a node that first had the transaction
+        in a block of its own that a reorg then replaced (a tip race between signers,
+        most often on the node it was sent to) must not hand back that stale receipt.
+        """
         hex_hash = HexBytes(tx_hash).to_0x_hex()
-        receipts: dict[str, TxReceipt] = {}
+        blocks: dict[str, tuple[int, str]] = {}
 
         def check() -> dict[str, TxReceipt] | None:
-            for node in self._select(nodes):
-                if node.name in receipts:
-                    continue
-                if node._rpc("eth_getTransactionReceipt", [hex_hash]) is not None:
-                    receipts[node.name] = node.w3.eth.get_transaction_receipt(HexStr(hex_hash))
-            selected = {n.name for n in self._select(nodes)}
-            return dict(receipts) if selected and selected <= receipts.keys() else None
+            blocks.clear()
+            selected = self._select(nodes)
+            for node in selected:
+                if node._rpc("eth_getTransactionReceipt", [hex_hash]) is None:
+                    return None
+            receipts = {
+                node.name: node.w3.eth.get_transaction_receipt(HexStr(hex_hash))
+                for node in selected
+            }
+            for name, receipt in receipts.items():
+                blocks[name] = (int(receipt["blockNumber"]), receipt["blockHash"].to_0x_hex())
+            if not receipts or len({block for _, block in blocks.values()}) != 1:
+                return None
+            return receipts
 
-        return self._poll(f"tx {hex_hash} on every node", check, timeout)
+        what = f"tx {hex_hash} in one block on every node"
+        return self._poll(what, check, timeout, seen=lambda: dict(blocks))
 
     def _wait_rpc(self, nodes: Sequence[Node], *, timeout: float) -> None:
         def check() -> bool | None:
@@ -575,11 +643,12 @@ class Chain:
         }
         signed = sender.sign_transaction(tx)
         tx_hash = HexBytes(w3.eth.send_raw_transaction(signed.raw_transaction))
-        if self.on_sent is not None:
-            self.on_sent(
-                node.name,
+        if self.bus is not None:
+            self.bus.publish(
+                "tx",
                 {"hash": tx_hash.to_0x_hex(), "from": sender.address, "to": tx["to"],
                  "nonce": nonce, "value": value_wei},
+                node=node.name,
             )  # fmt: skip
         return tx_hash
 
@@ -725,3 +794,7 @@ class Chain:
             return True
 
         self._poll(f"{len(self.nodes)} nodes to be ready (peers, height >= 1)", check, timeout)
+
+
+def _blocks(heads: dict[str, Head]) -> dict[str, tuple[int, str]]:
+    return {name: (head.number, head.hash) for name, head in heads.items()}

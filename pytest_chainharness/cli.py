@@ -118,10 +118,13 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--key-env",
         default="CHAINHARNESS_GATE_KEY",
-        help="environment variable with the HMAC key (checked when set)",
+        help="environment variable with the HMAC key; when set, the report must carry a "
+        "valid signature",
     )
     verify.add_argument(
-        "--require-signature", action="store_true", help="fail unless the report is signed"
+        "--require-signature",
+        action="store_true",
+        help="fail unless the signature is checked (a key is set and the report is signed)",
     )
     return parser
 
@@ -188,7 +191,13 @@ def _gate_verify(args: argparse.Namespace) -> int:
     except GateError as exc:
         print(f"chainharness gate verify: REJECTED: {exc}", file=sys.stderr)
         return 1
-    signed = "signed" if "signature" in content else "unsigned"
+    key_set = key_from_env(args.key_env) is not None
+    if key_set:
+        signed = "signature checked"
+    elif "signature" in content:
+        signed = f"signature NOT checked: no key in ${args.key_env}, anyone could have written it"
+    else:
+        signed = f"unsigned; NOT checked: no key in ${args.key_env}"
     print(
         f"chainharness gate verify: OK: promote to {content['target']} "
         f"({content['created']}, {signed}, {len(artifacts)} artifact(s) match)"

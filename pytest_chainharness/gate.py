@@ -284,10 +284,14 @@ def key_from_env(name: str = KEY_ENV) -> bytes | None:
 
 
 def write_report(path: Path, content: Mapping[str, Any]) -> None:
-    """Write atomically: a reader never sees half a verdict."""
+    """Write atomically: a reader never sees half a verdict, and a failed write leaves
+    no temporary file behind."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def verify(

@@ -12,9 +12,18 @@ from web3 import Web3
 
 from ._allure import AllurePlugin, allure_dir
 from ._errors import ChainHarnessError, ToolNotFound
-from ._gate import GatePlugin, add_gate_options, infra_fail, item_stage, read_gate_settings
+from ._gate import (
+    GatePlugin,
+    add_gate_options,
+    claim_report,
+    infra_fail,
+    item_stage,
+    read_gate_settings,
+    withhold_key,
+)
 from ._load import LoadTestRunner, Slo, parse_slo
 from ._options import add_options, read_settings
+from ._runlogs import keep_run_logs, kept_logs_dir
 from ._session import SESSION_KEY, ChainSession, RunInfo
 from .chain import Chain
 from .clients import get_client
@@ -59,6 +68,9 @@ def read_slos(config: pytest.Config) -> list[Slo]:
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    # First of all: no check below may fail while an earlier promote is still in place.
+    claim_report(config)
+    gate_key = withhold_key(config)
     settings = read_settings(config)
     gate_settings = read_gate_settings(config)
     config.stash[_SLO_KEY] = read_slos(config)
@@ -73,7 +85,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.add_cleanup(lambda: _finish(config, session))
     config.stash[_SESSION_KEY] = session
     config.pluginmanager.register(
-        GatePlugin(config, gate_settings, owner=session.owner, describe_chain=session.describe),
+        GatePlugin(
+            config,
+            gate_settings,
+            owner=session.owner,
+            describe_chain=session.describe,
+            key=gate_key,
+        ),
         "chainharness-gate",
     )
     reporter = None
@@ -103,6 +121,39 @@ def _finish(config: pytest.Config, session: ChainSession) -> None:
         _print_kept(config, record)
         return
     session.teardown()
+    kept = _kept_logs(config, session)
+    if kept is not None:
+        keep_run_logs(session.run.run_dir, kept)
+
+
+def _kept_logs(config: pytest.Config, session: ChainSession) -> Path | None:
+    """Where this run's logs are kept (a test failed, or --chain-keep-logs), else None."""
+    if not session.owner or session.network_record() is None:
+        return None
+    if not (session.any_failed or session.settings.keep_logs):
+        return None
+    return kept_logs_dir(config.rootpath, session.run.run_id)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    chain_session = session.config.stash.get(_SESSION_KEY, None)
+    if chain_session is not None:
+        chain_session.any_failed = bool(session.testsfailed) or exitstatus in (
+            pytest.ExitCode.TESTS_FAILED,
+            pytest.ExitCode.INTERRUPTED,
+            pytest.ExitCode.INTERNAL_ERROR,
+        )
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION_KEY, None)
+    kept = None if session is None else _kept_logs(config, session)
+    if kept is not None:
+        terminalreporter.write_line(
+            f"chainharness: this run's logs are kept in {kept} "
+            "(node and agent logs, events.jsonl, state file)"
+        )
 
 
 def _print_kept(config: pytest.Config, record: dict[str, Any]) -> None:

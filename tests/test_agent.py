@@ -194,3 +194,36 @@ def test_memory_is_bounded(node: ScriptedNode, agent: RecordingAgent) -> None:
         agent.publish_blocks_up_to(node.head)
     assert len(agent.published) <= REORG_DEPTH + 1
     assert [n for n, _ in published(agent)] == list(range(1, 3 * REORG_DEPTH + 2))
+
+
+class TestTipRace:
+    """Two signers seal the same height; the in-turn block wins (measured on a 4-node
+    Clique network: most often the node a transfer was sent to sealed its own block first).
+    """
+
+    def test_the_winner_replaces_the_own_block_when_only_the_next_head_is_announced(
+        self, node: ScriptedNode, agent: RecordingAgent
+    ) -> None:
+        advance(node, agent, "a", 0, 7)
+        advance(node, agent, "own", 7, 1, txs=("0xtx",))  # the sealer's own block 8
+        # geth switches to the in-turn block 8 without a newHeads of its own; the next
+        # head (9, on top of it) is the first the agent hears of it.
+        node.extend("turn", 7, 2, txs=("0xtx",))
+        agent.publish_blocks_up_to(node.head)
+        assert published(agent)[-3:] == [(8, "0xown-8"), (8, "0xturn-8"), (9, "0xturn-9")]
+        assert agent.events[-2]["replaces"] == "0xown-8"
+        assert agent.events[-2]["txs"] == ["0xtx"]
+        assert "replaces" not in agent.events[-1]
+
+    def test_two_heads_at_one_height_before_the_agent_looked(
+        self, node: ScriptedNode, agent: RecordingAgent
+    ) -> None:
+        advance(node, agent, "a", 0, 7)
+        # Both newHeads (own 8, then in-turn 8) are queued before the agent asks; by
+        # then the node is on the winner: only it is published, and only once.
+        node.extend("own", 7, 1)
+        node.extend("turn", 7, 1)
+        agent.publish_blocks_up_to(8)
+        agent.publish_blocks_up_to(8)
+        assert published(agent)[-1:] == [(8, "0xturn-8")]
+        assert [n for n, _ in published(agent)].count(8) == 1

@@ -578,6 +578,101 @@ class TestVerify:
         assert unsigned.returncode == 1
 
 
+class TestNoStaleOrForgedPromote:
+    """A gate run that stops early never leaves an earlier promote to be verified, and
+    verify never calls a report it could not check 'signed'."""
+
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["--chain-nodes=0"],
+            ["--chain-bus=mqtt://127.0.0.1:1"],
+            ["--gate-artifact=app=missing.bin"],
+            ["--gate-xfail=maybe"],
+            ["--chain-period=0"],
+        ],
+    )
+    def test_a_usage_error_replaces_an_earlier_promote(
+        self, inner: pytest.Pytester, args: list[str]
+    ) -> None:
+        inner.makepyfile("def test_ok():\n    pass\n")
+        first = inner.runpytest("--gate=build", "--gate-report=v.json")
+        assert first.ret == 0
+        assert _verdict(inner.path / "v.json")["verdict"] == "promote"
+        again = inner.runpytest("--gate=build", "--gate-report=v.json", *args)
+        assert again.ret == pytest.ExitCode.USAGE_ERROR
+        assert _verdict(inner.path / "v.json")["verdict"] == "block"
+        done = _cli("gate", "verify", str(inner.path / "v.json"), env=_env())
+        assert done.returncode == 1
+        assert "verdict is 'block'" in done.stderr
+
+    def test_report_folder_must_exist_and_no_temporary_file_is_left(
+        self, inner: pytest.Pytester
+    ) -> None:
+        inner.makepyfile("def test_ok():\n    open('ran', 'w').close()\n")
+        result = inner.runpytest("--gate=build", "--gate-report=nonexistent/dir/r.json")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*cannot write the verdict there: no such directory*"])
+        assert not (inner.path / "nonexistent").exists()
+        (inner.path / "reports").mkdir()
+        result = inner.runpytest("--gate=build", "--gate-report=reports")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*reports: cannot write the verdict there: it is a dir*"])
+        assert list((inner.path / "reports").iterdir()) == []
+        assert not (inner.path / "ran").exists()
+
+    def test_verify_without_a_key_says_the_signature_was_not_checked(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CHAINHARNESS_GATE_KEY", "s3cret")
+        inner.makepyfile("def test_ok():\n    pass\n")
+        inner.runpytest("--gate=build", "--gate-report=v.json")
+        path = inner.path / "v.json"
+        # Forged: edited to promote to production, digest recomputed, signature zeroed.
+        verdict = _verdict(path)
+        verdict["target"] = "production"
+        verdict["signature"] = "hmac-sha256:" + "0" * 64
+        verdict["digest"] = content_digest(verdict)
+        path.write_text(json.dumps(verdict))
+        done = _cli("gate", "verify", str(path), env=_env())
+        assert "signature NOT checked" in done.stdout
+        assert ", signed," not in done.stdout
+        required = _cli("gate", "verify", str(path), "--require-signature", env=_env())
+        assert required.returncode == 1
+        assert "signature required" in required.stderr
+        keyed = _cli("gate", "verify", str(path), env={**_env(), "CHAINHARNESS_GATE_KEY": "s3cret"})
+        assert keyed.returncode == 1
+        assert "bad signature" in keyed.stderr
+
+    def test_the_key_is_not_in_any_child_environment(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setenv("CHAINHARNESS_GATE_KEY", "s3cret")
+        inner.makepyfile(
+            """
+            import os, subprocess, sys
+            from pytest_chainharness._proc import find_marked
+
+            def test_children(chain):
+                chain.wait_for_height(1)
+                assert "CHAINHARNESS_GATE_KEY" not in os.environ
+                child = subprocess.run([sys.executable, "-c", "import os; print(dict(os.environ))"],
+                                       capture_output=True, text=True)
+                assert "s3cret" not in child.stdout
+                pids = find_marked(chain.provider.run_id)
+                assert len(pids) >= 2 * len(chain.nodes)  # nodes and agents at least
+                for pid in pids:
+                    with open(f"/proc/{pid}/environ", "rb") as handle:
+                        assert b"s3cret" not in handle.read(), pid
+            """
+        )
+        result = inner.runpytest_subprocess(
+            "--gate=build", "--gate-report=v.json", "--chain-nodes=2"
+        )
+        result.assert_outcomes(passed=1)
+        assert _verdict(inner.path / "v.json")["signature"].startswith("hmac-sha256:")
+
+
 def _env() -> dict[str, str]:
     import os
 

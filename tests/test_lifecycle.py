@@ -140,6 +140,65 @@ def two_node_chain(
     return Chain(testnet, provider, adapter)
 
 
+class TestKeptLogs:
+    """A run in which a test failed keeps its logs under .chainharness/failed/<run>/."""
+
+    def test_a_failed_run_keeps_its_logs_and_says_where(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            def test_fails(chain):
+                chain.wait_for_height(1)
+                assert False, "the product broke"
+            """
+        )
+        result = inner.runpytest_subprocess("--chain-nodes=2")
+        result.assert_outcomes(failed=1)
+        kept = list((inner.path / ".chainharness" / "failed").glob("ch-*"))
+        assert len(kept) == 1
+        result.stdout.fnmatch_lines([f"chainharness: this run's logs are kept in {kept[0]} *"])
+        logs = {p.name for p in (kept[0] / "logs").iterdir()}
+        assert {"node0.log", "node1.log", "events.jsonl", "agent-node0.log"} <= logs
+        assert "Starting peer-to-peer node" in (kept[0] / "logs" / "node0.log").read_text()
+        blocks = [
+            json.loads(line)
+            for line in (kept[0] / "logs" / "events.jsonl").read_text().splitlines()
+        ]
+        assert any(e["kind"] == "block" for e in blocks)
+        state = kept[0] / "network.json"
+        assert stat_mode(state) == 0o600
+        assert stat_mode(kept[0]) == 0o700
+        text = state.read_text()
+        assert '"signer_key": "<redacted>"' in text
+        assert '"password": "<redacted>"' in text
+
+    def test_a_passing_run_keeps_nothing_unless_asked(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile("def test_ok(chain):\n    chain.wait_for_height(1)\n")
+        result = inner.runpytest_subprocess("--chain-nodes=1")
+        result.assert_outcomes(passed=1)
+        assert not (inner.path / ".chainharness").exists()
+        assert "logs are kept" not in result.stdout.str()
+        result = inner.runpytest_subprocess("--chain-nodes=1", "--chain-keep-logs")
+        result.assert_outcomes(passed=1)
+        (kept,) = (inner.path / ".chainharness" / "failed").glob("ch-*")
+        assert (kept / "logs" / "node0.log").is_file()
+
+    def test_only_the_newest_runs_are_kept(self, tmp_path: Path) -> None:
+        from pytest_chainharness._runlogs import keep_run_logs
+
+        run = tmp_path / "run"
+        (run / "logs").mkdir(parents=True)
+        (run / "logs" / "node0.log").write_bytes(b"x" * 10 + b"\n" + b"tail\n")
+        dest = tmp_path / "kept"
+        for i in range(4):
+            keep_run_logs(run, dest / f"ch-{i}", keep=2)
+            os.utime(dest / f"ch-{i}", (1000 + i, 1000 + i))
+        assert sorted(p.name for p in dest.iterdir()) == ["ch-2", "ch-3"]
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
 def test_stale_run_of_a_dead_owner_is_swept_at_start(
     inner: pytest.Pytester, runs_dir: Path
 ) -> None:
