@@ -1,8 +1,10 @@
-"""Accounts of a network that outlives sessions (``chainharness up``), handed out once each.
+"""Genesis accounts, handed out once each across every process that uses a network.
 
-A counter beside the state file, under a file lock, is shared by ``pytest
---chain-attach`` sessions (and their xdist workers) and by load users, so no two of them
-ever sign with the same account.
+A counter file under a file lock is shared by all of them: for a run's own network, by
+the xdist workers (replacements of crashed ones too: they claim from the same counter,
+so they get accounts no live worker has); for a network that outlives sessions
+(``chainharness up``), by ``pytest --chain-attach`` sessions and load users. No two of
+them ever sign with the same account.
 """
 
 from __future__ import annotations
@@ -15,7 +17,13 @@ from filelock import FileLock
 from ._errors import ChainHarnessError
 from ._testnet import Testnet
 
-__all__ = ["ATTACHED_FIRST", "ATTACHED_FIXED_SLOTS", "FIXED_ACCOUNTS", "claim_attached"]
+__all__ = [
+    "ATTACHED_FIRST",
+    "ATTACHED_FIXED_SLOTS",
+    "FIXED_ACCOUNTS",
+    "claim",
+    "claim_attached",
+]
 
 #: Genesis accounts each session (xdist worker) keeps as ``chain.accounts``.
 FIXED_ACCOUNTS = 8
@@ -25,16 +33,28 @@ ATTACHED_FIXED_SLOTS = 8
 ATTACHED_FIRST = FIXED_ACCOUNTS * ATTACHED_FIXED_SLOTS
 
 
+def claim(
+    counter: Path, testnet: Testnet, count: int, *, first: int = 0, advice: str
+) -> list[LocalAccount]:
+    """The next ``count`` accounts from index ``first`` on, counted in ``counter``."""
+    with FileLock(str(counter) + ".lock"):
+        index = int(counter.read_text() or 0) if counter.exists() else 0
+        start = first + index
+        if start + count > testnet.account_count:
+            raise ChainHarnessError(
+                f"funded accounts ran out: the network's {testnet.account_count} genesis "
+                f"accounts were all handed out ({start - first} so far, count in {counter}); "
+                + advice
+            )
+        counter.write_text(str(index + count))
+    return testnet.accounts(start, start + count)
+
+
 def claim_attached(state: Path, testnet: Testnet, count: int) -> list[LocalAccount]:
-    used = state.with_name(state.name + ".accounts")
-    with FileLock(str(used) + ".lock"):
-        index = int(used.read_text() or 0) if used.exists() else 0
-        used.write_text(str(index + count))
-    first = ATTACHED_FIRST + index
-    if first + count > testnet.account_count:
-        raise ChainHarnessError(
-            f"funded accounts ran out: the network's {testnet.account_count} accounts were all "
-            f"handed out (count in {used}); start it again with 'chainharness up "
-            "--chain-accounts=N'"
-        )
-    return testnet.accounts(first, first + count)
+    return claim(
+        state.with_name(state.name + ".accounts"),
+        testnet,
+        count,
+        first=ATTACHED_FIRST,
+        advice="start it again with 'chainharness up --chain-accounts=N'",
+    )

@@ -235,13 +235,17 @@ def read_settings(config: pytest.Config) -> Settings:
         # Marks and the header describe the network that is there, not the options' defaults.
         nodes, client = _attached_shape(attach)
     services = _path(config, "chain_services", must_exist=True)
+    if services is not None:
+        _check_services(services)
 
     seed_value, _ = _raw(config, "chain_seed")
     seed = None if seed_value is None else _int(config, "chain_seed", 0, 0, 2**63 - 1)
 
     keep = _flag(config, "chain_keep")
 
-    geth, _ = _raw(config, "chain_geth")
+    geth, where = _raw(config, "chain_geth")
+    if geth:
+        _check_binary(str(geth), where)
     signers_raw, _ = _raw(config, "chain_signers")
     signers = None if signers_raw is None else _int(config, "chain_signers", nodes, 1, nodes)
     timeout_raw, _ = _raw(config, "chain_start_timeout")
@@ -270,6 +274,29 @@ def read_settings(config: pytest.Config) -> Settings:
         bus=bus,
         keep_logs=_flag(config, "chain_keep_logs"),
     )
+
+
+def _check_binary(value: str, where: str) -> None:
+    import os
+    import shutil
+
+    path = Path(value).expanduser()
+    if path.is_file() and os.access(path, os.X_OK):
+        return
+    if "/" not in value and shutil.which(value):
+        return
+    raise pytest.UsageError(f"{where}={value}: no such executable file")
+
+
+def _check_services(path: Path) -> None:
+    """The services file is read now, not after the nodes started: a typo in it is a
+    usage error that starts nothing."""
+    from .services import ServicesError, load_services
+
+    try:
+        load_services(path)
+    except ServicesError as exc:
+        raise pytest.UsageError(f"--chain-services={path}: {exc}") from None
 
 
 def _flag(config: pytest.Config, name: str) -> bool:

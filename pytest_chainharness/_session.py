@@ -16,9 +16,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import pytest
 from eth_account.signers.local import LocalAccount
 from filelock import FileLock
 
-from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim_attached
+from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim, claim_attached
 from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound
 from ._options import Settings
 from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
@@ -180,8 +179,6 @@ class ChainSession:
         #: Set at session finish (owner): a test failed or the run was interrupted.
         self.any_failed = False
         self._watchdog: subprocess.Popen[bytes] | None = None
-        self._accounts: Iterator[LocalAccount] | None = None
-        self._accounts_lock = threading.Lock()
         self._network_file = run.run_dir / "network.json"
         self._lock = FileLock(str(run.run_dir / "network.lock"))
         lock_dir = settings.attach.parent if settings.attach is not None else run.run_dir
@@ -319,22 +316,23 @@ class ChainSession:
 
     def _fixed_accounts(self, record: dict[str, Any]) -> list[LocalAccount]:
         if self.settings.attach is None:
-            return self._slice(record)[:FIXED_ACCOUNTS]
+            testnet = Testnet.from_dict(record["provider"]["testnet"])
+            return self._claim(testnet, FIXED_ACCOUNTS)
         # Attached sessions come and go with any worker count: the first
         # ATTACHED_FIXED_SLOTS slices of 8 are the fixed accounts, the rest are handed out.
         testnet = Testnet.from_dict(record["provider"]["testnet"])
         slot = self.run.worker_index % ATTACHED_FIXED_SLOTS
         return testnet.accounts(slot * FIXED_ACCOUNTS, (slot + 1) * FIXED_ACCOUNTS)
 
-    def _slice(self, record: dict[str, Any] | None = None) -> list[LocalAccount]:
-        testnet = (
-            Testnet.from_dict(record["provider"]["testnet"])
-            if record is not None
-            else self._testnet_for_accounts()
+    def _claim(self, testnet: Testnet, count: int) -> list[LocalAccount]:
+        # From one counter for every process of the run: a worker that replaces a crashed
+        # one (xdist names it gw2 in a 2-worker run) still gets accounts of its own.
+        return claim(
+            self.run.run_dir / "accounts.claimed",
+            testnet,
+            count,
+            advice=f"raise the ini value chain_accounts (now {self.settings.accounts})",
         )
-        size = testnet.account_count // self.run.worker_count
-        start = self.run.worker_index * size
-        return testnet.accounts(start, start + size)
 
     def _testnet_for_accounts(self) -> Testnet:
         if self._chain is not None:
@@ -350,17 +348,7 @@ class ChainSession:
         """A genesis-funded account no other test of this run has been given."""
         if self.settings.attach is not None:
             return self._attached_account(self.settings.attach)
-        with self._accounts_lock:
-            if self._accounts is None:
-                self._accounts = iter(self._slice()[FIXED_ACCOUNTS:])
-            try:
-                return next(self._accounts)
-            except StopIteration:
-                per_worker = self.settings.accounts // self.run.worker_count - FIXED_ACCOUNTS
-                raise ChainHarnessError(
-                    f"funded_account ran out: {per_worker} accounts per worker were handed out; "
-                    f"raise the ini value chain_accounts (now {self.settings.accounts})"
-                ) from None
+        return self._claim(self._testnet_for_accounts(), 1)[0]
 
     def _attached_account(self, state: Path) -> LocalAccount:
         # A network from 'chainharness up' outlives many sessions: hand out accounts in

@@ -49,7 +49,7 @@ def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | No
         mark = now
 
     try:
-        provider.setup()
+        provider.setup(timeout=timeout)
         lap("setup")
         provider.start_nodes()
         lap("spawn")

@@ -497,10 +497,19 @@ class Chain:
     def _select(self, nodes: Sequence[int | str | Node] | None) -> list[Node]:
         return self.running_nodes() if nodes is None else [self.node(n) for n in nodes]
 
+    def _some_running(self, what: str) -> None:
+        """A wait over the running nodes with none running fails at once: it could only
+        wait out its timeout and then say nothing useful."""
+        if not self.running_nodes():
+            states = ", ".join(f"{n.name} {n.state}" for n in self.nodes)
+            raise ChainTimeout(f"cannot wait for {what}: no node is running ({states})")
+
     def wait_for_height(
         self, height: int, *, nodes: Sequence[int | str | Node] | None = None, timeout: float = 30.0
     ) -> None:
         """Return when every running (or given) node has reached ``height``."""
+        if nodes is None:
+            self._some_running(f"height {height}")
 
         heads: dict[str, Head] = {}
 
@@ -516,6 +525,7 @@ class Chain:
 
     def wait_converged(self, *, timeout: float = 30.0) -> Head:
         """Return the head once every running node reports the same one."""
+        self._some_running("the running nodes to converge")
 
         heads: dict[str, Head] = {}
 
@@ -546,6 +556,8 @@ class Chain:
         most often on the node it was sent to) must not hand back that stale receipt.
         """
         hex_hash = HexBytes(tx_hash).to_0x_hex()
+        if nodes is None:
+            self._some_running(f"tx {hex_hash}")
         blocks: dict[str, tuple[int, str]] = {}
 
         def check() -> dict[str, TxReceipt] | None:

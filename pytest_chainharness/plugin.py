@@ -232,9 +232,9 @@ def _chain_mark_unmet(mark: pytest.Mark, nodes: int, client: str) -> str | None:
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Collector | None:
     if file_path.suffix in (".yaml", ".yml"):
-        from .scenario import is_scenario
+        from .scenario import is_scenario, looks_like_scenario
 
-        if is_scenario(file_path):
+        if is_scenario(file_path) or looks_like_scenario(file_path):
             from .scenario.collect import ScenarioFile
 
             found: pytest.Collector = ScenarioFile.from_parent(parent, path=file_path)

@@ -361,3 +361,14 @@ class TestOneViewWithTheBus:
         other.attach_bus(deaf)  # type: ignore[arg-type]
         with pytest.raises(ChainTimeout, match="the bus has no block event for it from node0"):
             other.wait_for_height(1, timeout=0.5)
+
+
+def test_waits_with_no_node_running_fail_at_once(chain: Chain) -> None:
+    stopped = Chain(chain.testnet, chain.provider, chain.adapter)
+    stopped.running_nodes = list  # type: ignore[method-assign]
+    started = time.monotonic()
+    with pytest.raises(ChainTimeout, match="cannot wait for the running nodes to converge: no no"):
+        stopped.wait_converged(timeout=30)
+    with pytest.raises(ChainTimeout, match="cannot wait for height 5: no node is running"):
+        stopped.wait_for_height(5, timeout=30)
+    assert time.monotonic() - started < 1

@@ -316,7 +316,12 @@ class TestSelectionAndVerdict:
 
 
 class TestInfraAndInterrupts:
-    def test_infra_failure_is_not_a_product_failure(self, inner: pytest.Pytester) -> None:
+    def test_infra_failure_is_not_a_product_failure(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # A geth named by the environment that is gone by the time the chain starts (an
+        # option naming a missing binary is a usage error before anything runs).
+        monkeypatch.setenv("CHAINHARNESS_GETH", "/nonexistent/geth")
         inner.makepyfile(
             """
             from pytest_chainharness import ChainHarnessError
@@ -331,9 +336,7 @@ class TestInfraAndInterrupts:
                 assert 2 + 2 == 5
             """
         )
-        result = inner.runpytest(
-            "--gate=build", "--gate-report=v.json", "--chain-geth=/nonexistent/geth"
-        )
+        result = inner.runpytest("--gate=build", "--gate-report=v.json")
         verdict = _verdict(inner.path / "v.json")
         assert verdict["verdict"] == "block"
         kinds = {f["test"].split("::")[1]: f["kind"] for f in verdict["failures"]}

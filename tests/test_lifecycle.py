@@ -195,6 +195,38 @@ class TestKeptLogs:
         assert sorted(p.name for p in dest.iterdir()) == ["ch-2", "ch-3"]
 
 
+def test_a_replacement_xdist_worker_gets_accounts_of_its_own(inner: pytest.Pytester) -> None:
+    inner.makepyfile(
+        """
+        import os
+        import pytest
+
+        @pytest.mark.parametrize("i", range(6))
+        def test_accounts(chain, funded_account, worker_id, i):
+            fixed = ",".join(a.address for a in chain.accounts)
+            with open("seen.txt", "a") as seen:
+                seen.write(f"{worker_id} {funded_account.address} {fixed}\\n")
+            if worker_id == "gw0" and not os.path.exists("crashed"):
+                open("crashed", "w").close()
+                os._exit(1)  # the worker dies; xdist starts gw2 in its place
+        """
+    )
+    result = inner.runpytest_subprocess("-n", "2", "--chain-nodes=1")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1, result.stdout.str()[-3000:]
+    assert outcomes.get("passed") == 5
+    rows = [line.split() for line in (inner.path / "seen.txt").read_text().splitlines()]
+    workers = {row[0] for row in rows}
+    assert "gw2" in workers, rows
+    handed = [row[1] for row in rows]
+    assert len(handed) == len(set(handed)), rows
+    fixed = {row[0]: row[2].split(",") for row in rows}
+    assert all(len(accounts) == 8 for accounts in fixed.values())
+    every_fixed = [a for accounts in fixed.values() for a in accounts]
+    assert len(every_fixed) == len(set(every_fixed))
+    assert not set(every_fixed) & set(handed)
+
+
 def stat_mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 

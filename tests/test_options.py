@@ -64,6 +64,74 @@ class TestUsageErrors:
         result.stderr.fnmatch_lines([pattern])
 
 
+class TestCheckedBeforeAnythingStarts:
+    @pytest.mark.parametrize(
+        ("content", "pattern"),
+        [
+            ("services: [unclosed\n", "*not valid YAML*"),
+            ("other: {}\n", "*expected a top-level 'services:' mapping*"),
+            ("services:\n  Bad_Name: {image: x}\n", "*names are lower-case letters*"),
+        ],
+    )
+    def test_services_file_content(
+        self, inner: pytest.Pytester, runs_dir: Path, content: str, pattern: str
+    ) -> None:
+        (inner.path / "svc.yaml").write_text(content)
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-services=svc.yaml")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines([f"*--chain-services=*svc.yaml: {pattern}"])
+        assert not runs_dir.exists() or not any(runs_dir.glob("*/nodes"))
+
+    def test_chain_geth_must_be_an_executable(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-geth=/nonexistent/geth")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--chain-geth=/nonexistent/geth: no such executable file*"])
+
+    def test_a_geth_that_hangs_is_a_clear_error_not_an_internal_error(
+        self, inner: pytest.Pytester
+    ) -> None:
+        hangs = inner.path / "geth"
+        hangs.write_text("#!/bin/sh\nsleep 60\n")
+        hangs.chmod(0o755)
+        inner.makepyfile(
+            """
+            def test_no_chain():
+                pass
+
+            def test_chain(chain):
+                pass
+            """
+        )
+        result = inner.runpytest_subprocess(f"--chain-geth={hangs}", "--chain-nodes=1")
+        out = result.stdout.str()
+        assert "INTERNALERROR" not in out + result.stderr.str()
+        result.stdout.fnmatch_lines(["*client geth NOT FOUND: `*geth version` did not finish*"])
+        result.assert_outcomes(passed=1, errors=1)
+
+    def test_an_init_that_hangs_is_infra_within_the_start_timeout(
+        self, inner: pytest.Pytester
+    ) -> None:
+        from pytest_chainharness.tools import find_geth
+
+        real = find_geth()
+        wrapper = inner.path / "geth"
+        # Answers `version` like the real one; hangs in `init`.
+        wrapper.write_text(
+            f'#!/bin/sh\nfor a in "$@"; do [ "$a" = init ] && exec sleep 60; done\n'
+            f'exec {real} "$@"\n'
+        )
+        wrapper.chmod(0o755)
+        inner.makeini("[pytest]\nchain_backend = process\nchain_start_timeout = 3\n")
+        inner.makepyfile("def test_chain(chain):\n    pass\n")
+        result = inner.runpytest_subprocess(f"--chain-geth={wrapper}", "--chain-nodes=1")
+        result.assert_outcomes(errors=1)
+        result.stdout.fnmatch_lines(
+            ["*[[]infra[]] NetworkStartError: node0: `*geth*init*` did not finish within 3s*"]
+        )
+
+
 class TestHeaderAndIni:
     def test_header_shows_seed_client_and_backend(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(PASSING)

@@ -112,6 +112,50 @@ class TestSchema:
         with pytest.raises(ScenarioError, match=pattern):
             load_scenario(_write(tmp_path, text))
 
+    def test_a_duplicate_key_is_an_error_not_a_dropped_list(self, tmp_path: Path) -> None:
+        # The first `steps:` (with its kill) used to vanish, and the scenario passed.
+        text = "scenario: x\nsteps:\n  - kill: 2\nsteps:\n  - wait: converged\n"
+        with pytest.raises(
+            ScenarioError, match=r"s.yaml:4: .*duplicate key 'steps' \(first at line 2\)"
+        ):
+            load_scenario(_write(tmp_path, text))
+        nested = "scenario: x\nsteps:\n  - latency: {node: 1, ms: 100, ms: 900}\n"
+        with pytest.raises(ScenarioError, match=r"s.yaml:3: .*duplicate key 'ms'"):
+            load_scenario(_write(tmp_path, nested))
+
+    @pytest.mark.parametrize(
+        ("text", "pattern"),
+        [
+            ("steps:\n  - sleep: .inf\n", r"s.yaml:3: steps\[0\].sleep.seconds: must be a finite"),
+            ("steps:\n  - sleep: 99999999999\n", r"sleep.seconds: must be at most 86400"),
+            ("timeout: .nan\nsteps: [heal]\n", r"s.yaml:2: scenario file.timeout: must be a fin"),
+            ("timeout: 1e300\nsteps: [heal]\n", r"scenario file.timeout: must be at most 86400"),
+            ("timeout: 1e2\nsteps: [heal]\n", None),
+            ("steps:\n  - send: 10000000000\n", r"steps\[0\].send.txs: must be at most 1e\+06"),
+            ("steps:\n  - latency: {node: 1, ms: 10, loss: 2}\n", r"loss: must be at most 1"),
+        ],
+    )
+    def test_numbers_must_be_finite_and_sane(
+        self, tmp_path: Path, text: str, pattern: str | None
+    ) -> None:
+        path = _write(tmp_path, "scenario: x\n" + text)
+        if pattern is None:
+            assert load_scenario(path).timeout == 100.0
+            return
+        with pytest.raises(ScenarioError, match=pattern):
+            load_scenario(path)
+
+    @pytest.mark.parametrize(
+        ("text", "pattern"),
+        [
+            ("", r"s.yaml:1: empty file"),
+            ("Scenario: x\nsteps: [heal]\n", r"missing top-level key 'scenario:' \(found 'Scen"),
+        ],
+    )
+    def test_not_quite_a_scenario(self, tmp_path: Path, text: str, pattern: str) -> None:
+        with pytest.raises(ScenarioError, match=pattern):
+            load_scenario(_write(tmp_path, text))
+
     def test_node_range_follows_the_scenario_size(self, tmp_path: Path) -> None:
         path = _write(tmp_path, "scenario: x\nnodes: 2\nsteps:\n  - kill: 2\n")
         with pytest.raises(ScenarioError, match=r"node 2 is out of range \(the scenario has 2"):
@@ -204,6 +248,23 @@ class TestCollection:
         assert "services" not in result.stdout.str()
         assert result.ret == 0
 
+    def test_a_file_under_scenarios_that_is_almost_one_is_reported(
+        self, inner: pytest.Pytester
+    ) -> None:
+        (inner.path / "scenarios").mkdir()
+        (inner.path / "scenarios" / "empty.yaml").write_text("")
+        (inner.path / "scenarios" / "typo.yaml").write_text("Scenario: x\nsteps: [heal]\n")
+        (inner.path / "scenarios" / "services.yaml").write_text("services:\n  db: {}\n")
+        result = inner.runpytest("--collect-only", "-q", "scenarios")
+        assert result.ret == pytest.ExitCode.INTERRUPTED
+        result.stdout.fnmatch_lines_random(
+            [
+                "*scenarios/empty.yaml:1: empty file*",
+                "*scenarios/typo.yaml:1: scenario: missing top-level key 'scenario:'*",
+            ]
+        )
+        assert "services.yaml" not in result.stdout.str()
+
     def test_schema_error_is_a_collection_error(self, inner: pytest.Pytester) -> None:
         (inner.path / "bad.yaml").write_text("scenario: bad\nsteps:\n  - kill: 9\n")
         result = inner.runpytest("bad.yaml")
@@ -261,6 +322,20 @@ class TestRunning:
         expected = draw_schedule(1234, "r.yaml::r/steps[0]", 4, args)
         assert reported["faults"] == [f.to_dict() for f in expected]
         assert "replay with --chain-seed=1234" in out
+
+    def test_the_timeout_holds_during_a_step(self, inner: pytest.Pytester) -> None:
+        (inner.path / "t.yaml").write_text(
+            "scenario: too slow\nnodes: 2\ntimeout: 3\nsteps:\n  - sleep: 20\n  - heal\n"
+        )
+        result = inner.runpytest_subprocess("t.yaml", "--chain-nodes=2", "--durations=1")
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(
+            ["*t.yaml:5: the scenario's timeout of 3s ran out during steps[[]0[]].sleep (line 5)*"]
+        )
+        # It failed at the 3 s mark, not after the whole 20 s sleep.
+        took = re.search(r"([\d.]+)s call .*t.yaml", result.stdout.str())
+        assert took is not None, result.stdout.str()
+        assert float(took.group(1)) < 10
 
     def test_failing_assert_reports_the_line_and_the_timeline(self, inner: pytest.Pytester) -> None:
         (inner.path / "f.yaml").write_text(

@@ -42,8 +42,9 @@ class Provider(Protocol):
     #: Unique id of this run; part of every process marker, container label and topic.
     run_id: str
 
-    def setup(self) -> None:
-        """Lay out every node's datadir (genesis, keys, config)."""
+    def setup(self, *, timeout: float = 60.0) -> None:
+        """Lay out every node's datadir (genesis, keys, config); a step that takes longer
+        than ``timeout`` seconds is a ``NetworkStartError`` naming its command."""
         ...
 
     def start_nodes(self, indexes: Sequence[int] | None = None) -> None:

@@ -218,7 +218,9 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
             return network
         raise NetworkStartError(f"no free subnet for the run's docker network: {last_error}")
 
-    def setup(self) -> None:
+    def setup(self, *, timeout: float = 60.0) -> None:
+        # The node's own init runs in its container before it starts (see _script); a
+        # hang there is a node whose RPC never answers, which launch's deadline covers.
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True)
         ensure_image(self._client, self.image, "--chain-image")

@@ -15,6 +15,7 @@ sweeps by the environment marker so a node started by anyone is never left behin
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -83,17 +84,12 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    def setup(self) -> None:
+    def setup(self, *, timeout: float = 60.0) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True)
         self.testnet.accounts()  # derive once here, not once per thread
         with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
-            list(
-                pool.map(
-                    lambda n: self._prepare(n.index),
-                    self.testnet.nodes,
-                )
-            )
+            list(pool.map(lambda n: self._prepare(n.index, timeout), self.testnet.nodes))
         self.shared.save()
 
     def _place(self, index: int, binary: Path | None = None) -> Placement:
@@ -102,14 +98,25 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
             self.testnet, node, self.datadir(index), binary or self.default_binary
         )
 
-    def _prepare(self, index: int) -> None:
+    def _prepare(self, index: int, timeout: float) -> None:
         node = self.testnet.nodes[index]
         place = self._place(index)
         self.adapter.write_files(self.testnet, node, self.datadir(index), place)
         init = self.adapter.init_command(place)
         if not init:
             return
-        result = subprocess.run(init, capture_output=True, text=True, timeout=120)
+        try:
+            result = subprocess.run(
+                init, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            )
+        except subprocess.TimeoutExpired as exc:
+            out = (exc.stdout or b"") + (exc.stderr or b"")
+            text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)
+            tail = "\n".join(text.splitlines()[-20:]) or "(no output)"
+            raise NetworkStartError(
+                f"{node.name}: `{shlex.join(init)}` did not finish within {timeout:g}s "
+                f"(ini chain_start_timeout); its last output:\n{tail}"
+            ) from None
         if result.returncode != 0:
             tail = "\n".join((result.stdout + result.stderr).splitlines()[-50:])
             raise NetworkStartError(f"{node.name}: {self.adapter.name} init failed:\n{tail}")

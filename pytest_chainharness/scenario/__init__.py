@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .runner import Fault, ScenarioFailed, draw_schedule
-from .schema import Scenario, ScenarioError, is_scenario, load_scenario
+from .schema import Scenario, ScenarioError, is_scenario, load_scenario, looks_like_scenario
 
 __all__ = [
     "Fault",
@@ -13,4 +13,5 @@ __all__ = [
     "draw_schedule",
     "is_scenario",
     "load_scenario",
+    "looks_like_scenario",
 ]

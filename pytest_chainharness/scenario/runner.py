@@ -12,7 +12,7 @@ import random
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from eth_account.signers.local import LocalAccount
@@ -101,13 +101,14 @@ class ScenarioRun:
     consistency: list[str] = field(default_factory=list)
     start_height: int = 0
     _t0: float = 0.0
+    _deadline: float = float("inf")
     _sender: LocalAccount | None = None
 
     # -- driving ---------------------------------------------------------------------------
 
     def run(self, restore: Callable[[], None]) -> None:
         self._t0 = time.monotonic()
-        deadline = self._t0 + self.scenario.timeout
+        deadline = self._deadline = self._t0 + self.scenario.timeout
         self.start_height = min(h.number for h in self.chain.heads().values())
         if self.scenario.version:
             self._note(f"setup: every node on version {self.scenario.version}")
@@ -122,18 +123,44 @@ class ScenarioRun:
                 )
             started = time.monotonic()
             try:
-                outcome = self._step(step)
+                outcome = self._step(replace(step, args=self._capped(step.args)))
             except (AssertionError, ChainTimeout) as exc:
                 self._note(f"FAILED {step.where} (line {step.line}): {_first(exc)}", started)
+                why = f"{self._ran_out(step)}: " if time.monotonic() >= deadline else ""
                 raise ScenarioFailed(
-                    f"{self.scenario.path}:{step.line}: {step.where} failed: {exc}"
+                    f"{self.scenario.path}:{step.line}: {step.where} failed: {why}{exc}"
                 ) from exc
+            if time.monotonic() >= deadline:
+                self._note(f"FAILED {step.where} (line {step.line}): out of time", started)
+                raise ScenarioFailed(f"{self.scenario.path}:{step.line}: {self._ran_out(step)}")
             self._note(f"{step.where}: {outcome}", started)
         # Consistency: on a healed, whole network.
         started = time.monotonic()
         restore()
         self._note("restored: healed, latency cleared, every node running, converged", started)
         self.check_consistency()
+
+    def _capped(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The step's own time limits, cut to what is left of the scenario's timeout: a
+        step may never run past it (a 20 s sleep in a 5 s scenario fails at 5 s)."""
+        left = max(0.0, self._deadline - time.monotonic())
+        capped = dict(args)
+        for key in ("timeout", "within", "seconds"):
+            value = capped.get(key)
+            if isinstance(value, float) and value > left:
+                capped[key] = left
+        return capped
+
+    def _ran_out(self, step: Step) -> str:
+        return (
+            f"the scenario's timeout of {self.scenario.timeout:g}s ran out during "
+            f"{step.where} (line {step.line})"
+        )
+
+    def _hold(self, seconds: float) -> None:
+        """Sleep ``seconds``, but never past the scenario's timeout."""
+        left = self._deadline - time.monotonic()
+        time.sleep(max(0.0, min(seconds, left)))
 
     def _note(self, text: str, started: float | None = None) -> None:
         at = (started if started is not None else time.monotonic()) - self._t0
@@ -178,7 +205,7 @@ class ScenarioRun:
             case "random_faults":
                 return self._random(step)
             case "sleep":
-                time.sleep(a["seconds"])
+                self._hold(a["seconds"])
                 return f"held {a['seconds']:g}s"
             case "wait" | "assert":
                 return self._condition(a)
@@ -224,8 +251,8 @@ class ScenarioRun:
         )
         for fault in faults:
             self._apply(fault)
-            time.sleep(fault.hold)
-            self._recover(fault, a["timeout"])
+            self._hold(fault.hold)
+            self._recover(fault, min(a["timeout"], max(0.0, self._deadline - time.monotonic())))
         return f"{len(faults)} random faults applied and recovered"
 
     def _apply(self, fault: Fault) -> None:

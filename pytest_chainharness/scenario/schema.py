@@ -11,6 +11,8 @@ names the file, the line and the field, e.g.::
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +20,15 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ACTIONS", "Scenario", "ScenarioError", "Step", "is_scenario", "load_scenario"]
+__all__ = [
+    "ACTIONS",
+    "Scenario",
+    "ScenarioError",
+    "Step",
+    "is_scenario",
+    "load_scenario",
+    "looks_like_scenario",
+]
 
 
 class ScenarioError(Exception):
@@ -41,7 +51,20 @@ class _Loader(yaml.SafeLoader):
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
     loader.flatten_mapping(node)
-    result = _LineDict(loader.construct_pairs(node, deep=True))
+    pairs = loader.construct_pairs(node, deep=True)
+    # YAML keeps the last of two equal keys: a second `steps:` silently dropped the first
+    # list (and its faults) and the scenario passed. A duplicate is an error.
+    first_line: dict[Any, int] = {}
+    for (key, _), (key_node, _) in zip(pairs, node.value, strict=True):
+        if key in first_line:
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"duplicate key {key!r} (first at line {first_line[key]})",
+                key_node.start_mark,
+            )
+        first_line[key] = key_node.start_mark.line + 1
+    result = _LineDict(pairs)
     result.line = node.start_mark.line + 1
     result.value_lines = {
         loader.construct_object(k, deep=True): v.start_mark.line + 1 for k, v in node.value
@@ -67,6 +90,23 @@ def is_scenario(path: Path) -> bool:
             return any(line.startswith("scenario:") for line in fh)
     except OSError:
         return False
+
+
+_LOOKS_LIKE = re.compile(r"^(scenarios?|steps)\s*:", re.IGNORECASE | re.MULTILINE)
+
+
+def looks_like_scenario(path: Path) -> bool:
+    """A YAML file under a ``scenarios`` folder that is empty, or has a top-level key
+    close to ``scenario:`` (``Scenario:``, ``scenarios:``) or a ``steps:`` list, but is
+    not a scenario: collected anyway, so its mistake is an error instead of a test that
+    silently never runs."""
+    if "scenarios" not in path.parent.parts or is_scenario(path):
+        return False
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return False
+    return not text.strip() or _LOOKS_LIKE.search(text) is not None
 
 
 @dataclass
@@ -126,8 +166,17 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+#: Largest number of seconds any field takes (a day), and largest count.
+MAX_SECONDS = 86_400.0
+MAX_COUNT = 1_000_000
+# PyYAML reads `1e300` (no dot) as text; a number is meant.
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _check_type(ctx: _Ctx, value: Any, kind: type | tuple[type, ...], line: int, where: str) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
+    if float in kinds and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        value = float(value)
     if isinstance(value, bool) and bool not in kinds:
         raise ctx.error(line, where, f"expected {_type_name(kind)}, got {value!r}")
     if float in kinds and isinstance(value, int) and not isinstance(value, bool):
@@ -193,6 +242,8 @@ class _Field:
     kind: type | tuple[type, ...] | str
     required: bool = False
     default: Any = None
+    #: Largest value (default: MAX_SECONDS for numbers, MAX_COUNT for whole numbers).
+    most: float | None = None
 
 
 def _fields(
@@ -237,10 +288,22 @@ def _fields(
             out[name] = raw
         else:
             checked = _check_type(ctx, raw, fspec.kind, fline, fwhere)
-            if isinstance(checked, (int, float)) and not isinstance(checked, bool) and checked < 0:
-                raise ctx.error(fline, fwhere, f"must be >= 0, got {checked}")
+            if isinstance(checked, (int, float)) and not isinstance(checked, bool):
+                _check_number(ctx, checked, fspec, fline, fwhere)
             out[name] = checked
     return out
+
+
+def _check_number(ctx: _Ctx, value: float, fspec: _Field, line: int, where: str) -> None:
+    if not math.isfinite(value):
+        raise ctx.error(line, where, f"must be a finite number, got {value}")
+    if value < 0:
+        raise ctx.error(line, where, f"must be >= 0, got {value}")
+    most = fspec.most
+    if most is None:
+        most = MAX_SECONDS if isinstance(value, float) else MAX_COUNT
+    if value > most:
+        raise ctx.error(line, where, f"must be at most {most:g}, got {value:g}")
 
 
 # -- actions ------------------------------------------------------------------------------------
@@ -424,7 +487,7 @@ ACTIONS: dict[str, Checker] = {
             "node": _Field("node", required=True),
             "ms": _Field(int, required=True),
             "jitter": _Field(int, default=0),
-            "loss": _Field(float, default=0.0),
+            "loss": _Field(float, default=0.0, most=1.0),
         },
         None,
     ),
@@ -466,8 +529,14 @@ def load_scenario(path: Path, *, max_nodes: int = 256) -> Scenario:
         mark = exc.problem_mark
         line = mark.line + 1 if mark is not None else 0
         raise ScenarioError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
+    if data is None:
+        raise ScenarioError(f"{path}:1: empty file: a scenario needs a top-level 'scenario:' key")
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}:1: a scenario is a mapping with a 'scenario:' key")
+    if "scenario" not in data:
+        near = next((k for k in data if str(k).lower().rstrip("s") == "scenario"), None)
+        hint = f" (found {near!r}: keys are case-sensitive)" if near is not None else ""
+        raise ScenarioError(f"{path}:1: scenario: missing top-level key 'scenario:'{hint}")
     nodes_raw = data.get("nodes", 4)
     ctx = _Ctx(
         path, nodes_raw if isinstance(nodes_raw, int) and not isinstance(nodes_raw, bool) else 4
