@@ -19,7 +19,8 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+
+from ._files import redact, write_private
 
 __all__ = ["KEEP", "MAX_FILE_BYTES", "keep_run_logs", "kept_logs_dir"]
 
@@ -27,8 +28,6 @@ __all__ = ["KEEP", "MAX_FILE_BYTES", "keep_run_logs", "kept_logs_dir"]
 KEEP = 5
 #: The tail of each file that is kept (a node's log on a long run grows to many MiB).
 MAX_FILE_BYTES = 4 * 1024 * 1024
-#: Keys of the state file whose values are secrets (node keys, signer keys, passwords).
-SECRET_KEYS = frozenset({"node_key", "signer_key", "password", "private_key", "key"})
 STATE_FILES = ("network.json", "process-state.json", "docker-state.json")
 
 
@@ -56,7 +55,7 @@ def keep_run_logs(run_dir: Path, dest: Path, *, keep: int = KEEP) -> Path | None
                 data = json.loads(state.read_text())
             except (OSError, ValueError):
                 continue
-            _write_private(dest / name, json.dumps(_redact(data), indent=1).encode())
+            write_private(dest / name, json.dumps(redact(data), indent=1))
     _prune(dest.parent, keep)
     return dest
 
@@ -70,21 +69,7 @@ def _copy_tail(source: Path, target: Path) -> None:
             head = f"[... {size - MAX_FILE_BYTES} earlier bytes not kept ...]\n".encode()
         else:
             head = b""
-        _write_private(target, head + handle.read())
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
-def _redact(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: "<redacted>" if k in SECRET_KEYS and v else _redact(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_redact(v) for v in value]
-    return value
+        write_private(target, head + handle.read())
 
 
 def _prune(folder: Path, keep: int) -> None:

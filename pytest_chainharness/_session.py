@@ -28,6 +28,7 @@ from filelock import FileLock
 
 from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim, claim_attached
 from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound
+from ._files import redact_file, write_private
 from ._options import Settings
 from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
 from ._rpc import RPCError
@@ -52,7 +53,10 @@ SESSION_KEY = pytest.StashKey["ChainSession"]()
 
 
 def runs_root() -> Path:
-    return Path(os.environ.get("CHAINHARNESS_RUNS", Path(tempfile.gettempdir()) / "chainharness"))
+    """``$CHAINHARNESS_RUNS``, else a folder per user in the temp folder (one shared by
+    all users would be writable by all of them, or by its first user only)."""
+    default = Path(tempfile.gettempdir()) / f"chainharness-{os.getuid()}"
+    return Path(os.environ.get("CHAINHARNESS_RUNS", default))
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,10 @@ class RunInfo:
     def new(cls, settings: Settings) -> RunInfo:
         run_id = f"ch-{secrets.token_hex(4)}"
         root = runs_root()
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
         _prune(root)
         run_dir = root / run_id
-        run_dir.mkdir()
+        run_dir.mkdir(mode=0o700)
         seed = settings.seed if settings.seed is not None else random_seed()
         return cls(run_id=run_id, run_dir=run_dir, seed=seed, owner_pid=os.getpid())
 
@@ -269,9 +273,7 @@ class ChainSession:
             return None
 
     def _write(self, record: dict[str, Any]) -> None:
-        tmp = self._network_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, self._network_file)
+        write_private(self._network_file, json.dumps(record, indent=1))
 
     def _start(self) -> dict[str, Any]:
         settings = self.settings
@@ -434,6 +436,9 @@ class ChainSession:
             sweep_run(self.run.run_id, self.run.run_dir, self.adapter())
         if self._watchdog is not None:
             self._watchdog.poll()  # killed with the nodes (same run marker); collect its status
+        # The logs stay for a few runs; the keys and the bus password do not.
+        for name in ("network.json", "process-state.json", "docker-state.json"):
+            redact_file(self.run.run_dir / name)
 
 
 def _binary_version(session: ChainSession, s: Settings) -> str:

@@ -158,6 +158,11 @@ class Node:
     def _rpc(self, method: str, params: list[Any] | None = None, *, timeout: float = 2.0) -> Any:
         return rpc_call(self.rpc_url, method, params, timeout=timeout)
 
+    def _admin(self, method: str, params: list[Any] | None = None, *, timeout: float = 2.0) -> Any:
+        """A call on the node's admin channel (the RPC port offers public APIs only)."""
+        url = self._chain.provider.admin_url(self.index)
+        return rpc_call(url, method, params, timeout=timeout)
+
     def head(self) -> Head:
         block = self._rpc("eth_getBlockByNumber", ["latest", False])
         return Head(int(block["number"], 16), str(block["hash"]))
@@ -430,19 +435,19 @@ class Chain:
         # Not sealing while it rewinds: a signer back at the fork point could seal a new
         # competing block at once and re-create the deadlock.
         if loser.signer:
-            loser._rpc("miner_stop")
+            loser._admin("miner_stop")
         try:
             fork = self._fork_point(loser, winner, height)
             dropped = self._raw_txs(loser, fork + 1, height)
             blocks = b"".join(
-                bytes.fromhex(str(winner._rpc("debug_getRawBlock", [hex(n)]))[2:])
+                bytes.fromhex(str(winner._admin("debug_getRawBlock", [hex(n)]))[2:])
                 for n in range(fork + 1, top + 1)
             )
             # Rewound first, the imported branch is strictly heavier and becomes the head;
             # at equal difficulty geth could keep its own.
-            loser._rpc("debug_setHead", [hex(fork)])
+            loser._admin("debug_setHead", [hex(fork)])
             path = self.provider.put_file(loser.index, "chainharness-unstall.rlp", blocks)
-            loser._rpc("admin_importChain", [path], timeout=30.0)
+            loser._admin("admin_importChain", [path], timeout=30.0)
             # A real reorg puts the losing blocks' transactions back in the pool; setHead
             # does not, so hand them to the kept branch ourselves.
             for raw in dropped:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import sys
 from collections.abc import Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import ChainHarnessError
+from ._files import write_private
 from ._options import DEFAULT_ACCOUNTS, DEFAULT_MAX_NODES, DEFAULT_NODES, Settings
 from ._session import events_dir, read_state, runs_root, start_network, sweep_run
 from ._testnet import random_seed
@@ -240,7 +240,8 @@ def _up(args: argparse.Namespace) -> int:
     )
     run_id = f"ch-{secrets.token_hex(4)}"
     run_dir = runs_root() / run_id
-    run_dir.mkdir(parents=True)
+    run_dir.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir.mkdir(mode=0o700)
     seed = settings.seed if settings.seed is not None else random_seed()
     try:
         record = start_network(
@@ -251,9 +252,7 @@ def _up(args: argparse.Namespace) -> int:
         return 1
     record["seed"] = seed
     state.parent.mkdir(parents=True, exist_ok=True)
-    tmp = state.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, state)
+    write_private(state, json.dumps(record, indent=1))
     print(
         f"chainharness: {settings.nodes} node(s) up on {record['backend']} "
         f"({record.get('client_version', '?')}), seed {seed}"

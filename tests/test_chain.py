@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -89,7 +90,10 @@ def test_node_endpoints(chain: Chain) -> None:
     assert node.rpc_url.startswith("http://127.0.0.1:")
     assert node.ws_url.startswith("ws://127.0.0.1:")
     assert node.w3.eth.chain_id == chain.chain_id
-    assert "geth" in node.logs(500).lower() or "chainharness" in node.logs(500)
+    # The whole log starts with the client's banner; a tail is just that many lines (the
+    # banner scrolls out of a short tail once the session has run a minute or two).
+    assert "geth" in node.logs(10**6).lower() or "chainharness" in node.logs(10**6)
+    assert len(node.logs(5).splitlines()) == 5
 
 
 @pytest.mark.disruptive
@@ -237,7 +241,7 @@ def test_latency_slows_one_node_and_clears(chain: Chain, funded_account: LocalAc
     with chain.latency(3, 250) as how:
         assert how == "toxiproxy"
         assert chain.provider.latencies()[3]["ms"] == 250
-        peers = chain.nodes[3]._rpc("admin_peers")
+        peers = chain.nodes[3]._admin("admin_peers")
         # node3's links all go through the proxies now.
         proxies = {e.split("@")[1] for e in chain.provider.latencies()[3]["peers"]}
         remote = {p["network"]["remoteAddress"] for p in peers}
@@ -372,3 +376,96 @@ def test_waits_with_no_node_running_fail_at_once(chain: Chain) -> None:
     with pytest.raises(ChainTimeout, match="cannot wait for height 5: no node is running"):
         stopped.wait_for_height(5, timeout=30)
     assert time.monotonic() - started < 1
+
+
+class TestExposure:
+    """What another local user can do with a node: the public APIs, nothing more (issue:
+    admin, debug and miner answered on the HTTP port; any vhost and origin was let in)."""
+
+    FORBIDDEN: tuple[tuple[str, list[str]], ...] = (
+        ("admin_peers", []),
+        ("admin_exportChain", ["/tmp/chainharness-export-test"]),
+        ("debug_setHead", ["0x1"]),
+        ("miner_stop", []),
+        ("clique_getSigners", []),
+    )
+
+    def test_admin_debug_and_miner_are_not_on_the_rpc_port(self, chain: Chain) -> None:
+        from pytest_chainharness._rpc import RPCError, rpc_call
+
+        node = chain.nodes[0]
+        for method, params in self.FORBIDDEN:
+            with pytest.raises(RPCError, match="does not exist/is not available"):
+                rpc_call(node.rpc_url, method, params)
+        # The harness still has them, on its own channel.
+        assert len(node._admin("admin_peers")) == len(chain.nodes) - 1
+
+    def test_the_admin_channel_is_a_socket_only_its_user_may_open(self, chain: Chain) -> None:
+        import stat
+
+        url = chain.provider.admin_url(0)
+        assert url.startswith("ipc://")
+        socket_path = url.removeprefix("ipc://")
+        folder = os.path.dirname(socket_path)
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+        assert stat.S_ISSOCK(os.stat(socket_path).st_mode)
+
+    def test_foreign_host_and_origin_are_refused(self, chain: Chain) -> None:
+        import urllib.error
+        import urllib.request
+
+        from websockets.exceptions import InvalidStatus
+        from websockets.sync.client import connect
+
+        node = chain.nodes[0]
+        body = b'{"jsonrpc":"2.0","id":1,"method":"eth_blockNumber","params":[]}'
+        request = urllib.request.Request(
+            node.rpc_url,
+            data=body,
+            headers={"Content-Type": "application/json", "Host": "evil.example"},
+        )
+        with pytest.raises(urllib.error.HTTPError, match="403"):
+            urllib.request.urlopen(request, timeout=5)
+        with (
+            pytest.raises(InvalidStatus, match="403"),
+            connect(node.ws_url, origin="http://evil.example", open_timeout=5),  # type: ignore[arg-type]
+        ):
+            pass
+        # Loopback clients without an Origin (scripts, agents) are served.
+        with connect(node.ws_url, open_timeout=5) as ws:
+            ws.send(body.decode())
+            assert '"result"' in str(ws.recv(timeout=5))
+
+    def test_listeners_are_on_loopback_only(self, chain: Chain) -> None:
+        listening = _listening_tcp()
+        for spec in chain.testnet.nodes:
+            # On docker only the RPC ports are published on the host (p2p and authrpc stay
+            # in the run's own network); on processes every listener is the host's.
+            ports = [spec.http_port, spec.ws_port]
+            if chain.backend == "process":
+                ports += [spec.p2p_port, spec.authrpc_port]
+            for port in ports:
+                assert listening.get(port) == "127.0.0.1", (spec.name, port, listening.get(port))
+
+    def test_state_files_are_private(self, chain: Chain) -> None:
+        import stat
+
+        run_dir = chain.provider.run_dir  # type: ignore[attr-defined]
+        assert stat.S_IMODE(os.stat(run_dir).st_mode) == 0o700
+        for name in ("network.json", f"{chain.backend}-state.json"):
+            assert stat.S_IMODE(os.stat(run_dir / name).st_mode) == 0o600, name
+
+
+def _listening_tcp() -> dict[int, str]:
+    """Port → address of every listening IPv4 TCP socket (from /proc/net/tcp)."""
+    found: dict[int, str] = {}
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            if state != "0A":  # LISTEN
+                continue
+            address, port = local.split(":")
+            octets = [str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)]
+            found[int(port, 16)] = ".".join(octets)
+    return found

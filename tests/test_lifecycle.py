@@ -338,7 +338,7 @@ class TestStartFailures:
                 super().start_nodes(indexes)
                 chain._wait_rpc(chain.nodes, timeout=30)
                 for a, b in ((0, 1), (1, 0)):
-                    rpc_call(testnet.nodes[a].rpc_url, "admin_removePeer", [self.enode(b)])
+                    rpc_call(self.admin_url(a), "admin_removePeer", [self.enode(b)])
 
             def add_peers(self, index: int) -> None:
                 return None

@@ -72,7 +72,7 @@ class AnvilAdapter:
             argv += ["--block-time", str(testnet.period)]
         return argv
 
-    def start_sealing(self, node: NodeSpec) -> None:
+    def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         return None  # anvil mines on its own from the start
 
     def ws_url(self, node: NodeSpec) -> str:

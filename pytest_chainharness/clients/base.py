@@ -38,9 +38,13 @@ class Placement:
     netrestrict: str
     #: enode URLs the node dials at start.
     peers: tuple[str, ...]
+    #: The admin socket the node listens on (see ``Provider.admin_url``).
+    ipc_path: str = ""
 
     @classmethod
-    def local(cls, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path) -> Placement:
+    def local(
+        cls, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, ipc_path: str = ""
+    ) -> Placement:
         return cls(
             datadir=str(datadir),
             binary=str(binary),
@@ -51,6 +55,7 @@ class Placement:
             authrpc_port=node.authrpc_port,
             netrestrict="127.0.0.0/8",
             peers=tuple(n.enode for n in testnet.nodes if n.index != node.index),
+            ipc_path=ipc_path,
         )
 
 
@@ -101,8 +106,9 @@ class ClientAdapter(Protocol):
         """Fixed in-container ports by role (``p2p``, ``http``, ``ws``, ``authrpc``)."""
         ...
 
-    def start_sealing(self, node: NodeSpec) -> None:
-        """Make a running signer start sealing (the first start runs without sealing)."""
+    def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
+        """Make a running signer start sealing (the first start runs without sealing),
+        through its admin channel ``admin_url``."""
         ...
 
     def ws_url(self, node: NodeSpec) -> str:

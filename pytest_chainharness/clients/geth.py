@@ -33,8 +33,9 @@ _FORKS = (
     "arrowGlacierBlock",
     "grayGlacierBlock",
 )
-_HTTP_APIS = "eth,net,web3,admin,txpool,clique,debug,miner"
-_WS_APIS = "eth,net,web3,txpool"
+#: What the node's HTTP and WebSocket ports offer (any local user can reach a loopback
+#: port): the public APIs. admin, debug, miner and clique are on the IPC socket only.
+_PUBLIC_APIS = "eth,net,web3,txpool"
 
 
 def genesis(testnet: Testnet) -> dict[str, Any]:
@@ -95,16 +96,16 @@ class GethAdapter:
             (datadir / "keystore").mkdir(exist_ok=True)
             (datadir / "keystore" / f"{node.name}.json").write_text(json.dumps(keystore))
             (datadir / "password").write_text(SIGNER_PASSWORD)
-        self.update_peers(datadir, place.peers)
+        # The p2p listener binds to the node's own address only (geth's --port would
+        # bind every address of the host): the config file is where geth takes it from.
+        _write_config(datadir, f"{place.listen}:{place.p2p_port}", place.peers)
 
     def init_command(self, place: Placement) -> list[str]:
         return [place.binary, "init", "--datadir", place.datadir, f"{place.datadir}/genesis.json"]
 
     def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
         # geth >= 1.11 ignores static-nodes.json; the config file is the supported place.
-        (datadir / "config.toml").write_text(
-            "[Node.P2P]\nStaticNodes = " + json.dumps(list(peers)) + "\n"
-        )
+        _write_config(datadir, _listen_addr(datadir), peers)
 
     def container_ports(self) -> dict[str, int]:
         return {"p2p": 30303, "http": 8545, "ws": 8546, "authrpc": 8551}
@@ -125,8 +126,6 @@ class GethAdapter:
             "full",
             "--gcmode",
             "archive",
-            "--port",
-            str(place.p2p_port),
             "--authrpc.addr",
             place.listen,
             "--authrpc.port",
@@ -137,26 +136,30 @@ class GethAdapter:
             "--http.port",
             str(place.http_port),
             "--http.api",
-            _HTTP_APIS,
-            # Containers are reached through a published port, under another host name.
+            _PUBLIC_APIS,
+            # Loopback (the published port of a container, too) and the node's own name,
+            # by which other containers of the run reach it.
             "--http.vhosts",
-            "*",
+            f"localhost,127.0.0.1,{node.name}",
             "--ws",
             "--ws.addr",
             place.listen,
             "--ws.port",
             str(place.ws_port),
             "--ws.api",
-            _WS_APIS,
+            _PUBLIC_APIS,
+            # A browser page of any other site must not drive the node (clients that send
+            # no Origin, like the agents, are let in).
             "--ws.origins",
-            "*",
+            "http://localhost,http://127.0.0.1",
             # No discovery and no dials outside the run's own network.
             "--nodiscover",
             "--nat",
             "none",
             "--netrestrict",
             place.netrestrict,
-            "--ipcdisable",
+            "--ipcpath",
+            place.ipc_path,
             "--cache",
             "64",
             "--txpool.globalslots",
@@ -188,15 +191,28 @@ class GethAdapter:
             argv.append("--mine")
         return argv + self.extra_args
 
-    def start_sealing(self, node: NodeSpec) -> None:
+    def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         # Sealing starts only once every node is connected: signers that seal before their
         # peers are known each build their own block 1, and the equal-weight forks that
         # follow can stall a Clique network for many periods.
         if node.signer:
-            rpc_call(node.rpc_url, "miner_start", [])
+            rpc_call(admin_url, "miner_start", [])
 
     def ws_url(self, node: NodeSpec) -> str:
         return node.ws_url
 
     def port_conflict(self, log_text: str) -> bool:
         return "address already in use" in log_text
+
+
+def _write_config(datadir: Path, listen: str, peers: Sequence[str]) -> None:
+    (datadir / "config.toml").write_text(
+        f"[Node.P2P]\nListenAddr = {json.dumps(listen)}\nStaticNodes = {json.dumps(list(peers))}\n"
+    )
+
+
+def _listen_addr(datadir: Path) -> str:
+    for line in (datadir / "config.toml").read_text().splitlines():
+        if line.startswith("ListenAddr = "):
+            return str(json.loads(line.removeprefix("ListenAddr = ")))
+    raise ValueError(f"{datadir / 'config.toml'} has no ListenAddr")

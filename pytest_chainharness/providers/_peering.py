@@ -32,6 +32,9 @@ class AdminPeering:
         """The node's enode URL as its peers dial it."""
         raise NotImplementedError
 
+    def admin_url(self, index: int) -> str:
+        raise NotImplementedError
+
     def _save_partition(self, groups: list[list[int]] | None) -> None:
         with self.shared.edit() as data:
             data["partition"] = groups
@@ -66,7 +69,7 @@ class AdminPeering:
             if self.state(node.index) is not NodeState.RUNNING:
                 continue
             try:
-                peers = rpc_call(node.rpc_url, "admin_peers", [])
+                peers = rpc_call(self.admin_url(node.index), "admin_peers", [])
             except RPCError:
                 continue
             for peer in peers or []:
@@ -97,4 +100,4 @@ class AdminPeering:
             return  # a stopped node re-reads its peers when it starts
         # The node may go away meanwhile; its next start reapplies the config.
         with contextlib.suppress(RPCError):
-            rpc_call(self.testnet.nodes[index].rpc_url, method, [enode])
+            rpc_call(self.admin_url(index), method, [enode])

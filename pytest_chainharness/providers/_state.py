@@ -8,7 +8,6 @@ run down see the same thing.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from filelock import FileLock
 
+from .._files import write_private
 from .._testnet import Testnet
 
 __all__ = ["RunState"]
@@ -41,9 +41,7 @@ class RunState:
             data = self.load()
             yield data
             data["testnet"] = self.testnet.to_dict()
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(data))
-            os.replace(tmp, self.path)
+            write_private(self.path, json.dumps(data))
 
     def save(self) -> None:
         """Store the current ports (after setup or a port change) for every process."""

@@ -7,6 +7,9 @@ backends stay interchangeable.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from enum import StrEnum
 from pathlib import Path
@@ -14,7 +17,25 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._testnet import Testnet
 
-__all__ = ["NodeState", "Provider"]
+__all__ = ["NodeState", "Provider", "admin_dir", "make_admin_dir", "remove_admin_dir"]
+
+
+def admin_dir(run_id: str) -> Path:
+    """The run's folder of admin sockets (one per node), 0700: only the user running the
+    harness may open them. Short on purpose: a Unix socket path has at most 107 bytes,
+    which a datadir under a pytest tmp_path can exceed."""
+    return Path(tempfile.gettempdir()) / f"chainharness-admin-{run_id}"
+
+
+def make_admin_dir(run_id: str) -> Path:
+    path = admin_dir(run_id)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def remove_admin_dir(run_id: str) -> None:
+    shutil.rmtree(admin_dir(run_id), ignore_errors=True)
 
 
 class NodeState(StrEnum):
@@ -49,6 +70,12 @@ class Provider(Protocol):
 
     def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
         """Start the given nodes (all by default) without waiting for readiness."""
+        ...
+
+    def admin_url(self, index: int) -> str:
+        """Where the harness (and only it) reaches the node's admin APIs (peering,
+        sealing, repair): an ``ipc://`` socket in the run's 0700 admin folder. The
+        node's HTTP and WebSocket ports offer tests the public APIs only."""
         ...
 
     def start_sealing(self, indexes: Sequence[int] | None = None) -> None:

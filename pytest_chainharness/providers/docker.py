@@ -52,7 +52,7 @@ from ._latency import ToxiproxyLatency
 from ._netfilter import netfilter_missing, rules_for, set_rules
 from ._peering import AdminPeering
 from ._state import RunState
-from .base import NodeState
+from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
 
 __all__ = ["DockerProvider", "image_for_version"]
 
@@ -67,6 +67,8 @@ if testcontainers_config.connection_mode_override is None:
 
 #: Where the datadir is mounted inside every node container.
 DATADIR = "/data"
+#: Where the run's admin folder (0700 on the host: see ``admin_dir``) is mounted.
+ADMIN_DIR = "/admin"
 #: Attempts at a container start whose published port another program took meanwhile.
 PORT_RETRIES = 3
 
@@ -189,7 +191,12 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
             authrpc_port=ports["authrpc"],
             netrestrict=str(self.subnet),
             peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
+            ipc_path=f"{ADMIN_DIR}/{self.testnet.nodes[index].name}.ipc",
         )
+
+    def admin_url(self, index: int) -> str:
+        # The node's socket appears in the host's admin folder through the bind mount.
+        return f"ipc://{admin_dir(self.run_id) / self.testnet.nodes[index].name}.ipc"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -222,7 +229,8 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
         # The node's own init runs in its container before it starts (see _script); a
         # hang there is a node whose RPC never answers, which launch's deadline covers.
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_admin_dir(self.run_id)
         ensure_image(self._client, self.image, "--chain-image")
         self._create_network()
         self.testnet.accounts()  # derive once here, not once per thread
@@ -289,6 +297,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
             .with_name(self.container_name(index))
             .with_command(self._script(index))
             .with_volume_mapping(str(self.datadir(index)), DATADIR, mode="rw")
+            .with_volume_mapping(str(admin_dir(self.run_id)), ADMIN_DIR, mode="rw")
             .with_kwargs(
                 entrypoint=["sh"],
                 labels=self.labels(f"node:{node.name}"),
@@ -344,7 +353,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
 
     def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
         for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
-            self.adapter.start_sealing(self.testnet.nodes[index])
+            self.adapter.start_sealing(self.testnet.nodes[index], self.admin_url(index))
 
     def state(self, index: int) -> NodeState:
         container = self._container(index)
@@ -529,6 +538,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
                 list(pool.map(self._save_logs, range(len(self.testnet.nodes))))
         remove_run(self.run_id, self._client)
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
+        remove_admin_dir(self.run_id)
 
     def close(self) -> None:
         self._client.close()

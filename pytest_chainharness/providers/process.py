@@ -33,7 +33,7 @@ from ..clients.base import ClientAdapter, Placement
 from ._latency import ToxiproxyLatency
 from ._peering import AdminPeering
 from ._state import RunState
-from .base import NodeState
+from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
 
 __all__ = ["ProcessProvider"]
 
@@ -86,7 +86,8 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
 
     def setup(self, *, timeout: float = 60.0) -> None:
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_admin_dir(self.run_id)
         self.testnet.accounts()  # derive once here, not once per thread
         with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
             list(pool.map(lambda n: self._prepare(n.index, timeout), self.testnet.nodes))
@@ -95,8 +96,15 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
     def _place(self, index: int, binary: Path | None = None) -> Placement:
         node = self.testnet.nodes[index]
         return Placement.local(
-            self.testnet, node, self.datadir(index), binary or self.default_binary
+            self.testnet,
+            node,
+            self.datadir(index),
+            binary or self.default_binary,
+            ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
         )
+
+    def admin_url(self, index: int) -> str:
+        return f"ipc://{admin_dir(self.run_id) / self.testnet.nodes[index].name}.ipc"
 
     def _prepare(self, index: int, timeout: float) -> None:
         node = self.testnet.nodes[index]
@@ -162,7 +170,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
 
     def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
         for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
-            self.adapter.start_sealing(self.testnet.nodes[index])
+            self.adapter.start_sealing(self.testnet.nodes[index], self.admin_url(index))
 
     def _pid(self, index: int) -> int | None:
         pid = self.shared.entry(index).get("pid")
@@ -234,8 +242,11 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
     def reassign_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
         node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
+        # The node's own files name its listen address; the others' name it as a peer.
+        self.adapter.write_files(self.testnet, node, self.datadir(index), self._place(index))
         for other in self.testnet.nodes:
-            self.adapter.update_peers(self.datadir(other.index), self._place(other.index).peers)
+            if other.index != index:
+                self.adapter.update_peers(self.datadir(other.index), self._place(other.index).peers)
         self.shared.save()
 
     def check_version(self, version: str) -> str:
@@ -279,6 +290,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
             child.poll()
         self._children.clear()
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
+        remove_admin_dir(self.run_id)
 
     def describe(self) -> dict[str, Any]:
         return {
