@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from .clients import CLIENTS
+from ._errors import ChainHarnessError
+from .clients import CLIENTS, available_clients
 from .providers import BACKENDS, default_image
 
 __all__ = ["Settings", "add_options", "read_settings"]
@@ -52,6 +53,8 @@ class Settings:
     bus_image: str = "chainharness/mosquitto:2"
     #: Keep the run's logs under .chainharness/failed/ even when every test passed.
     keep_logs: bool = False
+    #: Let the client's repair act on stalls it cannot leave alone (--chain-repair).
+    repair: bool = True
 
 
 # (dest/ini name, flag, help, ini type, default)
@@ -111,6 +114,14 @@ _OPTIONS: list[tuple[str, str, str, str, Any]] = [
         "chain_bus",
         "--chain-bus",
         "use this MQTT broker (mqtt://[user:password@]HOST:PORT) instead of starting one",
+        "string",
+        None,
+    ),
+    (
+        "chain_repair",
+        "--chain-repair",
+        "on|off: let the client's repair break stalls it cannot leave on its own (geth: the "
+        "Clique deadlock after a heal); off shows the raw behaviour (default on)",
         "string",
         None,
     ),
@@ -199,16 +210,20 @@ def read_settings(config: pytest.Config) -> Settings:
 
     client, where = _raw(config, "chain_client")
     client = str(client or "geth")
-    if client not in CLIENTS:
+    try:
+        clients = available_clients()
+    except ChainHarnessError as exc:
+        raise pytest.UsageError(f"{where}: {exc}") from None
+    if client not in clients:
         if Path(client).suffix in (".yaml", ".yml", ".toml", ".json"):
             raise pytest.UsageError(
                 f"{where}={client}: node spec files are not supported by this version; "
-                f"choose one of: {', '.join(CLIENTS)}"
+                f"choose one of: {', '.join(clients)}"
             )
         raise pytest.UsageError(
-            f"{where}={client!r}: unknown client; choose one of: {', '.join(CLIENTS)}"
+            f"{where}={client!r}: unknown client; choose one of: {', '.join(clients)}"
         )
-    max_for_client = CLIENTS[client].max_nodes
+    max_for_client = clients[client].max_nodes
     if nodes > max_for_client:
         raise pytest.UsageError(
             f"--chain-nodes={nodes}: the {client} client runs at most {max_for_client} "
@@ -273,6 +288,7 @@ def read_settings(config: pytest.Config) -> Settings:
         services=services,
         bus=bus,
         keep_logs=_flag(config, "chain_keep_logs"),
+        repair=_on_off(config, "chain_repair", default=True),
     )
 
 
@@ -297,6 +313,16 @@ def _check_services(path: Path) -> None:
         load_services(path)
     except ServicesError as exc:
         raise pytest.UsageError(f"--chain-services={path}: {exc}") from None
+
+
+def _on_off(config: pytest.Config, name: str, *, default: bool) -> bool:
+    value, where = _raw(config, name)
+    if value is None:
+        return default
+    text = str(value).strip().lower()
+    if text not in ("on", "off"):
+        raise pytest.UsageError(f"{where}={value}: choose on or off")
+    return text == "on"
 
 
 def _flag(config: pytest.Config, name: str) -> bool:

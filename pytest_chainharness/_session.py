@@ -236,7 +236,9 @@ class ChainSession:
             provider,
             self.adapter(),
             accounts=self._fixed_accounts(record),
+            repair=self.settings.repair,
         )
+        chain.repair_listeners.append(self._log_repair)
         if self.settings.attach is not None:
             _check_alive(chain, self.settings.attach)
         self._connect_bus(record, chain)
@@ -382,6 +384,24 @@ class ChainSession:
     def network_record(self) -> dict[str, Any] | None:
         return self._read()
 
+    @property
+    def _repair_log(self) -> Path:
+        return self.run.run_dir / "repairs.jsonl"
+
+    def _log_repair(self, what: str) -> None:
+        # One line per repair from any process of the run (appends of one short line are
+        # atomic), so the owner can count them for the verdict.
+        with self._repair_log.open("a") as log:
+            log.write(json.dumps({"ts": time.time(), "pid": os.getpid(), "what": what}) + "\n")
+
+    def repairs(self) -> list[str]:
+        """Every repair any process of the run made, oldest first."""
+        try:
+            lines = self._repair_log.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        return [json.loads(line)["what"] for line in lines if line.strip()]
+
     def state_path(self) -> Path:
         """The file a separate process (locust) reads the network from."""
         return self.settings.attach if self.settings.attach is not None else self._network_file
@@ -411,6 +431,8 @@ class ChainSession:
             info["image"] = s.image
         if s.attach is not None:
             info["attached"] = str(s.attach)
+        info["repair"] = "on" if s.repair else "off"
+        info["repairs"] = len(self.repairs())
         return info
 
     def teardown(self) -> None:

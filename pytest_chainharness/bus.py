@@ -30,7 +30,7 @@ from ._errors import ChainHarnessError, ChainTimeout
 __all__ = ["HARNESS_KINDS", "BarrierTimeout", "Event", "SyncBus", "merge_history"]
 
 #: Event kinds the harness itself publishes.
-HARNESS_KINDS = frozenset({"block", "tx", "peers", "health", "fault"})
+HARNESS_KINDS = frozenset({"block", "tx", "peers", "health", "fault", "repair"})
 _KIND = re.compile(r"^[a-z][a-z0-9_.-]{0,63}$")
 
 

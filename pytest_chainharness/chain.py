@@ -7,7 +7,6 @@ deadline passes they raise ``ChainTimeout`` with a table of every node's state.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import threading
@@ -82,6 +81,21 @@ class Node:
     @property
     def ws_url(self) -> str:
         return self._chain.adapter.ws_url(self._spec)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """The node's named ports as reached from the test process (``rpc`` is the main
+        API port of every built-in client)."""
+        return self._chain.provider.ports(self.index)
+
+    def url(self, port: str = "rpc", scheme: str = "http") -> str:
+        """``scheme://host:PORT`` for one of ``ports``, e.g. ``node.url("ws", "ws")``."""
+        ports = self.ports
+        if port not in ports:
+            raise ValueError(
+                f"{self.name} has no port named {port!r}; its ports are {', '.join(ports)}"
+            )
+        return f"{scheme}://{self._spec.host}:{ports[port]}"
 
     @property
     def signer(self) -> bool:
@@ -184,6 +198,7 @@ class Chain:
         *,
         accounts: Sequence[LocalAccount] = (),
         on_action: Callable[[str, str], None] | None = None,
+        repair: bool = True,
     ) -> None:
         self.testnet = testnet
         self.provider = provider
@@ -200,12 +215,16 @@ class Chain:
         self.bus: SyncBus | None = None
         self._nonces: dict[str, int] = {}
         self._nonce_lock = threading.Lock()
-        self._partitioned = False
         #: How the last partition was made (``netfilter`` or ``peers``).
         self.partition_method: str | None = None
-        self._stall_key: tuple[tuple[str, str], ...] = ()
-        self._stall_since = 0.0
-        self._stall_checked = 0.0
+        #: The client's repair for stalls it cannot leave on its own (geth: the Clique
+        #: deadlock), ticked by every wait; None with ``repair=False`` (--chain-repair=off).
+        self.repairer = adapter.repairer(self) if repair else None
+        #: What the repairer did in this process, oldest first (also on the bus and in
+        #: the test's report).
+        self.repairs: list[str] = []
+        #: Told of every repair (the session appends it to the run's repair log).
+        self.repair_listeners: list[Callable[[str], None]] = []
 
     def attach_bus(self, bus: SyncBus) -> None:
         """Make ``bus`` the chain's view of events, so the two never disagree: waits wake
@@ -218,6 +237,21 @@ class Chain:
                 "fault", {"action": action}, node=None if node == "*" else node
             )
         )
+
+    def _tick_repair(self) -> None:
+        if self.repairer is None:
+            return
+        done = self.repairer.tick()
+        if done is None:
+            return
+        log.info("repair: %s", done)
+        self.repairs.append(done)
+        with self._announce("*", done):
+            pass
+        if self.bus is not None:
+            self.bus.publish("repair", {"client": self.client, "what": done})
+        for listener in self.repair_listeners:
+            listener(done)
 
     def _unannounced(self, seen: dict[str, tuple[int, str]]) -> list[str]:
         """Nodes whose block (number, hash) in ``seen`` the bus has not been told of yet.
@@ -340,7 +374,7 @@ class Chain:
                         return result
             except RPCError as exc:
                 last_error = exc
-            self._break_clique_deadlock()
+            self._tick_repair()
             if time.monotonic() >= deadline:
                 detail = f"\nlast error: {last_error}" if last_error else ""
                 if lagging:
@@ -364,140 +398,6 @@ class Chain:
                 quick = 5 if woke else max(0, quick - 1)
             else:
                 time.sleep(POLL_INTERVAL)
-
-    def _break_clique_deadlock(self) -> None:
-        """Rewind the losing side of a Clique fork that no signer can extend.
-
-        Two branches of equal difficulty where every signer on each branch has signed too
-        recently (geth's known Clique deadlock) never resolve on their own: nobody seals
-        and nobody reorgs. Waits call this; once every running node's head has stood
-        still for several periods with more than one head among them, the nodes off the
-        heaviest branch (then the most common) go back to where they forked from it
-        (debug_setHead) and import it before they seal again.
-        """
-        now = time.monotonic()
-        if self._partitioned or now - self._stall_checked < 1.0:
-            return
-        self._stall_checked = now
-        heads = self.heads()
-        if len(heads) < 2:
-            return
-        if not self._fully_peered(len(heads) - 1):
-            # Nodes that are not connected stand still for another reason (a heal waits
-            # for geth's redial), and what the losers sealed after a rewind could not
-            # reach the others yet. The stall clock starts once they are connected.
-            self._stall_key = ()
-            return
-        key = tuple(sorted((name, head.hash) for name, head in heads.items()))
-        if key != self._stall_key:
-            self._stall_key, self._stall_since = key, now
-            return
-        if now - self._stall_since < max(6.0, 5.0 * self.testnet.period):
-            return
-        branches: dict[str, list[str]] = {}
-        for name, head in heads.items():
-            branches.setdefault(head.hash, []).append(name)
-        if len(branches) < 2:
-            return  # one head that does not move: not a fork (sealing stopped elsewhere)
-        # The heaviest branch wins, as geth's own fork choice would pick it (a lighter
-        # side left alone adopts it only at geth's next forced sync); then the branch
-        # most nodes are on; the hash only breaks an exact tie.
-        weight = {
-            h: self._total_difficulty(self.node(names[0]), h) for h, names in branches.items()
-        }
-        keep = min(branches, key=lambda h: (-weight[h], -len(branches[h]), h))
-        log.info(
-            "clique-unstall: heads %s stood still %.0fs; keeping %s (total difficulty %s)",
-            {n: f"{h.number}:{h.hash[:10]}" for n, h in heads.items()},
-            now - self._stall_since,
-            keep[:10],
-            weight,
-        )
-        with self._announce("*", "clique-unstall"):
-            pass
-        winner = self.node(branches[keep][0])
-        top = heads[winner.name].number
-        losers = [self.node(name) for name, head in heads.items() if head.hash != keep]
-        for loser in losers:
-            # A node that went away meanwhile is left alone; the next check retries.
-            with contextlib.suppress(RPCError):
-                self._adopt_branch(loser, winner, heads[loser.name].number, top)
-        self._stall_key = ()
-
-    def _adopt_branch(self, loser: Node, winner: Node, height: int, top: int) -> None:
-        """Put ``loser`` on ``winner``'s chain: rewind to the fork point, import the rest.
-
-        geth would not fetch the kept branch by itself: its sync loop, once its forced
-        cycle has found nothing to do, waits for a peer event (a new peer, or a block
-        announced with more difficulty), and in a deadlock there is none. So the blocks
-        are handed over: read from the winner, imported by the loser.
-        """
-        # Not sealing while it rewinds: a signer back at the fork point could seal a new
-        # competing block at once and re-create the deadlock.
-        if loser.signer:
-            loser._admin("miner_stop")
-        try:
-            fork = self._fork_point(loser, winner, height)
-            dropped = self._raw_txs(loser, fork + 1, height)
-            blocks = b"".join(
-                bytes.fromhex(str(winner._admin("debug_getRawBlock", [hex(n)]))[2:])
-                for n in range(fork + 1, top + 1)
-            )
-            # Rewound first, the imported branch is strictly heavier and becomes the head;
-            # at equal difficulty geth could keep its own.
-            loser._admin("debug_setHead", [hex(fork)])
-            path = self.provider.put_file(loser.index, "chainharness-unstall.rlp", blocks)
-            loser._admin("admin_importChain", [path], timeout=30.0)
-            # A real reorg puts the losing blocks' transactions back in the pool; setHead
-            # does not, so hand them to the kept branch ourselves.
-            for raw in dropped:
-                with contextlib.suppress(RPCError):
-                    winner._rpc("eth_sendRawTransaction", [raw])
-            log.info(
-                "clique-unstall: %s rewound to %d and imported %d..%d from %s",
-                loser.name, fork, fork + 1, top, winner.name,
-            )  # fmt: skip
-        finally:
-            if loser.signer:
-                with contextlib.suppress(RPCError):
-                    self.provider.start_sealing([loser.index])
-
-    def _fully_peered(self, others: int) -> bool:
-        """Whether every running node is connected to (at least) ``others`` peers."""
-        if not self.adapter.has_peers:
-            return True
-        try:
-            return all(node.peer_count() >= others for node in self.running_nodes())
-        except RPCError:
-            return False
-
-    @staticmethod
-    def _total_difficulty(node: Node, block_hash: str) -> int:
-        with contextlib.suppress(RPCError, TypeError, ValueError):
-            block = node._rpc("eth_getBlockByHash", [block_hash, False]) or {}
-            return int(block.get("totalDifficulty") or "0x0", 16)
-        return 0
-
-    @staticmethod
-    def _fork_point(loser: Node, winner: Node, height: int, depth: int = 64) -> int:
-        """The highest block the two nodes share, at most ``depth`` below ``height``."""
-        for number in range(height, max(0, height - depth) - 1, -1):
-            mine = loser._rpc("eth_getBlockByNumber", [hex(number), False])
-            theirs = winner._rpc("eth_getBlockByNumber", [hex(number), False])
-            if mine and theirs and mine["hash"] == theirs["hash"]:
-                return number
-        return max(0, height - depth)
-
-    @staticmethod
-    def _raw_txs(node: Node, first: int, last: int) -> list[str]:
-        found: list[str] = []
-        for number in range(max(1, first), last + 1):
-            block = node._rpc("eth_getBlockByNumber", [hex(number), False]) or {}
-            for tx in block.get("transactions", []):
-                raw = node._rpc("eth_getRawTransactionByHash", [tx])
-                if raw:
-                    found.append(str(raw))
-        return found
 
     def _select(self, nodes: Sequence[int | str | Node] | None) -> list[Node]:
         return self.running_nodes() if nodes is None else [self.node(n) for n in nodes]
@@ -713,7 +613,6 @@ class Chain:
         with self._announce("*", f"partition {resolved}"):
             how = self.provider.partition(resolved)
         self.partition_method = how
-        self._partitioned = True
         return how
 
     @contextmanager
@@ -796,7 +695,6 @@ class Chain:
         """Undo any partition."""
         with self._announce("*", "heal"):
             self.provider.heal()
-        self._partitioned = False
 
     # -- readiness -------------------------------------------------------------------------
 

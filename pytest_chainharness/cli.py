@@ -30,7 +30,7 @@ from ._options import DEFAULT_ACCOUNTS, DEFAULT_MAX_NODES, DEFAULT_NODES, Settin
 from ._session import events_dir, read_state, runs_root, start_network, sweep_run
 from ._testnet import random_seed
 from .chain import Chain
-from .clients import CLIENTS, get_client
+from .clients import available_clients, get_client
 from .providers import BACKENDS, attach_provider, default_image
 
 __all__ = ["main"]
@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a network and write its state file")
     up.add_argument("--chain-nodes", type=_bounded(1, DEFAULT_MAX_NODES), default=DEFAULT_NODES)
-    up.add_argument("--chain-client", choices=sorted(CLIENTS), default="geth")
+    up.add_argument("--chain-client", choices=sorted(available_clients()), default="geth")
     up.add_argument("--chain-backend", choices=BACKENDS, default="auto")
     up.add_argument("--chain-period", type=_bounded(1, 3600), default=1)
     up.add_argument("--chain-seed", type=_bounded(0, 2**63 - 1), default=None)

@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 _SESSION_KEY = SESSION_KEY
 _ALLURE_KEY = pytest.StashKey[AllurePlugin | None]()
 _SLO_KEY = pytest.StashKey[list[Slo]]()
+#: How many repairs the chain had made when the test started.
+_REPAIRS_KEY = pytest.StashKey[int]()
 
 MARKERS = (
     "chain(min_nodes=None, client=None): skip unless the run's network has at least "
@@ -321,11 +323,27 @@ def bus(chain: Chain, request: pytest.FixtureRequest) -> SyncBus:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
-    if report.failed:
-        session = item.config.stash.get(_SESSION_KEY, None)
-        if session is not None and session.bus is not None:
-            report.sections.append(("chainharness events", session.bus.last_events_table(5)))
+    session = item.config.stash.get(_SESSION_KEY, None)
+    if report.failed and session is not None and session.bus is not None:
+        report.sections.append(("chainharness events", session.bus.last_events_table(5)))
+    chain = session.current_chain if session is not None else None
+    if chain is not None and call.when in ("call", "teardown"):
+        # A wait that repaired a client stall says so in the test's report: the test
+        # passed with the harness's help (--chain-repair=off shows it without).
+        start = item.stash.get(_REPAIRS_KEY, 0)
+        made = chain.repairs[start:]
+        item.stash[_REPAIRS_KEY] = len(chain.repairs)
+        if made:
+            name = "chainharness repairs" + (" (teardown)" if call.when == "teardown" else "")
+            report.sections.append((name, "\n".join(made)))
     return report
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    session = item.config.stash.get(_SESSION_KEY, None)
+    chain = session.current_chain if session is not None else None
+    item.stash[_REPAIRS_KEY] = len(chain.repairs) if chain is not None else 0
 
 
 @pytest.fixture

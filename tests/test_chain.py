@@ -19,6 +19,7 @@ from pytest_chainharness import (
     ToolNotFound,
     UnsupportedAction,
 )
+from pytest_chainharness.clients.clique import CliqueUnstall
 
 pytestmark = pytest.mark.usefixtures("geth_required")
 
@@ -90,6 +91,11 @@ def test_node_endpoints(chain: Chain) -> None:
     assert node.rpc_url.startswith("http://127.0.0.1:")
     assert node.ws_url.startswith("ws://127.0.0.1:")
     assert node.w3.eth.chain_id == chain.chain_id
+    assert node.ports["rpc"] == int(node.rpc_url.rsplit(":", 1)[1])
+    assert node.url() == node.rpc_url
+    assert node.url("ws", "ws") == node.ws_url
+    with pytest.raises(ValueError, match="node2 has no port named 'grpc'; its ports are rpc, ws"):
+        node.url("grpc")
     # The whole log starts with the client's banner; a tail is just that many lines (the
     # banner scrolls out of a short tail once the session has run a minute or two).
     assert "geth" in node.logs(10**6).lower() or "chainharness" in node.logs(10**6)
@@ -226,9 +232,10 @@ def test_a_stalled_half_is_handed_the_kept_branch(
         time.sleep(4)
         top = chain.nodes[0].head()
         assert chain.nodes[2].head().hash != top.hash  # two branches
+        repair = CliqueUnstall(chain)
         for index in (2, 3):
             loser = chain.nodes[index]
-            chain._adopt_branch(loser, chain.nodes[0], loser.head().number, top.number)
+            repair.adopt_branch(loser, chain.nodes[0], loser.head().number, top.number)
             assert loser.w3.eth.get_block(top.number)["hash"].to_0x_hex() == top.hash
     chain.wait_ready(timeout=60)
     chain.wait_converged(timeout=60)

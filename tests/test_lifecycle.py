@@ -435,3 +435,59 @@ def test_disruptive_tests_run_alone_under_xdist(inner: pytest.Pytester) -> None:
                 continue
             overlap = min(d["end"], other["end"]) - max(d["start"], other["start"])
             assert overlap <= 0, f"{d} overlapped {other}"
+
+
+class TestRepair:
+    """The client's stall repair is ticked by the waits, reported, and can be turned off."""
+
+    def test_a_repair_is_reported_on_the_bus_in_the_test_and_in_the_verdict(
+        self, inner: pytest.Pytester
+    ) -> None:
+        inner.makepyfile(
+            """
+            class OneRepair:
+                name = "test-repair"
+                done = False
+
+                def tick(self):
+                    if self.done:
+                        return None
+                    self.done = True
+                    return "test-repair: node1 put back on node0's branch"
+
+            def test_waits_tick_the_repair(chain, bus):
+                assert type(chain.repairer).__name__ == "CliqueUnstall"
+                chain.repairer = OneRepair()
+                chain.wait_for_height(1)
+                (event,) = bus.wait_for("repair", nodes=None, timeout=10)
+                assert event.payload == {
+                    "client": "geth", "what": "test-repair: node1 put back on node0's branch"
+                }
+                assert chain.repairs == [event.payload["what"]]
+            """
+        )
+        result = inner.runpytest_subprocess(
+            "--chain-nodes=2", "-rA", "--gate=build", "--gate-report=v.json"
+        )
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines(
+            ["*chainharness repairs*", "test-repair: node1 put back on node0's branch"]
+        )
+        verdict = json.loads((inner.path / "v.json").read_text())
+        assert verdict["chain"]["repairs"] == 1
+        assert verdict["chain"]["repair"] == "on"
+
+    def test_repair_off_leaves_the_client_alone(self, inner: pytest.Pytester) -> None:
+        inner.makepyfile(
+            """
+            def test_raw(chain):
+                assert chain.repairer is None
+                chain.wait_converged()
+            """
+        )
+        inner.runpytest_subprocess("--chain-nodes=2", "--chain-repair=off").assert_outcomes(
+            passed=1
+        )
+        bad = inner.runpytest("--chain-repair=maybe")
+        assert bad.ret == pytest.ExitCode.USAGE_ERROR
+        bad.stderr.fnmatch_lines(["*--chain-repair=maybe: choose on or off*"])

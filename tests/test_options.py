@@ -252,3 +252,51 @@ class TestMissingTools:
         )
         # Said once, not again as a chained exception.
         assert result.stdout.str().count("During handling") == 0
+
+
+class TestClientEntryPoints:
+    """A team ships its own adapter class in a package (entry point group
+    pytest_chainharness.clients) and names it with --chain-client."""
+
+    def _package(self, inner: pytest.Pytester, target: str) -> None:
+        site = inner.path / "site"
+        info = site / "my_adapter-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-adapter\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(
+            f"[pytest_chainharness.clients]\nmygeth = {target}\n"
+        )
+        (site / "my_adapter.py").write_text(
+            "from pytest_chainharness.clients import GethAdapter\n\n"
+            "class MyGeth(GethAdapter):\n"
+            "    name = 'mygeth'\n"
+        )
+
+    @pytest.mark.usefixtures("geth_required")
+    def test_a_registered_adapter_runs_a_network(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self._package(inner, "my_adapter:MyGeth")
+        monkeypatch.setenv("PYTHONPATH", str(inner.path / "site"))
+        inner.makepyfile(
+            """
+            def test_mine(chain):
+                assert type(chain.adapter).__name__ == "MyGeth"
+                assert chain.client == "mygeth"
+                chain.wait_for_height(1)
+            """
+        )
+        result = inner.runpytest_subprocess("--chain-client=mygeth", "--chain-nodes=1")
+        result.assert_outcomes(passed=1)
+
+    def test_an_adapter_that_does_not_load_is_a_usage_error(
+        self, inner: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        self._package(inner, "no_such_module:Adapter")
+        monkeypatch.setenv("PYTHONPATH", str(inner.path / "site"))
+        inner.makepyfile(PASSING)
+        result = inner.runpytest_subprocess("--chain-client=mygeth")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(
+            ["*client 'mygeth' (no_such_module:Adapter, entry point group*does not load*"]
+        )

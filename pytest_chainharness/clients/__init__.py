@@ -1,26 +1,65 @@
-"""Client adapters, one module each; :func:`get_client` picks one by name."""
+"""Client adapters, one module each; :func:`get_client` picks one by name.
+
+Besides the built-in ones, a package can ship its own adapter class through the entry
+point group ``pytest_chainharness.clients`` (name = the ``--chain-client`` value)::
+
+    [project.entry-points."pytest_chainharness.clients"]
+    my-chain = "my_chain_testing.adapter:MyChainAdapter"
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
+from .._errors import ChainHarnessError
 from .anvil import AnvilAdapter
 from .base import ClientAdapter
 from .geth import GethAdapter
 
-__all__ = ["CLIENTS", "AnvilAdapter", "ClientAdapter", "GethAdapter", "get_client"]
+__all__ = [
+    "CLIENTS",
+    "ENTRY_POINT_GROUP",
+    "AnvilAdapter",
+    "ClientAdapter",
+    "GethAdapter",
+    "available_clients",
+    "get_client",
+]
 
 #: Built-in clients by name.
 CLIENTS: dict[str, type[GethAdapter] | type[AnvilAdapter]] = {
     "geth": GethAdapter,
     "anvil": AnvilAdapter,
 }
+ENTRY_POINT_GROUP = "pytest_chainharness.clients"
+
+
+def available_clients() -> dict[str, Any]:
+    """Every client by name: the built-in ones, then those packages register (a package
+    cannot replace a built-in name). A registered class that does not load is a
+    ``ChainHarnessError`` naming the entry point."""
+    found: dict[str, Any] = dict(CLIENTS)
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        if point.name in found:
+            continue
+        try:
+            found[point.name] = point.load()
+        except Exception as exc:  # any import error of a third-party package
+            raise ChainHarnessError(
+                f"client {point.name!r} ({point.value}, entry point group "
+                f"{ENTRY_POINT_GROUP}) does not load: {type(exc).__name__}: {exc}"
+            ) from exc
+    return found
 
 
 def get_client(name: str, *, root: Path | None = None) -> ClientAdapter:
     """The adapter for ``name``; ``ValueError`` listing the clients when unknown."""
+    clients = available_clients()
     try:
-        cls = CLIENTS[name]
+        cls = clients[name]
     except KeyError:
-        raise ValueError(f"unknown client {name!r}; choose one of: {', '.join(CLIENTS)}") from None
-    return cls(root=root)
+        raise ValueError(f"unknown client {name!r}; choose one of: {', '.join(clients)}") from None
+    adapter: ClientAdapter = cls(root=root)
+    return adapter

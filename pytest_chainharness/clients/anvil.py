@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._testnet import NodeSpec, Testnet
 from ..tools import binary_version, find_anvil
-from .base import Placement
+from .base import Placement, Repairer
 from .geth import genesis
+
+if TYPE_CHECKING:
+    from ..chain import Chain
 
 __all__ = ["AnvilAdapter"]
 
@@ -74,6 +78,9 @@ class AnvilAdapter:
 
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         return None  # anvil mines on its own from the start
+
+    def repairer(self, chain: Chain) -> Repairer | None:
+        return None  # one node: nothing to stall against
 
     def ws_url(self, node: NodeSpec) -> str:
         return f"ws://{node.host}:{node.http_port}"  # anvil serves WebSocket on its HTTP port

@@ -10,11 +10,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .._testnet import NodeSpec, Testnet
 
-__all__ = ["ClientAdapter", "Placement"]
+if TYPE_CHECKING:
+    from ..chain import Chain
+
+__all__ = ["ClientAdapter", "Placement", "Repairer"]
+
+
+class Repairer(Protocol):
+    """A client's repair for a stall it cannot leave on its own; every wait ticks it."""
+
+    #: Short name, as in ``--chain-repair`` reports and the ``repair`` bus event.
+    name: str
+
+    def tick(self) -> str | None:
+        """Look (cheaply; rate-limit inside); repair if needed; return what was done."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,10 @@ class ClientAdapter(Protocol):
 
     def ws_url(self, node: NodeSpec) -> str:
         """The node's WebSocket endpoint."""
+        ...
+
+    def repairer(self, chain: Chain) -> Repairer | None:
+        """The repair the chain's waits tick (None: this client needs none)."""
         ...
 
     def port_conflict(self, log_text: str) -> bool:

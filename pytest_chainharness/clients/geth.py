@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 
 from .._rpc import rpc_call
 from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
 from ..tools import binary_version, find_geth
-from .base import Placement
+from .base import Placement, Repairer
+
+if TYPE_CHECKING:
+    from ..chain import Chain
 
 __all__ = ["GethAdapter", "genesis"]
 
@@ -197,6 +200,11 @@ class GethAdapter:
         # follow can stall a Clique network for many periods.
         if node.signer:
             rpc_call(admin_url, "miner_start", [])
+
+    def repairer(self, chain: Chain) -> Repairer | None:
+        from .clique import CliqueUnstall
+
+        return CliqueUnstall(chain)
 
     def ws_url(self, node: NodeSpec) -> str:
         return node.ws_url

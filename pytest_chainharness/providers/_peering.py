@@ -35,6 +35,11 @@ class AdminPeering:
     def admin_url(self, index: int) -> str:
         raise NotImplementedError
 
+    def partitioned(self) -> list[list[int]] | None:
+        """The partition in force (for every process of the run), or None."""
+        groups: list[list[int]] | None = self.shared.load().get("partition")
+        return groups or None
+
     def _save_partition(self, groups: list[list[int]] | None) -> None:
         with self.shared.edit() as data:
             data["partition"] = groups

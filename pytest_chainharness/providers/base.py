@@ -72,6 +72,10 @@ class Provider(Protocol):
         """Start the given nodes (all by default) without waiting for readiness."""
         ...
 
+    def ports(self, index: int) -> dict[str, int]:
+        """The node's named ports as the test process reaches them (``rpc`` first)."""
+        ...
+
     def admin_url(self, index: int) -> str:
         """Where the harness (and only it) reaches the node's admin APIs (peering,
         sealing, repair): an ``ipc://`` socket in the run's 0700 admin folder. The
@@ -142,6 +146,10 @@ class Provider(Protocol):
 
     def heal(self) -> None:
         """Undo any partition."""
+        ...
+
+    def partitioned(self) -> list[list[int]] | None:
+        """The partition in force, as every process of the run sees it, or None."""
         ...
 
     def add_latency(

@@ -194,6 +194,11 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
             ipc_path=f"{ADMIN_DIR}/{self.testnet.nodes[index].name}.ipc",
         )
 
+    def ports(self, index: int) -> dict[str, int]:
+        # Only the API ports are published on the host; p2p stays in the run's network.
+        node = self.testnet.nodes[index]
+        return {"rpc": node.http_port, "ws": int(self.adapter.ws_url(node).rsplit(":", 1)[1])}
+
     def admin_url(self, index: int) -> str:
         # The node's socket appears in the host's admin folder through the bind mount.
         return f"ipc://{admin_dir(self.run_id) / self.testnet.nodes[index].name}.ipc"

@@ -103,6 +103,16 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
             ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
         )
 
+    def ports(self, index: int) -> dict[str, int]:
+        node = self.testnet.nodes[index]
+        return {
+            "rpc": node.http_port,
+            # The client says where it serves WebSocket (anvil: on its HTTP port).
+            "ws": int(self.adapter.ws_url(node).rsplit(":", 1)[1]),
+            "p2p": node.p2p_port,
+            "authrpc": node.authrpc_port,
+        }
+
     def admin_url(self, index: int) -> str:
         return f"ipc://{admin_dir(self.run_id) / self.testnet.nodes[index].name}.ipc"
 
