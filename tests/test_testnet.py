@@ -39,7 +39,9 @@ def test_genesis_lists_signers_and_funds_accounts() -> None:
     assert signers == {n.signer_address[2:].lower() for n in net.nodes[:2]}
     assert not net.nodes[2].signer
     assert doc["config"]["clique"]["period"] == 2
-    assert set(net.account_addresses()) <= set(doc["alloc"])
+    assert set(net.account_addresses()) == set(doc["alloc"])
+    # Unlocked to seal, a signer's own account must hold nothing but the fees it earns.
+    assert not {n.signer_address for n in net.signers} & set(doc["alloc"])
 
 
 def test_round_trip_through_dict() -> None:

@@ -42,11 +42,13 @@ _PUBLIC_APIS = "eth,net,web3,txpool"
 
 
 def genesis(testnet: Testnet) -> dict[str, Any]:
-    """The genesis document; every signer is a Clique signer from block 0."""
+    """The genesis document; every signer is a Clique signer from block 0.
+
+    Signers get no balance: a signer must be unlocked to seal, so its RPC port answers
+    ``eth_sendTransaction`` from it, and what it could spend is only the fees it earned.
+    """
     signers = "".join(n.signer_address[2:].lower() for n in testnet.signers)
     alloc = {addr: {"balance": hex(testnet.balance_wei)} for addr in testnet.account_addresses()}
-    for node in testnet.signers:
-        alloc.setdefault(node.signer_address, {"balance": hex(testnet.balance_wei)})
     return {
         "config": {
             "chainId": testnet.chain_id,
