@@ -134,7 +134,7 @@ def _has(w3: Any, tx: str) -> bool:
 def detection_lag(transfers: int) -> dict[str, Any]:
     settings = Settings(
         nodes=4, max_nodes=32, client="geth", backend="process", period=1, seed=4242,
-        keep=True, geth=None, accounts=64, signers=None, start_timeout=60.0, chain_id=1337,
+        keep=True, binary=None, accounts=64, signers=None, start_timeout=60.0, chain_id=1337,
         image="",
     )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="chainharness-lag-") as tmp:

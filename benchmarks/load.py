@@ -45,7 +45,7 @@ GOAL_TPS = 500
 def settings(backend: str, seed: int, period: int) -> Settings:
     return Settings(
         nodes=4, max_nodes=32, client="geth", backend=backend, period=period, seed=seed,
-        keep=False, geth=None, accounts=512, signers=None, start_timeout=60.0,
+        keep=False, binary=None, accounts=512, signers=None, start_timeout=60.0,
         chain_id=1337, image=default_image("geth"),
     )  # fmt: skip
 

@@ -36,7 +36,9 @@ class Settings:
     #: None: draw a fresh random seed for this run.
     seed: int | None
     keep: bool
-    geth: str | None
+    #: The client binary to run on the process backend (``--chain-binary``; for geth also
+    #: ``--chain-geth``); None: the client finds its own.
+    binary: str | None
     accounts: int
     signers: int | None
     start_timeout: float
@@ -126,9 +128,17 @@ _OPTIONS: list[tuple[str, str, str, str, Any]] = [
         None,
     ),
     (
+        "chain_binary",
+        "--chain-binary",
+        "the client binary for the process backend (default: the client finds it, e.g. "
+        "geth: $CHAINHARNESS_GETH, the tools folder, PATH)",
+        "string",
+        None,
+    ),
+    (
         "chain_geth",
         "--chain-geth",
-        "path of the geth binary (default: $CHAINHARNESS_GETH, the tools folder, PATH)",
+        "the geth binary (kept name of --chain-binary for the geth client)",
         "string",
         None,
     ),
@@ -258,9 +268,19 @@ def read_settings(config: pytest.Config) -> Settings:
 
     keep = _flag(config, "chain_keep")
 
-    geth, where = _raw(config, "chain_geth")
+    binary, where = _raw(config, "chain_binary")
+    geth, geth_where = _raw(config, "chain_geth")
     if geth:
-        _check_binary(str(geth), where)
+        if binary:
+            raise pytest.UsageError(f"{geth_where} and {where}: give one of them")
+        if client != "geth":
+            raise pytest.UsageError(
+                f"{geth_where}: only for the geth client; this run uses {client} "
+                "(use --chain-binary)"
+            )
+        binary, where = geth, geth_where
+    if binary:
+        _check_binary(str(binary), where)
     signers_raw, _ = _raw(config, "chain_signers")
     signers = None if signers_raw is None else _int(config, "chain_signers", nodes, 1, nodes)
     timeout_raw, _ = _raw(config, "chain_start_timeout")
@@ -278,7 +298,7 @@ def read_settings(config: pytest.Config) -> Settings:
         period=_int(config, "chain_period", 1, 1, 3600),
         seed=seed,
         keep=keep,
-        geth=str(geth) if geth else None,
+        binary=str(binary) if binary else None,
         accounts=_int(config, "chain_accounts", DEFAULT_ACCOUNTS, 1, 100_000),
         signers=signers,
         start_timeout=start_timeout,

@@ -466,7 +466,7 @@ class ChainSession:
 def _binary_version(session: ChainSession, s: Settings) -> str:
     adapter = session.adapter()
     try:
-        return adapter.version(adapter.find_binary(explicit=s.geth if s.client == "geth" else None))
+        return adapter.version(adapter.find_binary(explicit=s.binary))
     except (ToolNotFound, OSError, subprocess.SubprocessError) as exc:
         return f"unknown ({type(exc).__name__})"
 
@@ -555,7 +555,7 @@ def start_network(
         )
         version_of = None
     else:
-        binary = adapter.find_binary(explicit=settings.geth if settings.client == "geth" else None)
+        binary = adapter.find_binary(explicit=settings.binary)
         provider = ProcessProvider(testnet, adapter, run_dir=run_dir, run_id=run_id, binary=binary)
         version_of = binary
     if keep_provider is not None:

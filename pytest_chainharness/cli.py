@@ -63,7 +63,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--chain-period", type=_bounded(1, 3600), default=1)
     up.add_argument("--chain-seed", type=_bounded(0, 2**63 - 1), default=None)
     up.add_argument("--chain-image", default=None, help="node image for the docker backend")
-    up.add_argument("--chain-geth", default=None, help="geth binary for the process backend")
+    up.add_argument(
+        "--chain-binary",
+        "--chain-geth",
+        dest="chain_binary",
+        default=None,
+        help="the client binary for the process backend",
+    )
     up.add_argument("--chain-services", type=Path, default=None, help="services YAML file")
     up.add_argument("--chain-accounts", type=_bounded(1, 100_000), default=DEFAULT_ACCOUNTS)
     up.add_argument("--start-timeout", type=float, default=60.0)
@@ -230,7 +236,7 @@ def _up(args: argparse.Namespace) -> int:
         period=args.chain_period,
         seed=args.chain_seed,
         keep=True,
-        geth=args.chain_geth,
+        binary=args.chain_binary,
         accounts=args.chain_accounts,
         signers=None,
         start_timeout=args.start_timeout,

@@ -189,7 +189,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     else:
         adapter = get_client(s.client, root=config.rootpath)
         try:
-            binary = adapter.find_binary(explicit=s.geth if s.client == "geth" else None)
+            binary = adapter.find_binary(explicit=s.binary)
             client = f"{s.client} {adapter.version(binary)} ({binary})"
         except ToolNotFound as exc:
             client = f"{s.client} NOT FOUND: {exc}"

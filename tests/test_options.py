@@ -89,6 +89,29 @@ class TestCheckedBeforeAnythingStarts:
         assert result.ret == pytest.ExitCode.USAGE_ERROR
         result.stderr.fnmatch_lines(["*--chain-geth=/nonexistent/geth: no such executable file*"])
 
+    def test_chain_geth_is_for_geth_and_chain_binary_for_any_client(
+        self, inner: pytest.Pytester
+    ) -> None:
+        inner.makepyfile(PASSING)
+        result = inner.runpytest("--chain-client=anvil", "--chain-nodes=1", "--chain-geth=/bin/sh")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        result.stderr.fnmatch_lines(["*--chain-geth: only for the geth client*--chain-binary*"])
+        both = inner.runpytest("--chain-binary=/bin/sh", "--chain-geth=/bin/sh")
+        assert both.ret == pytest.ExitCode.USAGE_ERROR
+        both.stderr.fnmatch_lines(["*--chain-geth and --chain-binary: give one of them*"])
+
+    @pytest.mark.usefixtures("anvil_required")
+    def test_chain_binary_runs_that_binary(self, inner: pytest.Pytester) -> None:
+        from pytest_chainharness.tools import find_anvil
+
+        inner.makepyfile("def test_one(chain):\n    chain.wait_for_height(1)\n")
+        anvil = find_anvil()
+        result = inner.runpytest_subprocess(
+            "--chain-client=anvil", "--chain-nodes=1", f"--chain-binary={anvil}"
+        )
+        result.assert_outcomes(passed=1)
+        result.stdout.fnmatch_lines([f"*client anvil 1.7.1 ({anvil})*"])
+
     def test_a_geth_that_hangs_is_a_clear_error_not_an_internal_error(
         self, inner: pytest.Pytester
     ) -> None:
