@@ -458,7 +458,9 @@ class TestRepair:
             def test_waits_tick_the_repair(chain, bus):
                 assert type(chain.repairer).__name__ == "CliqueUnstall"
                 chain.repairer = OneRepair()
-                chain.wait_for_height(1)
+                # A wait that cannot return on its first look: the repair is ticked
+                # between looks.
+                chain.wait_for_height(chain.nodes[0].head().number + 2)
                 (event,) = bus.wait_for("repair", nodes=None, timeout=10)
                 assert event.payload == {
                     "client": "geth", "what": "test-repair: node1 put back on node0's branch"
