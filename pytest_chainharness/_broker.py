@@ -242,12 +242,26 @@ def start_container_broker(provider: Any, image: str) -> BrokerEndpoint:
     from .services import ServiceSpec, start_services
 
     conf_dir = provider.run_dir / "broker"
-    username, password = write_config(conf_dir, listen="0.0.0.0", port=1883, data_dir="/ch-broker")
+    # Run as the harness's user (below). As root, mosquitto would drop to its own user,
+    # which cannot write its sessions into the run's folder: `user root` keeps it.
+    username, password = write_config(
+        conf_dir,
+        listen="0.0.0.0",
+        port=1883,
+        data_dir="/ch-broker",
+        run_as="root" if os.getuid() == 0 else None,
+    )
     spec = ServiceSpec(
         name="bus",
         image=image,
         command=["mosquitto", "-c", "/ch-broker/mosquitto.conf"],
+        # Read-write: mosquitto saves its sessions there, so a restarted broker still has
+        # every subscriber's queue (a read-only mount lost the events published while a
+        # subscriber was reconnecting).
         volumes={str(conf_dir): "/ch-broker"},
+        writable=True,
+        # As the harness's user, who owns the run's folder (0700).
+        user=f"{os.getuid()}:{os.getgid()}",
         ports=[1883],
         ready=("log", "running"),
         timeout=30.0,

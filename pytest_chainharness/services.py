@@ -23,6 +23,7 @@ Placeholders: ``{nodeN.rpc_url}``, ``{nodeN.ws_url}``, ``{nodeN.host}``, ``{chai
 
 from __future__ import annotations
 
+import contextlib
 import re
 import string
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from testcontainers.core.waiting_utils import WaitStrategy
 
 from ._docker import LABEL_OWNER, LABEL_ROLE, LABEL_RUN, docker_client
 from ._errors import ChainHarnessError, NetworkStartError
+from ._ports import PortAllocator
 from .images import MOSQUITTO_IMAGE
 from .providers.docker import ensure_image
 
@@ -67,6 +69,11 @@ class ServiceSpec:
     ready: tuple[str, Any] | None = None
     timeout: float = 30.0
     depends_on: list[str] = field(default_factory=list)
+    #: Mount ``volumes`` read-write (the built-in broker keeps its persistence there);
+    #: a user's services get them read-only.
+    writable: bool = False
+    #: ``uid:gid`` to run as (None: the image's user).
+    user: str | None = None
 
 
 def builtin_mqtt(image: str = MOSQUITTO_IMAGE) -> ServiceSpec:
@@ -309,49 +316,75 @@ def start_services(provider: Any, specs: list[ServiceSpec]) -> Services:
     try:
         for spec in specs:
             ensure_image(client, spec.image, f"service {spec.name}'s image")
-            container = (
-                DockerContainer(spec.image)
-                .with_name(f"{provider.run_id}-svc-{spec.name}")
-                .with_kwargs(
-                    labels={
-                        LABEL_RUN: provider.run_id,
-                        LABEL_OWNER: provider.owner,
-                        LABEL_ROLE: f"service:{spec.name}",
-                    },
-                    network=provider.network_name,
-                    networking_config={
-                        provider.network_name: EndpointConfig(
-                            client.api.api_version, aliases=[spec.name]
-                        )
-                    },
-                )
-            )
-            if spec.command:
-                container.with_command([_fill(c, values, spec.name) for c in spec.command])
-            for key, value in spec.env.items():
-                container.with_env(key, _fill(value, values, spec.name))
-            for source, inside in spec.volumes.items():
-                container.with_volume_mapping(source, inside, mode="ro")
-            for port in spec.ports:
-                container.ports[f"{port}/tcp"] = ("127.0.0.1", None)  # type: ignore[assignment]
-            strategy = _strategy(spec)
-            if strategy is not None:
-                container.waiting_for(strategy)
-            try:
-                container.start()
-            except Exception as exc:
-                raise NetworkStartError(
-                    f"service {spec.name} ({spec.image}) did not become ready "
-                    f"({spec.ready[0] if spec.ready else 'start'} check, {spec.timeout:g}s): "
-                    f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}\n"
-                    f"last 30 lines of its log:\n{_tail(container)}"
-                ) from exc
-            published[spec.name] = {
-                port: int(container.get_exposed_port(port)) for port in spec.ports
-            }
+            published[spec.name] = _start_service(provider, spec, values, client)
     finally:
         client.close()
     return Services(published=published, run_id=provider.run_id)
+
+
+#: How often a service may be given fresh host ports after another program took one.
+PORT_RETRIES = 3
+
+
+def _start_service(
+    provider: Any, spec: ServiceSpec, values: dict[str, Any], client: Any
+) -> dict[int, int]:
+    # Host ports are chosen here, not left to the engine: an ephemeral one changes when
+    # the container restarts, and whoever reached the service there (the agents and
+    # buses, for the broker) would lose it for good.
+    for attempt in range(PORT_RETRIES):
+        hosts = dict(zip(spec.ports, PortAllocator().take(len(spec.ports)), strict=True))
+        container = _container(provider, spec, values, client, hosts)
+        try:
+            container.start()
+        except Exception as exc:
+            text = str(exc)
+            taken = "port is already allocated" in text or "address already in use" in text
+            if taken and attempt + 1 < PORT_RETRIES:
+                with contextlib.suppress(Exception):
+                    container.stop()
+                continue
+            raise NetworkStartError(
+                f"service {spec.name} ({spec.image}) did not become ready "
+                f"({spec.ready[0] if spec.ready else 'start'} check, {spec.timeout:g}s): "
+                f"{text.splitlines()[0] if text else type(exc).__name__}\n"
+                f"last 30 lines of its log:\n{_tail(container)}"
+            ) from exc
+        return hosts
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def _container(
+    provider: Any, spec: ServiceSpec, values: dict[str, Any], client: Any, hosts: dict[int, int]
+) -> DockerContainer:
+    container = (
+        DockerContainer(spec.image)
+        .with_name(f"{provider.run_id}-svc-{spec.name}")
+        .with_kwargs(
+            labels={
+                LABEL_RUN: provider.run_id,
+                LABEL_OWNER: provider.owner,
+                LABEL_ROLE: f"service:{spec.name}",
+            },
+            network=provider.network_name,
+            networking_config={
+                provider.network_name: EndpointConfig(client.api.api_version, aliases=[spec.name])
+            },
+            **({"user": spec.user} if spec.user else {}),
+        )
+    )
+    if spec.command:
+        container.with_command([_fill(c, values, spec.name) for c in spec.command])
+    for key, value in spec.env.items():
+        container.with_env(key, _fill(value, values, spec.name))
+    for source, inside in spec.volumes.items():
+        container.with_volume_mapping(source, inside, mode="rw" if spec.writable else "ro")
+    for port, host in hosts.items():
+        container.ports[f"{port}/tcp"] = ("127.0.0.1", host)  # type: ignore[assignment]
+    strategy = _strategy(spec)
+    if strategy is not None:
+        container.waiting_for(strategy)
+    return container
 
 
 def _tail(container: DockerContainer) -> str:
