@@ -207,9 +207,12 @@ class TestAgainstANetwork:
             import pytest
 
             @pytest.mark.disruptive
-            def test_load(chain, load_test):
+            def test_load(chain, bus, load_test):
                 def stop_all():
-                    time.sleep(2)
+                    # Once the load is under way (its first transfer is in a block), not
+                    # at a fixed time: on a busy machine locust may take longer than that
+                    # to start, and then no request at all would succeed.
+                    bus.wait_for("block", lambda e: e.payload["txs"], nodes=None, timeout=60)
                     for node in chain.nodes:
                         node.stop()
 

@@ -48,6 +48,8 @@ def follow() -> None:
                 indexed += 1
         except OSError as exc:
             print(f"indexer: node unreachable: {exc}", flush=True)
+        except Exception as exc:  # a half-read or odd answer must not end the follow loop
+            print(f"indexer: {type(exc).__name__}: {exc}", flush=True)
         time.sleep(0.2)
 
 
