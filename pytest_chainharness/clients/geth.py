@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 
-from .._rpc import rpc_call
+from .._rpc import RPCError, rpc_call
 from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
 from ..tools import binary_version, find_geth
 from .base import Placement, Repairer
@@ -201,6 +202,19 @@ class GethAdapter:
         # peers are known each build their own block 1, and the equal-weight forks that
         # follow can stall a Clique network for many periods.
         if node.signer:
+            # geth unlocks the signer's key only after its endpoints open; a miner_start
+            # before that fails its first seal ("authentication needed") and geth never
+            # tries again (a 1-node docker run stalled at genesis so). eth_sign answers
+            # once the key is unlocked.
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    rpc_call(admin_url, "eth_sign", [node.signer_address, "0x00"])
+                    break
+                except RPCError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
             rpc_call(admin_url, "miner_start", [])
 
     def repairer(self, chain: Chain) -> Repairer | None:
