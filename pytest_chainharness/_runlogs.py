@@ -20,7 +20,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ._files import redact, write_private
+from ._files import STATE_FILES, redact, write_private
 
 __all__ = ["KEEP", "MAX_FILE_BYTES", "keep_run_logs", "kept_logs_dir"]
 
@@ -28,7 +28,6 @@ __all__ = ["KEEP", "MAX_FILE_BYTES", "keep_run_logs", "kept_logs_dir"]
 KEEP = 5
 #: The tail of each file that is kept (a node's log on a long run grows to many MiB).
 MAX_FILE_BYTES = 4 * 1024 * 1024
-STATE_FILES = ("network.json", "process-state.json", "docker-state.json")
 
 
 def kept_logs_dir(root: Path, run_id: str) -> Path:

@@ -28,7 +28,7 @@ from filelock import FileLock
 
 from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim, claim_attached
 from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound
-from ._files import redact_file, write_private
+from ._files import STATE_FILES, redact_file, write_private
 from ._options import Settings
 from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
 from ._rpc import RPCError
@@ -459,7 +459,7 @@ class ChainSession:
         if self._watchdog is not None:
             self._watchdog.poll()  # killed with the nodes (same run marker); collect its status
         # The logs stay for a few runs; the keys and the bus password do not.
-        for name in ("network.json", "process-state.json", "docker-state.json"):
+        for name in STATE_FILES:
             redact_file(self.run.run_dir / name)
 
 
