@@ -33,8 +33,6 @@ __all__ = [
 
 #: 1,000,000 ether per genesis account: enough for any load test, small enough to read.
 DEFAULT_BALANCE_WEI = 10**24
-#: Fixed so keystore files can be written without asking anyone.
-SIGNER_PASSWORD = "chainharness"
 
 _SECP256K1_N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 

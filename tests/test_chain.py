@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -408,6 +409,43 @@ class TestExposure:
                 rpc_call(node.rpc_url, method, params)
         # The harness still has them, on its own channel.
         assert len(node._admin("admin_peers")) == len(chain.nodes) - 1
+
+    def test_no_one_signs_with_a_signer_key_through_the_node(self, chain: Chain) -> None:
+        """The issue: the signer was unlocked, so eth_sendTransaction and eth_sign from
+        its address answered on its public port (and WebSocket) without any signature."""
+        from websockets.sync.client import connect
+
+        from pytest_chainharness._rpc import RPCError, rpc_call
+
+        spec = next(n for n in chain.testnet.nodes if n.signer)
+        node = chain.nodes[spec.index]
+        me = spec.signer_address
+        # Every field given, so geth goes straight to signing (no estimate, no lookup).
+        tx = {
+            "from": me, "to": me, "value": "0x0", "gas": "0x5208", "nonce": "0x0",
+            "maxFeePerGas": "0x3b9aca00", "maxPriorityFeePerGas": "0x1",
+        }  # fmt: skip
+        calls: list[tuple[str, list[object]]] = [
+            ("eth_sendTransaction", [tx]),
+            ("eth_signTransaction", [tx]),
+            ("eth_sign", [me, "0x00"]),
+        ]
+        for method, params in calls:
+            with pytest.raises(RPCError, match="signs Clique headers only"):
+                rpc_call(node.rpc_url, method, params)
+        with connect(node.ws_url, open_timeout=5) as ws:
+            request = {"jsonrpc": "2.0", "id": 1, "method": "eth_sign", "params": [me, "0x00"]}
+            ws.send(json.dumps(request))
+            reply = json.loads(ws.recv(timeout=5))
+        assert "signs Clique headers only" in reply["error"]["message"], reply
+        # And every signer's key still seals: each is in turn once every N blocks.
+        window = 3 * len(chain.nodes)
+        chain.wait_for_height(window, timeout=120)
+        sealers = {
+            str(chain.nodes[0]._admin("clique_getSigner", [hex(h)])).lower()
+            for h in range(1, window + 1)
+        }
+        assert sealers == {n.signer_address.lower() for n in chain.testnet.signers}
 
     def test_the_admin_channel_is_a_socket_only_its_user_may_open(self, chain: Chain) -> None:
         import stat

@@ -61,6 +61,7 @@ class TestWholeRuns:
             *(f"node{i}.log" for i in range(4)),
             *(f"agent-node{i}.log" for i in range(4)),
             *(f"events-node{i}.jsonl" for i in range(4)),
+            *(f"signer-node{i}.log" for i in range(4)),
             "events-bus.jsonl",
             "broker.log",
             "events.jsonl",
@@ -199,6 +200,7 @@ def test_a_replacement_xdist_worker_gets_accounts_of_its_own(inner: pytest.Pytes
     inner.makepyfile(
         """
         import os
+        import time
         import pytest
 
         @pytest.mark.parametrize("i", range(6))
@@ -209,6 +211,13 @@ def test_a_replacement_xdist_worker_gets_accounts_of_its_own(inner: pytest.Pytes
             if worker_id == "gw0" and not os.path.exists("crashed"):
                 open("crashed", "w").close()
                 os._exit(1)  # the worker dies; xdist starts gw2 in its place
+            # gw1 holds its first tests until gw2 ran one, so the rest stay queued for
+            # gw2 (on a busy machine gw1 otherwise finished them all before gw2 started).
+            deadline = time.monotonic() + 120
+            while worker_id == "gw1" and time.monotonic() < deadline:
+                if "gw2 " in open("seen.txt").read():
+                    break
+                time.sleep(0.1)
         """
     )
     result = inner.runpytest_subprocess("-n", "2", "--chain-nodes=1")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._testnet import NodeSpec, Testnet
 from ..tools import binary_version, find_anvil
-from .base import Placement, Repairer
+from .base import Helper, Placement, Repairer
 from .geth import genesis
 
 if TYPE_CHECKING:
@@ -75,6 +75,11 @@ class AnvilAdapter:
         if testnet.period > 0:
             argv += ["--block-time", str(testnet.period)]
         return argv
+
+    def helpers(
+        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
+    ) -> list[Helper]:
+        return []
 
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         return None  # anvil mines on its own from the start

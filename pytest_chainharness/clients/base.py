@@ -17,7 +17,22 @@ from .._testnet import NodeSpec, Testnet
 if TYPE_CHECKING:
     from ..chain import Chain
 
-__all__ = ["ClientAdapter", "Placement", "Repairer"]
+__all__ = ["ClientAdapter", "Helper", "Placement", "Repairer"]
+
+
+@dataclass(frozen=True)
+class Helper:
+    """A process on the harness's host that a node needs for the whole run (geth: the
+    signer that holds a Clique key). The provider starts it before any node, marked as
+    the run's, and stops it at teardown."""
+
+    #: Log name (``<run>/logs/<name>.log``) and what errors call it.
+    name: str
+    argv: list[str]
+    #: Added to its environment: secrets go here, never into argv (the process list).
+    env: dict[str, str]
+    #: A path that exists once the helper serves (a socket).
+    ready: Path
 
 
 class Repairer(Protocol):
@@ -118,6 +133,14 @@ class ClientAdapter(Protocol):
 
     def container_ports(self) -> dict[str, int]:
         """Fixed in-container ports by role (``p2p``, ``http``, ``ws``, ``authrpc``)."""
+        ...
+
+    def helpers(
+        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
+    ) -> list[Helper]:
+        """Host processes ``node`` needs, serving in ``admin`` (the run's 0700 admin folder,
+        which a container sees at the parent of ``Placement.ipc_path``); each exits once
+        ``alive_while`` is gone. [] for most clients."""
         ...
 
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import time
+import sys
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from eth_account import Account
-
-from .._rpc import RPCError, rpc_call
-from .._testnet import SIGNER_PASSWORD, NodeSpec, Testnet
+from .._rpc import rpc_call
+from .._testnet import NodeSpec, Testnet
 from ..tools import binary_version, find_geth
-from .base import Placement, Repairer
+from . import clique_signer
+from .base import Helper, Placement, Repairer
 
 if TYPE_CHECKING:
     from ..chain import Chain
@@ -43,11 +42,8 @@ _PUBLIC_APIS = "eth,net,web3,txpool"
 
 
 def genesis(testnet: Testnet) -> dict[str, Any]:
-    """The genesis document; every signer is a Clique signer from block 0.
-
-    Signers get no balance: a signer must be unlocked to seal, so its RPC port answers
-    ``eth_sendTransaction`` from it, and what it could spend is only the fees it earned.
-    """
+    """The genesis document; every signer is a Clique signer from block 0 (with no
+    balance: a signer key signs headers only, see ``clique_signer``)."""
     signers = "".join(n.signer_address[2:].lower() for n in testnet.signers)
     alloc = {addr: {"balance": hex(testnet.balance_wei)} for addr in testnet.account_addresses()}
     return {
@@ -93,15 +89,6 @@ class GethAdapter:
         (datadir / "genesis.json").write_text(json.dumps(genesis(testnet)))
         (datadir / "geth").mkdir(exist_ok=True)
         (datadir / "geth" / "nodekey").write_text(node.node_key)
-        if node.signer:
-            # A cheap scrypt cost: this key protects a throwaway test network and geth must
-            # decrypt it at every start.
-            keystore = Account.encrypt(
-                bytes.fromhex(node.signer_key), SIGNER_PASSWORD, kdf="scrypt", iterations=2**10
-            )
-            (datadir / "keystore").mkdir(exist_ok=True)
-            (datadir / "keystore" / f"{node.name}.json").write_text(json.dumps(keystore))
-            (datadir / "password").write_text(SIGNER_PASSWORD)
         # The p2p listener binds to the node's own address only (geth's --port would
         # bind every address of the host): the config file is where geth takes it from.
         _write_config(datadir, f"{place.listen}:{place.p2p_port}", place.peers)
@@ -183,11 +170,10 @@ class GethAdapter:
             argv += [
                 "--miner.etherbase",
                 node.signer_address,
-                "--unlock",
-                node.signer_address,
-                "--password",
-                f"{datadir}/password",
-                "--allow-insecure-unlock",
+                # The key is not in geth: see clique_signer (an unlocked keystore key
+                # would sign any eth_sendTransaction sent to the public port).
+                "--signer",
+                str(PurePosixPath(place.ipc_path).with_name(_signer_socket(node))),
                 # Re-assemble the block being sealed every second (geth's floor; default
                 # 2 s) so transactions that arrive mid-period still make the next block.
                 "--miner.recommit",
@@ -202,20 +188,23 @@ class GethAdapter:
         # peers are known each build their own block 1, and the equal-weight forks that
         # follow can stall a Clique network for many periods.
         if node.signer:
-            # geth unlocks the signer's key only after its endpoints open; a miner_start
-            # before that fails its first seal ("authentication needed") and geth never
-            # tries again (a 1-node docker run stalled at genesis so). eth_sign answers
-            # once the key is unlocked.
-            deadline = time.monotonic() + 15
-            while True:
-                try:
-                    rpc_call(admin_url, "eth_sign", [node.signer_address, "0x00"])
-                    break
-                except RPCError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
             rpc_call(admin_url, "miner_start", [])
+
+    def helpers(
+        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
+    ) -> list[Helper]:
+        if not node.signer:
+            return []
+        socket = admin / _signer_socket(node)
+        argv = [sys.executable, clique_signer.script_path(), "--socket", str(socket)]
+        return [
+            Helper(
+                name=f"signer-{node.name}",
+                argv=[*argv, "--alive-while", str(alive_while)],
+                env={clique_signer.KEY_ENV: node.signer_key},
+                ready=socket,
+            )
+        ]
 
     def repairer(self, chain: Chain) -> Repairer | None:
         from .clique import CliqueUnstall
@@ -227,6 +216,10 @@ class GethAdapter:
 
     def port_conflict(self, log_text: str) -> bool:
         return "address already in use" in log_text
+
+
+def _signer_socket(node: NodeSpec) -> str:
+    return f"{node.name}-signer.ipc"
 
 
 def _write_config(datadir: Path, listen: str, peers: Sequence[str]) -> None:

@@ -48,6 +48,7 @@ from .._ports import PortAllocator
 from .._rpc import rpc_call
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
+from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
 from ._netfilter import netfilter_missing, rules_for, set_rules
 from ._peering import AdminPeering
@@ -106,7 +107,7 @@ def ensure_image(client: docker.DockerClient, image: str, option: str) -> None:
         raise missing_image_error(image, option) from exc
 
 
-class DockerProvider(AdminPeering, ToxiproxyLatency):
+class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
     """Runs a ``Testnet`` as containers."""
 
     name = "docker"
@@ -236,6 +237,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True, mode=0o700)
         make_admin_dir(self.run_id)
+        self.start_helpers(timeout)
         ensure_image(self._client, self.image, "--chain-image")
         self._create_network()
         self.testnet.accounts()  # derive once here, not once per thread
@@ -543,6 +545,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency):
                 list(pool.map(self._save_logs, range(len(self.testnet.nodes))))
         remove_run(self.run_id, self._client)
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
+        self.stop_helpers()
         remove_admin_dir(self.run_id)
 
     def close(self) -> None:

@@ -30,6 +30,7 @@ from .._ports import PortAllocator
 from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
+from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
 from ._peering import AdminPeering
 from ._state import RunState
@@ -38,7 +39,7 @@ from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
 __all__ = ["ProcessProvider"]
 
 
-class ProcessProvider(AdminPeering, ToxiproxyLatency):
+class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
     """Runs a ``Testnet`` as local processes."""
 
     name = "process"
@@ -88,6 +89,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True, mode=0o700)
         make_admin_dir(self.run_id)
+        self.start_helpers(timeout)
         self.testnet.accounts()  # derive once here, not once per thread
         with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
             list(pool.map(lambda n: self._prepare(n.index, timeout), self.testnet.nodes))
@@ -300,6 +302,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency):
             child.poll()
         self._children.clear()
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
+        self.stop_helpers()
         remove_admin_dir(self.run_id)
 
     def describe(self) -> dict[str, Any]:
