@@ -45,6 +45,8 @@ class RunResult:
     seconds: float
     #: Where the plugin kept the run's logs (a failed run), else None.
     logs: str | None
+    #: Test id → the end of its failure text (the assertion and what led to it).
+    reasons: dict[str, str]
 
     @property
     def ok(self) -> bool:
@@ -64,12 +66,20 @@ def one_run(backend: str, seed: int, tests: list[str], select: str) -> RunResult
         proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         elapsed = time.perf_counter() - started
         failed: list[str] = []
+        reasons: dict[str, str] = {}
         total = 0
         if junit.exists():
             for case in ET.parse(junit).getroot().iter("testcase"):
                 total += 1
-                if case.find("failure") is not None or case.find("error") is not None:
-                    failed.append(f"{case.get('classname')}::{case.get('name')}")
+                problem = case.find("failure")
+                if problem is None:
+                    problem = case.find("error")
+                if problem is not None:
+                    name = f"{case.get('classname')}::{case.get('name')}"
+                    failed.append(name)
+                    # The logs are kept, but the why is only in pytest's report.
+                    text = problem.text or problem.get("message") or ""
+                    reasons[name] = "\n".join(text.splitlines()[-40:])
         elif proc.returncode != 0:
             failed.append(f"(no report; exit {proc.returncode})")
         kept = [
@@ -78,7 +88,14 @@ def one_run(backend: str, seed: int, tests: list[str], select: str) -> RunResult
             if "this run's logs are kept in" in line
         ]
     return RunResult(
-        backend, seed, proc.returncode, total, failed, round(elapsed, 1), kept[0] if kept else None
+        backend,
+        seed,
+        proc.returncode,
+        total,
+        failed,
+        round(elapsed, 1),
+        kept[0] if kept else None,
+        reasons,
     )
 
 
@@ -108,6 +125,8 @@ def main() -> int:
                 file=sys.stderr,
                 flush=True,
             )
+            for name, why in result.reasons.items():
+                print(f"  {name}:\n    " + why.replace("\n", "\n    "), file=sys.stderr)
     summary = {
         backend: _summary([r for r in results if r.backend == backend]) for backend in backends
     }

@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from .. import _yaml
+
 __all__ = [
     "ACTIONS",
     "Scenario",
@@ -33,54 +35,6 @@ __all__ = [
 
 class ScenarioError(Exception):
     """A scenario file that does not follow the schema (file, line, field in the text)."""
-
-
-class _LineDict(dict[Any, Any]):
-    line = 0
-    value_lines: dict[Any, int]
-
-
-class _LineList(list[Any]):
-    line = 0
-    item_lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _mapping(loader: _Loader, node: yaml.MappingNode) -> _LineDict:
-    loader.flatten_mapping(node)
-    pairs = loader.construct_pairs(node, deep=True)
-    # YAML keeps the last of two equal keys: a second `steps:` silently dropped the first
-    # list (and its faults) and the scenario passed. A duplicate is an error.
-    first_line: dict[Any, int] = {}
-    for (key, _), (key_node, _) in zip(pairs, node.value, strict=True):
-        if key in first_line:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"duplicate key {key!r} (first at line {first_line[key]})",
-                key_node.start_mark,
-            )
-        first_line[key] = key_node.start_mark.line + 1
-    result = _LineDict(pairs)
-    result.line = node.start_mark.line + 1
-    result.value_lines = {
-        loader.construct_object(k, deep=True): v.start_mark.line + 1 for k, v in node.value
-    }
-    return result
-
-
-def _sequence(loader: _Loader, node: yaml.SequenceNode) -> _LineList:
-    result = _LineList(loader.construct_sequence(node, deep=True))
-    result.line = node.start_mark.line + 1
-    result.item_lines = [item.start_mark.line + 1 for item in node.value]
-    return result
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
 
 
 def is_scenario(path: Path) -> bool:
@@ -524,11 +478,11 @@ _TOP = {
 def load_scenario(path: Path, *, max_nodes: int = 256) -> Scenario:
     """Parse and check ``path``; ``ScenarioError`` naming file, line and field."""
     try:
-        data = yaml.load(path.read_text(), Loader=_Loader)
+        data = _yaml.load(path.read_text())
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        line = mark.line + 1 if mark is not None else 0
-        raise ScenarioError(f"{path}:{line}: not valid YAML: {exc.problem}") from None
+        raise ScenarioError(
+            f"{path}:{_yaml.error_line(exc)}: not valid YAML: {exc.problem}"
+        ) from None
     if data is None:
         raise ScenarioError(f"{path}:1: empty file: a scenario needs a top-level 'scenario:' key")
     if not isinstance(data, dict):
