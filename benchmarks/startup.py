@@ -117,7 +117,7 @@ def compose_run(nodes: int, seed: int) -> dict[str, float]:
                 "image": IMAGE,
                 "entrypoint": ["sh", "-c", f"{init} && exec {run}"],
                 "volumes": [f"{datadir}:/data"],
-                "ports": [f"127.0.0.1:{node.http_port}:8545"],
+                "ports": [f"127.0.0.1:{node.ports['rpc']}:8545"],
                 "networks": {"chain": {"ipv4_address": layout.ip(node.index)}},
             }
         compose = {

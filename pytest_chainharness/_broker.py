@@ -277,21 +277,21 @@ def start_agents(
     *,
     run_id: str,
     run_dir: Path,
-    nodes: list[tuple[str, str, str]],
+    nodes: list[tuple[str, list[str]]],
     has_peers: bool,
 ) -> list[subprocess.Popen[bytes]]:
-    """One agent process per (name, rpc_url, ws_url); the first also records the history."""
+    """One agent process per (name, how it follows the node: ``ClientAdapter.agent_args``);
+    the first also records the history."""
     from .agent import script_path
 
     agents = []
-    for i, (name, rpc_url, ws_url) in enumerate(nodes):
+    for i, (name, follow) in enumerate(nodes):
         argv = [
             sys.executable,
             script_path(),
             "--run", run_id,
             "--node", name,
-            "--rpc", rpc_url,
-            "--ws", ws_url,
+            *follow,
             "--broker", f"{endpoint.host}:{endpoint.port}",
         ]  # fmt: skip
         if endpoint.username:

@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-__all__ = ["RPCError", "rpc_call"]
+__all__ = ["RPCError", "dig", "http_json", "rpc_call"]
 
 
 class RPCError(Exception):
@@ -68,3 +68,36 @@ def _ipc_call(path: str, body: str, method: str, timeout: float) -> dict[str, An
                 return reply
     except OSError as exc:
         raise RPCError(f"{method} to ipc://{path}: {exc}") from exc
+
+
+def http_json(
+    url: str, *, method: str = "GET", body: str | None = None, timeout: float = 2.0
+) -> Any:
+    """The JSON answer of a plain HTTP request (a client spec's probes); ``RPCError`` when
+    the node does not answer, answers with an error status, or not with JSON."""
+    request = urllib.request.Request(
+        url,
+        data=body.encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json"} if body is not None else {},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise RPCError(f"{method} {url}: {exc}") from exc
+
+
+def dig(answer: Any, path: str) -> Any:
+    """``answer`` at the dotted ``path`` (digits index lists); ``RPCError`` showing the
+    answer when the path is not in it."""
+    value = answer
+    for part in path.split("."):
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            shown = json.dumps(answer)[:300]
+            raise RPCError(f"{path!r} is not in the answer (at {part!r}): {shown}")
+    return value

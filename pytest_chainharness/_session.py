@@ -613,7 +613,7 @@ def _start_bus(
         endpoint,
         run_id=run_id,
         run_dir=run_dir,
-        nodes=[(n.name, n.rpc_url, adapter.ws_url(n)) for n in testnet.nodes],
+        nodes=[(n.name, adapter.agent_args(n)) for n in testnet.nodes],
         has_peers=adapter.has_peers,
     )
     return {"endpoint": endpoint.to_dict()}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -67,18 +68,13 @@ class NodeSpec:
     #: The signer's private key (hex, no 0x); empty for non-signers.
     signer_key: str
     host: str
-    p2p_port: int
-    http_port: int
-    ws_port: int
-    authrpc_port: int
+    #: Port role → port on ``host``; the roles are the client's (``ClientAdapter.port_roles``),
+    #: and every client has ``rpc``, its main API.
+    ports: dict[str, int]
 
     @property
     def rpc_url(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.ws_port}"
+        return f"http://{self.host}:{self.ports['rpc']}"
 
     @cached_property
     def node_id(self) -> str:
@@ -87,7 +83,7 @@ class NodeSpec:
 
     @property
     def enode(self) -> str:
-        return f"enode://{self.node_id}@{self.host}:{self.p2p_port}"
+        return f"enode://{self.node_id}@{self.host}:{self.ports['p2p']}"
 
     @cached_property
     def signer_address(self) -> str:
@@ -166,9 +162,7 @@ class Testnet:
             raise ValueError(f"period must be >= 0, got {self.period}")
         if self.account_count < 1:
             raise ValueError(f"account_count must be >= 1, got {self.account_count}")
-        ports = [
-            p for n in self.nodes for p in (n.p2p_port, n.http_port, n.ws_port, n.authrpc_port)
-        ]
+        ports = [p for n in self.nodes for p in n.ports.values()]
         if len(set(ports)) != len(ports):
             raise ValueError("two endpoints share a port")
         if [n.index for n in self.nodes] != list(range(len(self.nodes))):
@@ -211,21 +205,28 @@ def build_testnet(
     signers: int | None = None,
     ports: PortAllocator | None = None,
     host: str = "127.0.0.1",
+    port_roles: Sequence[str] | None = None,
 ) -> Testnet:
     """Resolve a network description: keys from ``seed``, free ports from ``ports``.
 
     ``signers`` is how many of the nodes seal blocks (the first ones); all by default.
+    ``port_roles``: one port per role per node (default: what ``client`` names).
     """
+    if port_roles is None:
+        from .clients import get_client
+
+        port_roles = get_client(client).port_roles
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
     signer_count = nodes if signers is None else signers
     if not 1 <= signer_count <= nodes:
         raise ValueError(f"signers must be 1..{nodes}, got {signer_count}")
     allocator = ports or PortAllocator(host)
-    free = allocator.take(4 * nodes)
+    roles = list(port_roles)
+    free = allocator.take(len(roles) * nodes)
     specs = []
     for i in range(nodes):
-        p2p, http, ws, auth = free[4 * i : 4 * i + 4]
+        mine = free[len(roles) * i : len(roles) * (i + 1)]
         is_signer = i < signer_count
         specs.append(
             NodeSpec(
@@ -235,10 +236,7 @@ def build_testnet(
                 node_key=derive_key(seed, "node", i).hex(),
                 signer_key=derive_key(seed, "signer", i).hex() if is_signer else "",
                 host=host,
-                p2p_port=p2p,
-                http_port=http,
-                ws_port=ws,
-                authrpc_port=auth,
+                ports=dict(zip(roles, mine, strict=True)),
             )
         )
     testnet = Testnet(

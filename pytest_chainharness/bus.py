@@ -124,8 +124,9 @@ class SyncBus:
                 self._arrivals.setdefault(parts[3], set()).add("/".join(parts[4:]))
                 self._cond.notify_all()
             return
-        if len(parts) >= 3 and parts[2] == "last" and not message.retain:
-            return  # live copies arrive as events as well; only the retained one is news
+        # A live copy on last/ is usually a duplicate of its events/ message (dropped just
+        # below), but not while we subscribe: an event the broker handled just before our
+        # subscription, whose last/ copy it handled just after, arrives only on last/.
         try:
             data = json.loads(message.payload)
             event = Event(data["kind"], data.get("node"), data.get("payload", {}), data["ts"])

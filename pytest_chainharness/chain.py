@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
@@ -26,7 +25,7 @@ from web3.types import TxReceipt
 from ._errors import ChainHarnessError, ChainTimeout
 from ._rpc import RPCError, rpc_call
 from ._testnet import NodeSpec, Testnet
-from .clients.base import ClientAdapter
+from .clients.base import ClientAdapter, Head
 from .providers.base import NodeState, Provider
 
 if TYPE_CHECKING:
@@ -41,17 +40,6 @@ POLL_INTERVAL = 0.05
 
 T = TypeVar("T")
 log = logging.getLogger("pytest_chainharness")
-
-
-@dataclass(frozen=True)
-class Head:
-    """The head block of one node."""
-
-    number: int
-    hash: str
-
-    def __str__(self) -> str:
-        return f"#{self.number} {self.hash[:10]}"
 
 
 class Node:
@@ -178,13 +166,13 @@ class Node:
         return rpc_call(url, method, params, timeout=timeout)
 
     def head(self) -> Head:
-        block = self._rpc("eth_getBlockByNumber", ["latest", False])
-        return Head(int(block["number"], 16), str(block["hash"]))
+        """The node's head, as its client reads it (``RPCError`` when it does not answer)."""
+        return self._chain.adapter.head(self._spec)
 
     def peer_count(self) -> int:
         if not self._chain.adapter.has_peers:
             return 0
-        return int(self._rpc("net_peerCount"), 16)
+        return self._chain.adapter.peer_count(self._spec)
 
 
 class Chain:
@@ -493,7 +481,7 @@ class Chain:
                         f"{node.name} exited while starting; last lines of its log:\n"
                         f"{node.logs(50)}"
                     )
-                node._rpc("eth_blockNumber")
+                self.adapter.check_ready(node._spec)
             return True
 
         self._poll("RPC to answer on " + ", ".join(n.name for n in nodes), check, timeout)

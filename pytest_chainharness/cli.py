@@ -264,7 +264,7 @@ def _up(args: argparse.Namespace) -> int:
         f"({record.get('client_version', '?')}), seed {seed}"
     )
     for node in record["provider"]["testnet"]["nodes"]:
-        print(f"  {node['name']}: http://{node['host']}:{node['http_port']}")
+        print(f"  {node['name']}: http://{node['host']}:{node['ports']['rpc']}")
     for name, ports in record.get("services", {}).get("published", {}).items():
         for inside, outside in ports.items():
             print(f"  service {name}: {inside} -> 127.0.0.1:{outside}")

@@ -162,7 +162,7 @@ def _print_kept(config: pytest.Config, record: dict[str, Any]) -> None:
     provider = record["provider"]
     lines = ["chainharness: --chain-keep: the network is still running"]
     for node in provider["testnet"]["nodes"]:
-        lines.append(f"  {node['name']}: http://{node['host']}:{node['http_port']}")
+        lines.append(f"  {node['name']}: http://{node['host']}:{node['ports']['rpc']}")
     lines.append(f"  logs: {provider['run_dir']}/logs")
     state = Path(provider["run_dir"]) / "network.json"
     lines.append(f"  use it: pytest --chain-attach={state}")

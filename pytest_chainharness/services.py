@@ -216,8 +216,9 @@ def placeholders(provider: Any, specs: list[ServiceSpec]) -> dict[str, Any]:
     for node in provider.testnet.nodes:
         values[node.name] = _Obj(
             host=node.name,
-            rpc_url=f"http://{node.name}:{ports['http']}",
-            ws_url=f"ws://{node.name}:{ports['ws']}",
+            rpc_url=f"http://{node.name}:{ports['rpc']}",
+            # A client without a ws port serves WebSocket on its rpc port (anvil).
+            ws_url=f"ws://{node.name}:{ports.get('ws', ports['rpc'])}",
         )
     for spec in specs:
         values[spec.name] = _Obj(host=spec.name)

@@ -379,3 +379,45 @@ def test_agent_exits_once_the_run_is_gone(chain: Chain, bus: SyncBus, tmp_path: 
 
 def _read(path: Path) -> str:
     return path.read_text() if path.exists() else ""
+
+
+def test_a_block_published_while_the_bus_subscribes_is_not_lost(tmp_path: Path) -> None:
+    """The soak's mechanism: an agent publishes a block on ``events/`` (which the broker
+    handled just before the bus subscribed), then retained on ``last/`` (just after).
+    The bus got the previous block as the retained one and dropped the live ``last/``
+    copy, so its history skipped a block (node3: ..., 7, 9, ...)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from pytest_chainharness._broker import start_local_broker
+
+    (tmp_path / "logs").mkdir()
+    endpoint, broker = start_local_broker(tmp_path, "ch-subscribe")
+    agent = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent")
+    if endpoint.username:
+        agent.username_pw_set(endpoint.username, endpoint.password)
+    agent.connect(endpoint.host, endpoint.port)
+    agent.loop_start()
+    base = "chainharness/ch-subscribe"
+
+    def block(number: int) -> str:
+        payload = {"number": number, "hash": f"0x{number:064x}", "parent": "0x", "txs": []}
+        return json.dumps({"kind": "block", "node": "node3", "payload": payload, "ts": number})
+
+    bus: SyncBus | None = None
+    try:
+        agent.publish(f"{base}/events/block/node3", block(7), qos=1).wait_for_publish(5)
+        agent.publish(f"{base}/last/block/node3", block(7), qos=1, retain=True).wait_for_publish(5)
+        agent.publish(f"{base}/events/block/node3", block(8), qos=1).wait_for_publish(5)
+        bus = SyncBus(endpoint, "ch-subscribe", ["node3"])
+        agent.publish(f"{base}/last/block/node3", block(8), qos=1, retain=True).wait_for_publish(5)
+        agent.publish(f"{base}/events/block/node3", block(9), qos=1).wait_for_publish(5)
+        bus.wait_for("block", lambda e: e.payload["number"] == 9, timeout=10)
+        assert block_numbers(bus.events("block", node="node3")) == [7, 8, 9]
+    finally:
+        if bus is not None:
+            bus.close()
+        agent.loop_stop()
+        agent.disconnect()
+        broker.kill()
+        broker.wait()

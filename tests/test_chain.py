@@ -488,9 +488,9 @@ class TestExposure:
         for spec in chain.testnet.nodes:
             # On docker only the RPC ports are published on the host (p2p and authrpc stay
             # in the run's own network); on processes every listener is the host's.
-            ports = [spec.http_port, spec.ws_port]
+            ports = [spec.ports["rpc"], spec.ports["ws"]]
             if chain.backend == "process":
-                ports += [spec.p2p_port, spec.authrpc_port]
+                ports += [spec.ports["p2p"], spec.ports["authrpc"]]
             for port in ports:
                 assert listening.get(port) == "127.0.0.1", (spec.name, port, listening.get(port))
 

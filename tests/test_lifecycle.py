@@ -295,12 +295,12 @@ class TestStartFailures:
         blocker.bind(("127.0.0.1", 0))
         blocker.listen()
         taken = blocker.getsockname()[1]
-        testnet.nodes[1].http_port = taken  # as if another program bound it in between
+        testnet.nodes[1].ports["rpc"] = taken  # as if another program bound it in between
         chain = two_node_chain(testnet, GethAdapter(root=ROOT), tmp_path)
         provider = chain.provider
         try:
             launch(chain, timeout=60)
-            assert testnet.nodes[1].http_port != taken
+            assert testnet.nodes[1].ports["rpc"] != taken
             chain.wait_converged()
         finally:
             provider.teardown()
@@ -322,14 +322,14 @@ class TestStartFailures:
         )
         wrapper.chmod(0o755)
         testnet = build_testnet(nodes=2, client="geth", period=1, seed=13, accounts=4)
-        first_port = testnet.nodes[1].http_port
+        first_port = testnet.nodes[1].ports["rpc"]
         adapter = GethAdapter(root=ROOT)
         chain = two_node_chain(testnet, adapter, tmp_path, binary=wrapper)
         provider = chain.provider
         try:
             launch(chain, timeout=60)
             assert hung_once.exists()
-            assert testnet.nodes[1].http_port != first_port
+            assert testnet.nodes[1].ports["rpc"] != first_port
             chain.wait_converged()
         finally:
             provider.teardown()

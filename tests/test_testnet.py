@@ -25,7 +25,8 @@ def test_other_seed_other_keys() -> None:
 
 def test_ports_are_distinct_and_loopback() -> None:
     net = build_testnet(nodes=8, client="geth", period=1, seed=5, accounts=1)
-    ports = [p for n in net.nodes for p in (n.p2p_port, n.http_port, n.ws_port, n.authrpc_port)]
+    ports = [p for n in net.nodes for p in n.ports.values()]
+    assert all(set(n.ports) == {"rpc", "ws", "p2p", "authrpc"} for n in net.nodes)
     assert len(set(ports)) == len(ports) == 32
     assert all(n.rpc_url.startswith("http://127.0.0.1:") for n in net.nodes)
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from .._testnet import NodeSpec, Testnet
 from ..tools import binary_version, find_anvil
+from ._evm import EthereumQueries
 from .base import Helper, Placement, Repairer
 from .geth import genesis
 
@@ -18,13 +19,16 @@ if TYPE_CHECKING:
 __all__ = ["AnvilAdapter"]
 
 
-class AnvilAdapter:
+class AnvilAdapter(EthereumQueries):
     """One anvil node, initialised from the same genesis accounts a geth network has."""
 
     name = "anvil"
     max_nodes = 1
     poa = False
     has_peers = False
+    # One listener: WebSocket is served on the HTTP port.
+    port_roles: tuple[str, ...] = ("rpc",)
+    api_ports: tuple[str, ...] = ("rpc",)
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
@@ -54,7 +58,7 @@ class AnvilAdapter:
         return None
 
     def container_ports(self) -> dict[str, int]:
-        return {"p2p": 30303, "http": 8545, "ws": 8545, "authrpc": 8551}
+        return {"rpc": 8545}
 
     def command(
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
@@ -64,7 +68,7 @@ class AnvilAdapter:
             "--host",
             place.listen,
             "--port",
-            str(place.http_port),
+            str(place.ports["rpc"]),
             "--chain-id",
             str(testnet.chain_id),
             "--init",
@@ -81,6 +85,9 @@ class AnvilAdapter:
     ) -> list[Helper]:
         return []
 
+    def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        return {}
+
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         return None  # anvil mines on its own from the start
 
@@ -88,7 +95,7 @@ class AnvilAdapter:
         return None  # one node: nothing to stall against
 
     def ws_url(self, node: NodeSpec) -> str:
-        return f"ws://{node.host}:{node.http_port}"  # anvil serves WebSocket on its HTTP port
+        return f"ws://{node.host}:{node.ports['rpc']}"
 
     def port_conflict(self, log_text: str) -> bool:
         return "Address already in use" in log_text or "address already in use" in log_text

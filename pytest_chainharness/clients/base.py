@@ -7,6 +7,7 @@ paths as the node will see them.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,19 @@ from .._testnet import NodeSpec, Testnet
 if TYPE_CHECKING:
     from ..chain import Chain
 
-__all__ = ["ClientAdapter", "Helper", "Placement", "Repairer"]
+__all__ = ["ClientAdapter", "Head", "Helper", "Placement", "Repairer"]
+
+
+@dataclass(frozen=True)
+class Head:
+    """The head block of one node (for a client without block hashes, ``hash`` is what
+    its head probe gives, or the height)."""
+
+    number: int
+    hash: str
+
+    def __str__(self) -> str:
+        return f"#{self.number} {self.hash[:10]}"
 
 
 @dataclass(frozen=True)
@@ -59,10 +72,8 @@ class Placement:
     binary: str
     #: Address the node's RPC and p2p listeners bind to.
     listen: str
-    p2p_port: int
-    http_port: int
-    ws_port: int
-    authrpc_port: int
+    #: Port role → the port the node listens on (``ClientAdapter.port_roles``).
+    ports: dict[str, int]
     #: CIDR the node may dial peers in.
     netrestrict: str
     #: enode URLs the node dials at start.
@@ -78,10 +89,7 @@ class Placement:
             datadir=str(datadir),
             binary=str(binary),
             listen=node.host,
-            p2p_port=node.p2p_port,
-            http_port=node.http_port,
-            ws_port=node.ws_port,
-            authrpc_port=node.authrpc_port,
+            ports=dict(node.ports),
             netrestrict="127.0.0.0/8",
             peers=tuple(n.enode for n in testnet.nodes if n.index != node.index),
             ipc_path=ipc_path,
@@ -100,6 +108,13 @@ class ClientAdapter(Protocol):
     poa: bool
     #: The client has peers whose count is part of readiness.
     has_peers: bool
+    #: One port per role per node; ``rpc`` (the main API) first, every client has it.
+    port_roles: tuple[str, ...]
+    #: The roles the test process reaches (the ones docker publishes); the others are
+    #: only between nodes.
+    api_ports: tuple[str, ...]
+    #: What a graceful stop sends.
+    stop_signal: signal.Signals
     #: Project root: where the tools folder (``.tools``) is looked up; None: the default.
     root: Path | None
 
@@ -132,7 +147,7 @@ class ClientAdapter(Protocol):
         ...
 
     def container_ports(self) -> dict[str, int]:
-        """Fixed in-container ports by role (``p2p``, ``http``, ``ws``, ``authrpc``)."""
+        """Fixed in-container ports, one per role of ``port_roles``."""
         ...
 
     def helpers(
@@ -150,6 +165,28 @@ class ClientAdapter(Protocol):
 
     def ws_url(self, node: NodeSpec) -> str:
         """The node's WebSocket endpoint."""
+        ...
+
+    def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        """Variables the node's process gets besides the harness's environment."""
+        ...
+
+    def agent_args(self, node: NodeSpec) -> list[str]:
+        """How the node's agent follows it: ``--rpc URL --ws URL`` (Ethereum JSON-RPC and
+        a newHeads subscription) or ``--probe JSON`` (the head and peer probes, polled)."""
+        ...
+
+    def check_ready(self, node: NodeSpec) -> None:
+        """Return when the node serves (``RPCError`` while it does not)."""
+        ...
+
+    def head(self, node: NodeSpec) -> Head:
+        """The node's head; ``RPCError`` when it does not answer (every wait, readiness
+        and the status table read heads through this)."""
+        ...
+
+    def peer_count(self, node: NodeSpec) -> int:
+        """How many peers the node has (asked only when ``has_peers``)."""
         ...
 
     def repairer(self, chain: Chain) -> Repairer | None:

@@ -12,6 +12,7 @@ from .._rpc import rpc_call
 from .._testnet import NodeSpec, Testnet
 from ..tools import binary_version, find_geth
 from . import clique_signer
+from ._evm import EthereumQueries
 from .base import Helper, Placement, Repairer
 
 if TYPE_CHECKING:
@@ -62,13 +63,15 @@ def genesis(testnet: Testnet) -> dict[str, Any]:
     }
 
 
-class GethAdapter:
+class GethAdapter(EthereumQueries):
     """Runs geth nodes as Clique signers peered through static nodes."""
 
     name = "geth"
     max_nodes = 64
     poa = True
     has_peers = True
+    port_roles: tuple[str, ...] = ("rpc", "ws", "p2p", "authrpc")
+    api_ports: tuple[str, ...] = ("rpc", "ws")
 
     def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
         self._root = root
@@ -91,7 +94,7 @@ class GethAdapter:
         (datadir / "geth" / "nodekey").write_text(node.node_key)
         # The p2p listener binds to the node's own address only (geth's --port would
         # bind every address of the host): the config file is where geth takes it from.
-        _write_config(datadir, f"{place.listen}:{place.p2p_port}", place.peers)
+        _write_config(datadir, f"{place.listen}:{place.ports['p2p']}", place.peers)
 
     def init_command(self, place: Placement) -> list[str]:
         return [place.binary, "init", "--datadir", place.datadir, f"{place.datadir}/genesis.json"]
@@ -101,7 +104,7 @@ class GethAdapter:
         _write_config(datadir, _listen_addr(datadir), peers)
 
     def container_ports(self) -> dict[str, int]:
-        return {"p2p": 30303, "http": 8545, "ws": 8546, "authrpc": 8551}
+        return {"rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551}
 
     def command(
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
@@ -122,12 +125,12 @@ class GethAdapter:
             "--authrpc.addr",
             place.listen,
             "--authrpc.port",
-            str(place.authrpc_port),
+            str(place.ports["authrpc"]),
             "--http",
             "--http.addr",
             place.listen,
             "--http.port",
-            str(place.http_port),
+            str(place.ports["rpc"]),
             "--http.api",
             _PUBLIC_APIS,
             # Loopback (the published port of a container, too) and the node's own name,
@@ -138,7 +141,7 @@ class GethAdapter:
             "--ws.addr",
             place.listen,
             "--ws.port",
-            str(place.ws_port),
+            str(place.ports["ws"]),
             "--ws.api",
             _PUBLIC_APIS,
             # A browser page of any other site must not drive the node (clients that send
@@ -183,6 +186,9 @@ class GethAdapter:
             argv.append("--mine")
         return argv + self.extra_args
 
+    def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        return {}
+
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         # Sealing starts only once every node is connected: signers that seal before their
         # peers are known each build their own block 1, and the equal-weight forks that
@@ -212,7 +218,7 @@ class GethAdapter:
         return CliqueUnstall(chain)
 
     def ws_url(self, node: NodeSpec) -> str:
-        return node.ws_url
+        return f"ws://{node.host}:{node.ports['ws']}"
 
     def port_conflict(self, log_text: str) -> bool:
         return "address already in use" in log_text

@@ -63,6 +63,5 @@ class RunState:
         if "testnet" in data:
             fresh = Testnet.from_dict(data["testnet"])
             for mine, theirs in zip(self.testnet.nodes, fresh.nodes, strict=True):
-                mine.p2p_port, mine.http_port = theirs.p2p_port, theirs.http_port
-                mine.ws_port, mine.authrpc_port = theirs.ws_port, theirs.authrpc_port
+                mine.ports = dict(theirs.ports)
         return data

@@ -186,10 +186,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             datadir=DATADIR,
             binary=self.adapter.name,
             listen="0.0.0.0",
-            p2p_port=ports["p2p"],
-            http_port=ports["http"],
-            ws_port=ports["ws"],
-            authrpc_port=ports["authrpc"],
+            ports=ports,
             netrestrict=str(self.subnet),
             peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
             ipc_path=f"{ADMIN_DIR}/{self.testnet.nodes[index].name}.ipc",
@@ -198,7 +195,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
     def ports(self, index: int) -> dict[str, int]:
         # Only the API ports are published on the host; p2p stays in the run's network.
         node = self.testnet.nodes[index]
-        return {"rpc": node.http_port, "ws": int(self.adapter.ws_url(node).rsplit(":", 1)[1])}
+        return {role: node.ports[role] for role in self.adapter.api_ports}
 
     def admin_url(self, index: int) -> str:
         # The node's socket appears in the host's admin folder through the bind mount.
@@ -322,8 +319,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             )
         )
         published: dict[str, Any] = {
-            f"{ports['http']}/tcp": ("127.0.0.1", node.http_port),
-            f"{ports['ws']}/tcp": ("127.0.0.1", node.ws_port),
+            f"{ports[role]}/tcp": ("127.0.0.1", node.ports[role]) for role in self.adapter.api_ports
         }
         # testcontainers' with_bind_ports takes no host address; nodes publish on
         # 127.0.0.1 only, so the mapping is set directly.
@@ -332,10 +328,8 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
 
     def _take_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
-        node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
-        ports = self.adapter.container_ports()
-        if ports["ws"] == ports["http"]:  # one listener for both (anvil): one published port
-            node.ws_port = node.http_port
+        roles = self.adapter.port_roles
+        node.ports = dict(zip(roles, self._ports.take(len(roles)), strict=True))
         self.shared.save()
 
     def _save_logs(self, index: int) -> None:
@@ -468,7 +462,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             self._ips(),
             loss=loss,
             subnet=self.subnet,
-            keep_ports=sorted({ports["http"], ports["ws"]}),
+            keep_ports=sorted({ports[role] for role in self.adapter.api_ports}),
         )
 
     def _apply_filters(self, indexes: Sequence[int] | None = None) -> None:

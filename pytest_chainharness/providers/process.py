@@ -106,14 +106,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         )
 
     def ports(self, index: int) -> dict[str, int]:
-        node = self.testnet.nodes[index]
-        return {
-            "rpc": node.http_port,
-            # The client says where it serves WebSocket (anvil: on its HTTP port).
-            "ws": int(self.adapter.ws_url(node).rsplit(":", 1)[1]),
-            "p2p": node.p2p_port,
-            "authrpc": node.authrpc_port,
-        }
+        return dict(self.testnet.nodes[index].ports)
 
     def admin_url(self, index: int) -> str:
         return f"ipc://{admin_dir(self.run_id) / self.testnet.nodes[index].name}.ipc"
@@ -153,7 +146,9 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         binary = self._binary(index)
         # Never seal from the first moment: a signer that seals on a stale head forks the
         # chain. The chain layer starts sealing once the node has caught up.
-        argv = self.adapter.command(self.testnet, node, self._place(index, binary), seal=False)
+        place = self._place(index, binary)
+        argv = self.adapter.command(self.testnet, node, place, seal=False)
+        extra_env = self.adapter.environment(self.testnet, node, place)
         previous = self._children.pop(index, None)
         if previous is not None:
             previous.poll()  # it crashed or was killed elsewhere: collect its exit status
@@ -168,7 +163,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 cwd=self.datadir(index),
-                env={**os.environ, RUN_MARKER: self.run_id},
+                env={**os.environ, **extra_env, RUN_MARKER: self.run_id},
                 process_group=0,
             )
         self._children[index] = proc
@@ -216,7 +211,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             child.wait(timeout=5)
 
     def stop(self, index: int, *, timeout: float = 10.0) -> None:
-        self._signal_and_wait(index, signal.SIGTERM, timeout)
+        self._signal_and_wait(index, self.adapter.stop_signal, timeout)
 
     def kill(self, index: int) -> None:
         self._signal_and_wait(index, signal.SIGKILL, 5.0)
@@ -253,7 +248,8 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
 
     def reassign_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
-        node.p2p_port, node.http_port, node.ws_port, node.authrpc_port = self._ports.take(4)
+        roles = self.adapter.port_roles
+        node.ports = dict(zip(roles, self._ports.take(len(roles)), strict=True))
         # The node's own files name its listen address; the others' name it as a peer.
         self.adapter.write_files(self.testnet, node, self.datadir(index), self._place(index))
         for other in self.testnet.nodes:
@@ -288,7 +284,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         return "127.0.0.1"
 
     def _p2p_upstream(self, index: int) -> str:
-        return f"127.0.0.1:{self.testnet.nodes[index].p2p_port}"
+        return f"127.0.0.1:{self.testnet.nodes[index].ports['p2p']}"
 
     # -- teardown and attach ---------------------------------------------------------------
 

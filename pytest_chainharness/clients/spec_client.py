@@ -1,0 +1,329 @@
+"""The adapter for a client spec file: N nodes of a team's own binary, from YAML alone.
+
+What the spec says, in the order the harness does it (process backend)::
+
+    network_init   once, in <run>/network            {nodes} {network_dir} {seed}
+    node_init      once per node, in its home         + {index} {name} {home} {host} {bind} {port.X}
+    node_id        per node, its output is {id}
+    files, start   at every start                     + {id} {peer} {peers} {all_peers}
+
+Heads, peer counts and readiness are the spec's HTTP probes; the node agents follow the
+head probe. ``{peers}`` are rendered at each start, so a node restarted after another
+one moved ports dials the new address.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._errors import NetworkStartError, UnsupportedAction
+from .._rpc import RPCError, dig, http_json
+from .._testnet import NodeSpec, Testnet
+from ._files import edit_file
+from .base import Head, Helper, Placement, Repairer
+from .spec import ClientSpec, Probe, find_spec_binary, render
+
+if TYPE_CHECKING:
+    from ..chain import Chain
+
+__all__ = ["SpecAdapter"]
+
+#: Longest a network_init, node_init or node_id command may take.
+COMMAND_TIMEOUT = 120.0
+_ID_FILE = ".chainharness-id"
+_NETWORK_LOCK = threading.Lock()
+
+
+class SpecAdapter:
+    """Runs the nodes a ``ClientSpec`` describes."""
+
+    max_nodes = 32
+    poa = False
+    repairs = False
+
+    def __init__(self, spec: ClientSpec, root: Path | None = None) -> None:
+        self.spec = spec
+        self.root = root
+        #: What ``--chain-client`` named: the spec file (so an attached process loads it).
+        self.name = str(spec.path)
+        self.has_peers = spec.peers is not None
+        self.port_roles: tuple[str, ...] = spec.ports
+        self.api_ports: tuple[str, ...] = spec.ports
+        self.stop_signal = spec.stop_signal
+
+    @property
+    def display_name(self) -> str:
+        return self.spec.client
+
+    # -- binary ----------------------------------------------------------------------------
+
+    def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
+        if explicit or version:
+            return Path(explicit or str(version)).resolve()
+        return find_spec_binary(self.spec, root=self.root)
+
+    def version(self, binary: Path) -> str:
+        if self.spec.version is None:
+            return "unknown"
+        argv = self._argv(self.spec.version, str(binary), {})
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+        return lines[0].strip() if lines and done.returncode == 0 else "unknown"
+
+    # -- layout ----------------------------------------------------------------------------
+
+    def write_files(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement
+    ) -> None:
+        datadir.mkdir(parents=True, exist_ok=True)
+        network_dir = _network_dir(datadir)
+        with _NETWORK_LOCK:
+            marker = network_dir / ".chainharness-initialised"
+            if not marker.exists():
+                network_dir.mkdir(parents=True, exist_ok=True)
+                values = self._network_values(testnet, network_dir)
+                for command in self.spec.network_init:
+                    self._run(command, place.binary, values, network_dir, "network_init")
+                marker.touch()
+        values = self._node_values(testnet, node, place)
+        home = Path(values["home"])
+        home.mkdir(parents=True, exist_ok=True)
+        initialised = datadir / ".chainharness-node-initialised"
+        if not initialised.exists():
+            for command in self.spec.node_init:
+                self._run(command, place.binary, values, home, f"{node.name}: node_init")
+            initialised.touch()
+        if self.spec.node_id is not None:
+            out = self._run(self.spec.node_id, place.binary, values, home, f"{node.name}: node_id")
+            lines = [line.strip() for line in out.splitlines() if line.strip()]
+            if not lines:
+                argv = self._argv(self.spec.node_id, place.binary, values)
+                raise NetworkStartError(
+                    f"{node.name}: node_id `{shlex.join(argv)}` printed nothing (its output "
+                    "is the node's {id})"
+                )
+            (datadir / _ID_FILE).write_text(lines[-1])
+
+    def init_command(self, place: Placement) -> list[str]:
+        return []  # node_init ran in write_files, where its output is read
+
+    def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
+        return None  # {peers} are rendered at every start
+
+    def container_ports(self) -> dict[str, int]:
+        raise UnsupportedAction(
+            f"client {self.spec.client} ({self.spec.path}): spec clients run on the process "
+            "backend in this version"
+        )
+
+    def command(
+        self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
+    ) -> list[str]:
+        values = self._full_values(testnet, node, place)
+        for target, settings in self.spec.files.items():
+            rendered = {
+                key: render(value, values) if isinstance(value, str) else value
+                for key, value in settings.items()
+            }
+            edit_file(Path(render(target, values)), rendered)
+        return self._argv(self.spec.start, place.binary, values)
+
+    def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        values = self._full_values(testnet, node, place)
+        return {name: render(value, values) for name, value in self.spec.env.items()}
+
+    def agent_args(self, node: NodeSpec) -> list[str]:
+        values = self._probe_values(node)
+        probes = {"head": _rendered(self.spec.head, values)}
+        if self.spec.peers is not None:
+            probes["peers"] = _rendered(self.spec.peers, values)
+        return ["--probe", json.dumps(probes)]
+
+    def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
+        return None  # a spec client produces blocks on its own
+
+    def helpers(
+        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
+    ) -> list[Helper]:
+        return []
+
+    def repairer(self, chain: Chain) -> Repairer | None:
+        return None
+
+    def ws_url(self, node: NodeSpec) -> str:
+        port = node.ports.get("ws")
+        if port is None:
+            raise UnsupportedAction(f"client {self.spec.client} has no port named ws")
+        return f"ws://{node.host}:{port}"
+
+    def port_conflict(self, log_text: str) -> bool:
+        return "address already in use" in log_text.lower()
+
+    # -- probes ----------------------------------------------------------------------------
+
+    def head(self, node: NodeSpec) -> Head:
+        answer = self._ask(self.spec.head, node)
+        height = _as_int(
+            dig(answer, self.spec.head.paths["height"]), self.spec.head.paths["height"]
+        )
+        if "hash" in self.spec.head.paths:
+            return Head(height, str(dig(answer, self.spec.head.paths["hash"])))
+        return Head(height, str(height))
+
+    def peer_count(self, node: NodeSpec) -> int:
+        if self.spec.peers is None:
+            return 0
+        answer = self._ask(self.spec.peers, node)
+        return _as_int(dig(answer, self.spec.peers.paths["count"]), self.spec.peers.paths["count"])
+
+    def check_ready(self, node: NodeSpec) -> None:
+        ready = self.spec.ready
+        if ready is None:
+            self.head(node)
+            return
+        kind, value = ready
+        values = self._probe_values(node)
+        if kind == "http":
+            http_json_or_status(render(value, values))
+        elif kind == "tcp":
+            import socket
+
+            host, _, port = render(value, values).rpartition(":")
+            try:
+                socket.create_connection((host, int(port)), timeout=2).close()
+            except OSError as exc:
+                raise RPCError(f"tcp {host}:{port}: {exc}") from exc
+        else:
+            argv = self._argv(value, self.spec.binary, values)
+            done = subprocess.run(argv, capture_output=True, timeout=10)
+            if done.returncode != 0:
+                raise RPCError(f"`{shlex.join(argv)}` exited with {done.returncode}")
+        self.head(node)
+
+    def _ask(self, probe: Probe, node: NodeSpec) -> Any:
+        values = self._probe_values(node)
+        body = render(probe.body, values) if probe.body is not None else None
+        return http_json(render(probe.url, values), method=probe.method, body=body)
+
+    # -- placeholders ----------------------------------------------------------------------
+
+    def _network_values(self, testnet: Testnet, network_dir: Path) -> dict[str, str]:
+        return {
+            "nodes": str(len(testnet.nodes)),
+            "network_dir": str(network_dir),
+            "seed": str(testnet.seed),
+        }
+
+    def _node_values(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        values = self._network_values(testnet, _network_dir(Path(place.datadir)))
+        values.update(index=str(node.index), name=node.name)
+        values["home"] = (
+            render(self.spec.home, values) if self.spec.home is not None else place.datadir
+        )
+        values.update(host=node.host, bind=place.listen)
+        values.update({f"port.{role}": str(port) for role, port in place.ports.items()})
+        return values
+
+    def _probe_values(self, node: NodeSpec) -> dict[str, str]:
+        values = {"host": node.host, "index": str(node.index), "name": node.name}
+        values.update({f"port.{role}": str(port) for role, port in node.ports.items()})
+        return values
+
+    def _full_values(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        nodes_dir = Path(place.datadir).parent
+        own = self._node_values(testnet, node, place)
+        peers: list[str] = []
+        for other in testnet.nodes:
+            theirs = dict(own)
+            theirs.update(index=str(other.index), name=other.name, host=other.host)
+            theirs.update({f"port.{role}": str(port) for role, port in other.ports.items()})
+            id_file = nodes_dir / other.name / _ID_FILE
+            if self.spec.node_id is not None:
+                theirs["id"] = id_file.read_text().strip() if id_file.exists() else ""
+            peer = render(self.spec.peer, theirs) if self.spec.peer is not None else ""
+            peers.append(peer)
+            if other.index == node.index:
+                own["peer"] = peer
+                if "id" in theirs:
+                    own["id"] = theirs["id"]
+        own["peers"] = ",".join(p for i, p in enumerate(peers) if i != node.index)
+        own["all_peers"] = ",".join(peers)
+        return own
+
+    def _argv(self, template: Sequence[str], binary: str, values: dict[str, str]) -> list[str]:
+        argv = [render(part, values) for part in template]
+        # The spec names its binary by the binary: key; the harness runs the one it found.
+        if argv and argv[0] == self.spec.binary:
+            argv[0] = binary
+        return argv
+
+    def _run(
+        self, template: Sequence[str], binary: str, values: dict[str, str], cwd: Path, what: str
+    ) -> str:
+        argv = self._argv(template, binary, values)
+        try:
+            done = subprocess.run(
+                argv,
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.spec.env},
+            )
+        except subprocess.TimeoutExpired:
+            raise NetworkStartError(
+                f"{what}: `{shlex.join(argv)}` did not finish within {COMMAND_TIMEOUT:g}s"
+            ) from None
+        except OSError as exc:
+            raise NetworkStartError(f"{what}: `{shlex.join(argv)}` cannot run: {exc}") from None
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:]) or "(no output)"
+            raise NetworkStartError(
+                f"{what}: `{shlex.join(argv)}` exited with status {done.returncode}; "
+                f"its last output:\n{tail}"
+            )
+        return done.stdout
+
+
+def http_json_or_status(url: str) -> None:
+    """A readiness URL answers 2xx (any body)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            response.read()
+    except (OSError, urllib.error.URLError) as exc:
+        raise RPCError(f"GET {url}: {exc}") from exc
+
+
+def _rendered(probe: Probe, values: dict[str, str]) -> dict[str, Any]:
+    return {
+        "url": render(probe.url, values),
+        "method": probe.method,
+        "body": render(probe.body, values) if probe.body is not None else None,
+        "paths": dict(probe.paths),
+    }
+
+
+def _network_dir(datadir: Path) -> Path:
+    # <run>/nodes/<name> → <run>/network
+    return datadir.parent.parent / "network"
+
+
+def _as_int(value: Any, path: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise RPCError(f"{path!r} is {value!r}, not a number") from None
