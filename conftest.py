@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_chainharness._errors import ToolNotFound
-from pytest_chainharness.tools import find_anvil, find_geth
+from pytest_chainharness.tools import find_anvil, find_cometbft, find_geth
 
 ROOT = Path(__file__).resolve().parent
 
@@ -33,6 +33,13 @@ def anvil_required() -> None:
     missing = _missing(find_anvil)
     if missing:
         pytest.skip(f"anvil is not installed on this machine: {missing}")
+
+
+@pytest.fixture(scope="session")
+def cometbft_required() -> None:
+    missing = _missing(find_cometbft)
+    if missing:
+        pytest.skip(f"cometbft is not installed on this machine: {missing}")
 
 
 @pytest.fixture(scope="session")

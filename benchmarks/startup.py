@@ -2,6 +2,11 @@
 
     .venv/bin/python benchmarks/startup.py [--backend process|docker|both]
                                            [--sizes 1 4 8 16] [--runs 5] [--no-compose]
+    .venv/bin/python benchmarks/startup.py --client cometbft [--runs 5]
+
+``--client cometbft``: 4 CometBFT nodes on processes until every node has 3 peers and a
+height >= 2, started by the harness (its spec file) and, interleaved in the same run, by
+the hand-written script ``benchmarks/cometbft_by_hand.sh`` (the baseline).
 
 With the docker backend, the same run also times the baseline a user would write by
 hand: a docker-compose file for the same 4 geth nodes, same image and same datadirs,
@@ -32,7 +37,7 @@ from pytest_chainharness._rpc import RPCError, rpc_call
 from pytest_chainharness._start import launch
 from pytest_chainharness._testnet import NodeSpec
 from pytest_chainharness.chain import Chain
-from pytest_chainharness.clients import GethAdapter
+from pytest_chainharness.clients import GethAdapter, get_client
 from pytest_chainharness.providers import ProcessProvider, default_image
 from pytest_chainharness.providers.docker import DockerProvider
 
@@ -155,6 +160,102 @@ def wait_ready(nodes: list[NodeSpec], deadline: float) -> None:
     raise TimeoutError("the compose network was not ready in 120 s")
 
 
+def cometbft_harness_run(nodes: int, seed: int) -> dict[str, float]:
+    adapter = get_client("cometbft", root=ROOT)
+    with tempfile.TemporaryDirectory(prefix="chainharness-bench-") as tmp:
+        testnet = build_testnet(
+            nodes=nodes, client="cometbft", period=1, seed=seed, accounts=1,
+            port_roles=adapter.port_roles,
+        )  # fmt: skip
+        provider = ProcessProvider(
+            testnet, adapter, run_dir=Path(tmp), run_id=f"bench-{seed}",
+            binary=adapter.find_binary(),
+        )  # fmt: skip
+        chain = Chain(testnet, provider, adapter)
+        phases: dict[str, float] = {}
+        t0 = time.perf_counter()
+        launch(chain, phases=phases)
+        chain.wait_for_height(2, timeout=30)
+        ready = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        provider.teardown()
+        teardown = time.perf_counter() - t1
+    return {"ready_s": ready, "teardown_s": teardown, **phases}
+
+
+def cometbft_by_hand_run(nodes: int) -> dict[str, float]:
+    import signal
+
+    from pytest_chainharness._ports import PortAllocator
+    from pytest_chainharness._proc import kill_pids
+    from pytest_chainharness._rpc import dig, http_json
+
+    binary = get_client("cometbft", root=ROOT).find_binary()
+    ports = PortAllocator().take(2 * nodes)
+    with tempfile.TemporaryDirectory(prefix="chainharness-bench-hand-") as tmp:
+        t0 = time.perf_counter()
+        out = subprocess.run(
+            ["bash", str(ROOT / "benchmarks" / "cometbft_by_hand.sh"), str(binary), tmp,
+             *map(str, ports)],
+            capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        pids = [int(p) for p in out.stdout.split()]
+        deadline = time.monotonic() + 60
+        pending = set(range(nodes))
+        while pending:
+            for i in list(pending):
+                rpc = f"http://127.0.0.1:{ports[2 * i + 1]}"
+                try:
+                    height = int(
+                        dig(http_json(f"{rpc}/status"), "result.sync_info.latest_block_height")
+                    )
+                    peers = int(dig(http_json(f"{rpc}/net_info"), "result.n_peers"))
+                except RPCError:
+                    continue
+                if height >= 2 and peers == nodes - 1:
+                    pending.discard(i)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"by-hand CometBFT network not ready: {sorted(pending)}")
+            time.sleep(0.05)
+        ready = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        kill_pids(pids, sig=signal.SIGTERM, timeout=10)
+        teardown = time.perf_counter() - t1
+    return {"ready_s": ready, "teardown_s": teardown}
+
+
+def cometbft_main(runs: int) -> int:
+    adapter = get_client("cometbft", root=ROOT)
+    ours: list[dict[str, float]] = []
+    hand: list[dict[str, float]] = []
+    for i in range(runs):
+        # Interleaved, so both see the same machine.
+        ours.append(cometbft_harness_run(4, 9000 + i))
+        hand.append(cometbft_by_hand_run(4))
+    h = {key: summarize([r[key] for r in ours]) for key in ours[0]}
+    b = {key: summarize([r[key] for r in hand]) for key in hand[0]}
+    ratio = h["ready_s"]["median"] / b["ready_s"]["median"]
+    result = {
+        "client": f"cometbft {adapter.version(adapter.find_binary())}",
+        "runs": runs,
+        "goal": "harness ready within 1.2x of the hand-written script",
+        "harness_4": h,
+        "by_hand_4": b,
+        "ratio_harness_over_hand": ratio,
+    }
+    print(json.dumps(result, indent=2))
+    print(f"\n4 CometBFT nodes on processes, median of {runs} (min-max), peered and height >= 2")
+    print(f"{'':>10}  {'ready_s':>18}  {'teardown_s':>18}")
+    for name, row in (("harness", h), ("by hand", b)):
+        cells = [
+            f"{row[k]['median']:.2f} ({row[k]['min']:.2f}-{row[k]['max']:.2f})"
+            for k in ("ready_s", "teardown_s")
+        ]
+        print(f"{name:>10}  {cells[0]:>18}  {cells[1]:>18}")
+    print(f"harness / by hand (ready): x{ratio:.2f}")
+    return 0
+
+
 def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -177,7 +278,10 @@ def main() -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-compose", action="store_true", help="skip the compose baseline")
+    parser.add_argument("--client", choices=["geth", "cometbft"], default="geth")
     args = parser.parse_args()
+    if args.client == "cometbft":
+        return cometbft_main(args.runs)
     adapter = GethAdapter(root=ROOT)
     backends = ["process", "docker"] if args.backend == "both" else [args.backend]
     results: dict[str, object] = {

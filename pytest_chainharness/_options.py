@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from ._errors import ChainHarnessError
-from .clients import CLIENTS, available_clients
+from .clients import CLIENTS, SPEC_CLIENTS, available_clients
+from .clients.spec import ClientSpecError, is_spec_path, load_spec
 from .providers import BACKENDS, default_image
 
 __all__ = ["Settings", "add_options", "read_settings"]
@@ -224,16 +225,26 @@ def read_settings(config: pytest.Config) -> Settings:
         clients = available_clients()
     except ChainHarnessError as exc:
         raise pytest.UsageError(f"{where}: {exc}") from None
-    if client not in clients:
-        if Path(client).suffix in (".yaml", ".yml", ".toml", ".json"):
-            raise pytest.UsageError(
-                f"{where}={client}: node spec files are not supported by this version; "
-                f"choose one of: {', '.join(clients)}"
-            )
+    spec_client = is_spec_path(client) or client in SPEC_CLIENTS
+    if is_spec_path(client):
+        from .clients.spec_client import SpecAdapter
+
+        path = Path(client).expanduser()
+        if not path.is_absolute():
+            path = (config.invocation_params.dir / path).resolve()
+        try:
+            load_spec(path, root=config.rootpath)
+        except ClientSpecError as exc:
+            raise pytest.UsageError(f"{where}: {exc}") from None
+        client = str(path)
+        max_for_client = SpecAdapter.max_nodes
+    elif client not in clients and client not in SPEC_CLIENTS:
         raise pytest.UsageError(
-            f"{where}={client!r}: unknown client; choose one of: {', '.join(clients)}"
+            f"{where}={client!r}: unknown client; choose one of: {', '.join(clients)} "
+            "or the path of a client spec file (.yaml)"
         )
-    max_for_client = clients[client].max_nodes
+    else:
+        max_for_client = clients[client].max_nodes
     if nodes > max_for_client:
         raise pytest.UsageError(
             f"--chain-nodes={nodes}: the {client} client runs at most {max_for_client} "
@@ -244,6 +255,13 @@ def read_settings(config: pytest.Config) -> Settings:
     backend = str(backend or "auto")
     if backend not in BACKENDS:
         raise pytest.UsageError(f"{where}={backend!r}: choose one of: {', '.join(BACKENDS)}")
+    if spec_client:
+        if backend == "docker":
+            raise pytest.UsageError(
+                f"{where}=docker: a client spec file runs on the process backend in this "
+                "version (use --chain-backend=process or auto)"
+            )
+        backend = "process"
     if backend == "docker" and not _attaching(config):
         from ._docker import engine_status
 

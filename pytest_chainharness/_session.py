@@ -27,7 +27,7 @@ from eth_account.signers.local import LocalAccount
 from filelock import FileLock
 
 from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim, claim_attached
-from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound
+from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from ._files import STATE_FILES, redact_file, write_private
 from ._options import Settings
 from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
@@ -350,6 +350,11 @@ class ChainSession:
 
     def funded_account(self) -> LocalAccount:
         """A genesis-funded account no other test of this run has been given."""
+        adapter = self.adapter()
+        if not adapter.evm:
+            raise UnsupportedAction(
+                f"funded_account: client {adapter.display_name} is not an Ethereum chain"
+            )
         if self.settings.attach is not None:
             return self._attached_account(self.settings.attach)
         return self._claim(self._testnet_for_accounts(), 1)[0]
@@ -415,7 +420,11 @@ class ChainSession:
         """What the run tested against: client, version, nodes, backend, seed (for reports)."""
         s = self.settings
         record = read_state(s.attach) if s.attach is not None else self._read()
-        info: dict[str, Any] = {"client": s.client, "nodes": s.nodes, "seed": self.run.seed}
+        info: dict[str, Any] = {
+            "client": self.adapter().display_name,
+            "nodes": s.nodes,
+            "seed": self.run.seed,
+        }
         if record is not None and record.get("status") == "up":
             info["backend"] = record.get("backend", record["provider"].get("provider"))
             info["nodes"] = len(record["provider"]["testnet"]["nodes"])

@@ -84,6 +84,8 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     retries = dict.fromkeys(range(len(chain.nodes)), 0)
     started = dict.fromkeys(range(len(chain.nodes)), time.monotonic())
     answered: set[int] = set()
+    #: The last error each node's probe gave: a head path the answer lacks says so here.
+    errors: dict[int, str] = {}
     nudged = dict(started)
     # When every node last answered RPC: only then is a missing peer a stalled dial.
     everyone_up_at: float | None = None
@@ -148,7 +150,9 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                 else:
                     ready = node.head().number >= 1
                     answered.add(node.index)
-            except RPCError:
+                errors.pop(node.index, None)
+            except RPCError as exc:
+                errors[node.index] = str(exc)
                 ready = False
             all_ready = all_ready and ready
         if len(answered) < len(chain.nodes):
@@ -160,6 +164,10 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
         if time.monotonic() >= deadline:
             slow = [n for n in chain.nodes if provider.state(n.index) is NodeState.RUNNING]
             tails = "\n".join(f"--- {n.name} (last 20 lines)\n{n.logs(20)}" for n in slow[:4])
+            if errors:
+                tails += "\nlast errors:\n" + "\n".join(
+                    f"  {chain.nodes[i].name}: {text[:400]}" for i, text in sorted(errors.items())
+                )
             raise NetworkStartError(
                 f"the network was not ready in time, waiting for {phase} "
                 f"(every node needs RPC, {expected_peers} peers and a block above genesis)\n"

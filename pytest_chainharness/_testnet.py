@@ -81,10 +81,6 @@ class NodeSpec:
         """The devp2p node id (uncompressed public key, hex, no 0x)."""
         return PrivateKey(bytes.fromhex(self.node_key)).public_key.to_bytes().hex()
 
-    @property
-    def enode(self) -> str:
-        return f"enode://{self.node_id}@{self.host}:{self.ports['p2p']}"
-
     @cached_property
     def signer_address(self) -> str:
         if not self.signer_key:

@@ -41,9 +41,14 @@ from websockets.exceptions import WebSocketException
 from websockets.sync.client import connect as ws_connect
 
 if __package__:
-    from ._rpc import RPCError, rpc_call
+    from ._rpc import RPCError, dig, http_json, rpc_call
 else:  # run as a script: the package folder is sys.path[0]
-    from _rpc import RPCError, rpc_call  # type: ignore[import-not-found,no-redef]
+    from _rpc import (  # type: ignore[import-not-found,no-redef]
+        RPCError,
+        dig,
+        http_json,
+        rpc_call,
+    )
 
 __all__ = ["main", "script_path"]
 
@@ -51,6 +56,8 @@ HEALTH_EVERY = 2.0
 # How far back the agent follows a reorg (and how many block hashes it remembers).
 REORG_DEPTH = 128
 PEERS_EVERY = 0.5
+#: How often a node without a head subscription (a client spec's) is asked for its head.
+PROBE_EVERY = 0.1
 
 
 def script_path() -> str:
@@ -220,14 +227,51 @@ class Agent:
                     self.publish_blocks_up_to(int(self.rpc("eth_blockNumber"), 16))
                 self.stop.wait(0.2)
 
+    # -- a client spec's node: its head probe, polled ------------------------------------
+
+    def ask(self, what: str) -> Any:
+        probe = self.args.probe[what]
+        answer = http_json(probe["url"], method=probe["method"], body=probe["body"])
+        return {name: dig(answer, path) for name, path in probe["paths"].items()}
+
+    def follow_probe(self) -> None:
+        """Publish the head each time it changes: a probe sees heads, not every block, so
+        heights may skip; a new hash at a height published before carries ``replaces``."""
+        while not self.stop.is_set():
+            try:
+                head = self.ask("head")
+                number = int(head["height"])
+                block_hash = str(head.get("hash", number))
+            except (RPCError, KeyError, TypeError, ValueError):
+                self.stop.wait(PROBE_EVERY)
+                continue
+            replaced = self.published.get(number)
+            if replaced != block_hash:
+                payload: dict[str, Any] = {"number": number, "hash": block_hash, "txs": []}
+                if replaced is not None:
+                    payload["replaces"] = replaced
+                self.publish("block", payload)
+                self.published[number] = block_hash
+            self.last_number = number
+            for height in [h for h in self.published if abs(h - number) > REORG_DEPTH]:
+                del self.published[height]
+            self.stop.wait(PROBE_EVERY)
+
+    def peer_count(self) -> int:
+        if self.args.probe is not None:
+            return int(self.ask("peers")["count"])
+        return int(self.rpc("net_peerCount"), 16)
+
     def watch_peers_and_health(self) -> None:
         previous: int | None = None
         last_health = 0.0
         while not self.stop.is_set():
             try:
-                count = int(self.rpc("net_peerCount"), 16) if self.args.peers else 0
+                if self.args.probe is not None and not self.args.peers:
+                    self.ask("head")  # health: the node answers
+                count = self.peer_count() if self.args.peers else 0
                 ok = True
-            except RPCError:
+            except (RPCError, KeyError, TypeError, ValueError):
                 count, ok = previous or 0, False
             if ok and self.args.peers and count != previous:
                 self.publish("peers", {"count": count, "previous": previous})
@@ -240,8 +284,9 @@ class Agent:
     def run_forever(self) -> None:
         self.client.connect_async(self.args.host, self.args.port, keepalive=10)
         self.client.loop_start()
+        follow = self.follow_heads if self.args.probe is None else self.follow_probe
         threads = [
-            threading.Thread(target=self.follow_heads, daemon=True),
+            threading.Thread(target=follow, daemon=True),
             threading.Thread(target=self.watch_peers_and_health, daemon=True),
         ]
         for thread in threads:
@@ -260,8 +305,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="chainharness node agent")
     parser.add_argument("--run", required=True)
     parser.add_argument("--node", required=True)
-    parser.add_argument("--rpc", required=True)
-    parser.add_argument("--ws", required=True)
+    parser.add_argument("--rpc", help="Ethereum JSON-RPC URL (with --ws)")
+    parser.add_argument("--ws", help="WebSocket URL for the newHeads subscription")
+    parser.add_argument(
+        "--probe", type=json.loads, help="JSON: the head (and peers) probes of a client spec"
+    )
     parser.add_argument("--broker", required=True, help="HOST:PORT")
     parser.add_argument("--user")
     parser.add_argument("--password", help="default: $CHAINHARNESS_BUS_PASSWORD")
@@ -270,6 +318,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-peers", dest="peers", action="store_false")
     parser.add_argument("--alive-while", help="exit once this path no longer exists")
     args = parser.parse_args(argv)
+    if args.probe is None and not (args.rpc and args.ws):
+        parser.error("give --rpc and --ws, or --probe")
+    if args.probe is not None and "peers" not in args.probe:
+        args.peers = False
     args.host, _, port = args.broker.rpartition(":")
     args.port = int(port)
     Agent(args).run_forever()

@@ -22,7 +22,7 @@ from web3 import Web3
 from web3.middleware import ExtraDataToPOAMiddleware
 from web3.types import TxReceipt
 
-from ._errors import ChainHarnessError, ChainTimeout
+from ._errors import ChainHarnessError, ChainTimeout, UnsupportedAction
 from ._rpc import RPCError, rpc_call
 from ._testnet import NodeSpec, Testnet
 from .clients.base import ClientAdapter, Head
@@ -93,6 +93,7 @@ class Node:
     @property
     def w3(self) -> Web3:
         """A web3 client on this node's HTTP endpoint (POA-aware for Clique clients)."""
+        self._chain._require_evm("Node.w3")
         if self._w3 is None or self._w3_url != self.rpc_url:
             w3 = Web3(Web3.HTTPProvider(self.rpc_url, request_kwargs={"timeout": 10}))
             if self._chain.adapter.poa:
@@ -270,7 +271,14 @@ class Chain:
 
     @property
     def client(self) -> str:
-        return self.testnet.client
+        return self.adapter.display_name
+
+    def _require_evm(self, what: str) -> None:
+        if not self.adapter.evm:
+            raise UnsupportedAction(
+                f"{what}: client {self.adapter.display_name} is not an Ethereum chain "
+                "(no accounts, transactions or web3)"
+            )
 
     @property
     def backend(self) -> str:
@@ -448,6 +456,7 @@ class Chain:
         in a block of its own that a reorg then replaced (a tip race between signers,
         most often on the node it was sent to) must not hand back that stale receipt.
         """
+        self._require_evm("wait_for_tx")
         hex_hash = HexBytes(tx_hash).to_0x_hex()
         if nodes is None:
             self._some_running(f"tx {hex_hash}")
@@ -528,6 +537,7 @@ class Chain:
 
         Nonces are tracked per sender across calls, whichever node each one goes to.
         """
+        self._require_evm("transfer")
         node = self._entry_node() if node is None else self.node(node)
         w3 = node.w3
         with self._nonce_lock:
@@ -585,8 +595,9 @@ class Chain:
         Yields how the partition was made: ``"netfilter"`` on the docker backend (packets
         between groups dropped inside each container's namespace), ``"peers"`` on the
         process backend (client-level: peers removed through the admin API; nodes that
-        share 127.0.0.1 cannot be told apart by a packet filter). Heals on exit, also when
-        the body fails.
+        share 127.0.0.1 cannot be told apart by a packet filter), or ``"proxies"`` there
+        for clients without such an API (every peer link runs through a proxy, and the
+        links between groups are closed). Heals on exit, also when the body fails.
         """
         how = self.cut(*groups)
         try:

@@ -30,7 +30,8 @@ from ._options import DEFAULT_ACCOUNTS, DEFAULT_MAX_NODES, DEFAULT_NODES, Settin
 from ._session import events_dir, read_state, runs_root, start_network, sweep_run
 from ._testnet import random_seed
 from .chain import Chain
-from .clients import available_clients, get_client
+from .clients import SPEC_CLIENTS, available_clients, get_client
+from .clients.spec import is_spec_path, load_spec
 from .providers import BACKENDS, attach_provider, default_image
 
 __all__ = ["main"]
@@ -58,7 +59,11 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start a network and write its state file")
     up.add_argument("--chain-nodes", type=_bounded(1, DEFAULT_MAX_NODES), default=DEFAULT_NODES)
-    up.add_argument("--chain-client", choices=sorted(available_clients()), default="geth")
+    up.add_argument(
+        "--chain-client",
+        default="geth",
+        help=f"{', '.join(sorted(available_clients()))}, or the path of a client spec file",
+    )
     up.add_argument("--chain-backend", choices=BACKENDS, default="auto")
     up.add_argument("--chain-period", type=_bounded(1, 3600), default=1)
     up.add_argument("--chain-seed", type=_bounded(0, 2**63 - 1), default=None)
@@ -221,8 +226,28 @@ def _up(args: argparse.Namespace) -> int:
         else:
             print(f"chainharness: {state} already describes a network; run 'down' first")
             return 1
-    if args.chain_client == "anvil" and args.chain_nodes > 1:
-        print("chainharness: the anvil client runs at most 1 node")
+    client = str(args.chain_client)
+    backend = args.chain_backend
+    if is_spec_path(client):
+        client = str(Path(client).resolve())
+    if is_spec_path(client) or client in SPEC_CLIENTS:
+        if backend == "docker":
+            print("chainharness: a client spec file runs on the process backend")
+            return 2
+        backend = "process"
+    try:
+        adapter = get_client(client, root=Path.cwd())
+        if is_spec_path(client):
+            load_spec(Path(client), root=Path.cwd())  # the binary too
+    except (ValueError, ChainHarnessError) as exc:
+        print(f"chainharness: --chain-client={args.chain_client}: {exc}")
+        return 2
+    if args.chain_nodes > adapter.max_nodes:
+        plural = "s" if adapter.max_nodes > 1 else ""
+        print(
+            f"chainharness: the {adapter.display_name} client runs at most "
+            f"{adapter.max_nodes} node{plural}"
+        )
         return 2
     services = args.chain_services.resolve() if args.chain_services else None
     if services is not None and not services.is_file():
@@ -231,8 +256,8 @@ def _up(args: argparse.Namespace) -> int:
     settings = Settings(
         nodes=args.chain_nodes,
         max_nodes=DEFAULT_MAX_NODES,
-        client=args.chain_client,
-        backend=args.chain_backend,
+        client=client,
+        backend=backend,
         period=args.chain_period,
         seed=args.chain_seed,
         keep=True,
@@ -241,7 +266,7 @@ def _up(args: argparse.Namespace) -> int:
         signers=None,
         start_timeout=args.start_timeout,
         chain_id=1337,
-        image=args.chain_image or default_image(args.chain_client),
+        image=args.chain_image or default_image(client),
         services=services,
     )
     run_id = f"ch-{secrets.token_hex(4)}"

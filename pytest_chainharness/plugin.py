@@ -190,7 +190,7 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         adapter = get_client(s.client, root=config.rootpath)
         try:
             binary = adapter.find_binary(explicit=s.binary)
-            client = f"{s.client} {adapter.version(binary)} ({binary})"
+            client = f"{adapter.display_name} {adapter.version(binary)} ({binary})"
         except ToolNotFound as exc:
             client = f"{s.client} NOT FOUND: {exc}"
     lines = [

@@ -28,7 +28,7 @@ fi
 
 export CHAINHARNESS_TOOLS="$PWD/.tools"
 tools=(geth toxiproxy)
-.venv/bin/python -m pytest_chainharness.tools install geth toxiproxy --dest .tools
+.venv/bin/python -m pytest_chainharness.tools install geth toxiproxy cometbft --dest .tools
 if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
   tools+=(anvil)

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from pytest_chainharness._rpc import RPCError
 from pytest_chainharness.agent import REORG_DEPTH, Agent
 
 
@@ -227,3 +228,46 @@ class TestTipRace:
         agent.publish_blocks_up_to(8)
         assert published(agent)[-1:] == [(8, "0xturn-8")]
         assert [n for n, _ in published(agent)].count(8) == 1
+
+
+class ProbeAgent(Agent):
+    """An agent on a client spec's head probe, answered from a script of heads."""
+
+    def __init__(self, args: argparse.Namespace, heads: list[tuple[int, str] | None]) -> None:
+        super().__init__(args)
+        self.heads = list(heads)
+        self.events: list[dict[str, Any]] = []
+
+    def ask(self, what: str) -> Any:
+        assert what == "head"
+        if not self.heads:
+            self.stop.set()
+            raise RPCError("script done")
+        head = self.heads.pop(0)
+        if head is None:
+            raise RPCError("the node does not answer")
+        return {"height": head[0], "hash": head[1]}
+
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        self.events.append(payload)
+
+
+def test_a_probed_node_publishes_each_new_head_and_what_replaced_what(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        run="r", node="node0", broker="127.0.0.1:1", user=None, password=None,
+        record=None, own=str(tmp_path / "own.jsonl"), probe={"head": {}},
+    )  # fmt: skip
+    heads = [(1, "a1"), (1, "a1"), (3, "a3"), None, (3, "b3"), (2, "a2"), (4, "b4")]
+    agent = ProbeAgent(args, heads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("pytest_chainharness.agent.PROBE_EVERY", 0.0)
+        agent.follow_probe()
+    agent.own.close()
+    assert agent.events == [
+        {"number": 1, "hash": "a1", "txs": []},
+        # A probe sees heads: height 2 was never the head when it looked.
+        {"number": 3, "hash": "a3", "txs": []},
+        {"number": 3, "hash": "b3", "txs": [], "replaces": "a3"},
+        {"number": 2, "hash": "a2", "txs": []},
+        {"number": 4, "hash": "b4", "txs": []},
+    ]

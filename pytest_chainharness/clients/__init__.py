@@ -17,10 +17,12 @@ from .._errors import ChainHarnessError
 from .anvil import AnvilAdapter
 from .base import ClientAdapter
 from .geth import GethAdapter
+from .spec import is_spec_path, load_spec
 
 __all__ = [
     "CLIENTS",
     "ENTRY_POINT_GROUP",
+    "SPEC_CLIENTS",
     "AnvilAdapter",
     "ClientAdapter",
     "GethAdapter",
@@ -33,6 +35,13 @@ CLIENTS: dict[str, type[GethAdapter] | type[AnvilAdapter]] = {
     "geth": GethAdapter,
     "anvil": AnvilAdapter,
 }
+#: Built-in clients that are spec files shipped with the package, and their install command.
+SPEC_CLIENTS: dict[str, tuple[Path, str]] = {
+    "cometbft": (
+        Path(__file__).parent / "specs" / "cometbft.yaml",
+        "python -m pytest_chainharness.tools install cometbft",
+    ),
+}
 ENTRY_POINT_GROUP = "pytest_chainharness.clients"
 
 
@@ -40,7 +49,10 @@ def available_clients() -> dict[str, Any]:
     """Every client by name: the built-in ones, then those packages register (a package
     cannot replace a built-in name). A registered class that does not load is a
     ``ChainHarnessError`` naming the entry point."""
+    from .spec_client import SpecAdapter
+
     found: dict[str, Any] = dict(CLIENTS)
+    found.update(dict.fromkeys(SPEC_CLIENTS, SpecAdapter))
     for point in entry_points(group=ENTRY_POINT_GROUP):
         if point.name in found:
             continue
@@ -55,7 +67,17 @@ def available_clients() -> dict[str, Any]:
 
 
 def get_client(name: str, *, root: Path | None = None) -> ClientAdapter:
-    """The adapter for ``name``; ``ValueError`` listing the clients when unknown."""
+    """The adapter for ``name``, or for the client spec file it names; ``ValueError``
+    listing the clients when unknown, ``ClientSpecError`` for a spec that does not
+    validate."""
+    if is_spec_path(name) or name in SPEC_CLIENTS:
+        from dataclasses import replace
+
+        from .spec_client import SpecAdapter
+
+        path, install = SPEC_CLIENTS.get(name, (Path(name), ""))
+        spec = replace(load_spec(path, root=root, check_binary=False), install=install or None)
+        return SpecAdapter(spec, root=root, name=name)
     clients = available_clients()
     try:
         cls = clients[name]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import urllib.request
 
-from .._rpc import rpc_call
+from .._rpc import RPCError, rpc_call
 from .._testnet import NodeSpec
 from .base import Head
 
@@ -29,6 +31,30 @@ class EthereumQueries:
     def head(self, node: NodeSpec) -> Head:
         block = rpc_call(node.rpc_url, "eth_getBlockByNumber", ["latest", False], timeout=2.0)
         return Head(int(block["number"], 16), str(block["hash"]))
+
+    def block_hashes(self, node: NodeSpec, first: int, last: int) -> dict[int, str] | None:
+        """Block hashes ``first..last`` from one node, in one JSON-RPC batch."""
+        batch = [
+            {"jsonrpc": "2.0", "id": n, "method": "eth_getBlockByNumber", "params": [hex(n), False]}
+            for n in range(first, last + 1)
+        ]
+        request = urllib.request.Request(
+            node.rpc_url,
+            data=json.dumps(batch).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                answers = json.loads(reply.read())
+        except (OSError, ValueError) as exc:
+            raise RPCError(f"eth_getBlockByNumber batch to {node.rpc_url}: {exc}") from exc
+        found = {}
+        for answer in answers:
+            block = answer.get("result")
+            if not block:
+                raise RPCError(f"{node.name} has no block {answer.get('id')}: {answer}")
+            found[int(answer["id"])] = str(block["hash"])
+        return found
 
     def peer_count(self, node: NodeSpec) -> int:
         return int(rpc_call(node.rpc_url, "net_peerCount", timeout=2.0), 16)

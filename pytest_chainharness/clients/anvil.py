@@ -23,6 +23,9 @@ class AnvilAdapter(EthereumQueries):
     """One anvil node, initialised from the same genesis accounts a geth network has."""
 
     name = "anvil"
+    evm = True
+    admin_peering = False
+    peer_roles: tuple[str, ...] = ()
     max_nodes = 1
     poa = False
     has_peers = False
@@ -34,6 +37,10 @@ class AnvilAdapter(EthereumQueries):
         self._root = root
         #: Project root: where the tools folder (.tools) is looked up.
         self.root = root
+
+    @property
+    def display_name(self) -> str:
+        return self.name
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
         return find_anvil(explicit=explicit or version, root=self._root)
@@ -84,6 +91,9 @@ class AnvilAdapter(EthereumQueries):
         self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
     ) -> list[Helper]:
         return []
+
+    def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
+        return ""  # one node: no peers
 
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
         return {}

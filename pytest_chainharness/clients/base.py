@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -80,10 +80,20 @@ class Placement:
     peers: tuple[str, ...]
     #: The admin socket the node listens on (see ``Provider.admin_url``).
     ipc_path: str = ""
+    #: Peer index → ports (by role) this node dials that peer at, when they are not the
+    #: peer's own: its links' proxies (see ``providers/_links.py``).
+    peer_routes: dict[int, dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def local(
-        cls, testnet: Testnet, node: NodeSpec, datadir: Path, binary: Path, ipc_path: str = ""
+        cls,
+        testnet: Testnet,
+        node: NodeSpec,
+        datadir: Path,
+        binary: Path,
+        ipc_path: str = "",
+        peers: tuple[str, ...] = (),
+        peer_routes: dict[int, dict[str, int]] | None = None,
     ) -> Placement:
         return cls(
             datadir=str(datadir),
@@ -91,7 +101,8 @@ class Placement:
             listen=node.host,
             ports=dict(node.ports),
             netrestrict="127.0.0.0/8",
-            peers=tuple(n.enode for n in testnet.nodes if n.index != node.index),
+            peers=peers,
+            peer_routes=dict(peer_routes or {}),
             ipc_path=ipc_path,
         )
 
@@ -100,8 +111,13 @@ class Placement:
 class ClientAdapter(Protocol):
     """How to prepare and run one kind of node."""
 
-    #: Name used on the command line (``--chain-client``).
+    #: Name used on the command line (``--chain-client``; a spec file's path).
     name: str
+    #: An Ethereum chain: accounts, transfers, ``w3`` (others raise ``UnsupportedAction``).
+    evm: bool
+    #: Peers are added and removed through the admin channel (``admin_addPeer``): what
+    #: partitions and latency use on the process backend.
+    admin_peering: bool
     #: Largest network this client can form (anvil: 1).
     max_nodes: int
     #: Blocks carry more than 32 bytes of extraData (Clique); web3 needs the POA middleware.
@@ -115,8 +131,15 @@ class ClientAdapter(Protocol):
     api_ports: tuple[str, ...]
     #: What a graceful stop sends.
     stop_signal: signal.Signals
+    #: The port roles a peer address names (what a link proxy must carry).
+    peer_roles: tuple[str, ...]
     #: Project root: where the tools folder (``.tools``) is looked up; None: the default.
     root: Path | None
+
+    @property
+    def display_name(self) -> str:
+        """Name in the header, reports and the gate verdict."""
+        ...
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
         """The binary for ``version`` (default when None); raises ``ToolNotFound``."""
@@ -167,6 +190,11 @@ class ClientAdapter(Protocol):
         """The node's WebSocket endpoint."""
         ...
 
+    def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
+        """How the other nodes dial ``node`` at ``host`` with ``ports`` (geth: its enode
+        URL); "" for a client that names its peers itself (a spec's ``{peers}``)."""
+        ...
+
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
         """Variables the node's process gets besides the harness's environment."""
         ...
@@ -187,6 +215,11 @@ class ClientAdapter(Protocol):
 
     def peer_count(self, node: NodeSpec) -> int:
         """How many peers the node has (asked only when ``has_peers``)."""
+        ...
+
+    def block_hashes(self, node: NodeSpec, first: int, last: int) -> dict[int, str] | None:
+        """The hash of each block ``first..last`` on the node (scenarios' fork check);
+        None when the client tells only its head."""
         ...
 
     def repairer(self, chain: Chain) -> Repairer | None:

@@ -67,6 +67,9 @@ class GethAdapter(EthereumQueries):
     """Runs geth nodes as Clique signers peered through static nodes."""
 
     name = "geth"
+    evm = True
+    admin_peering = True
+    peer_roles: tuple[str, ...] = ("p2p",)
     max_nodes = 64
     poa = True
     has_peers = True
@@ -78,6 +81,10 @@ class GethAdapter(EthereumQueries):
         #: Project root: where the tools folder (.tools) is looked up.
         self.root = root
         self.extra_args = list(extra_args or [])
+
+    @property
+    def display_name(self) -> str:
+        return self.name  # a registered subclass names itself
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
         return find_geth(version=version, explicit=explicit, root=self._root)
@@ -185,6 +192,9 @@ class GethAdapter(EthereumQueries):
         if node.signer and seal:
             argv.append("--mine")
         return argv + self.extra_args
+
+    def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
+        return f"enode://{node.node_id}@{host}:{ports['p2p']}"
 
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
         return {}

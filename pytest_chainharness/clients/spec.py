@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _yaml
-from .._errors import ChainHarnessError
+from .._errors import ChainHarnessError, ToolNotFound
 
 __all__ = [
     "ClientSpec",
@@ -55,6 +55,10 @@ _ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 class ClientSpecError(ChainHarnessError):
     """A spec file that does not validate (``file:line: key: what`` in the text)."""
+
+
+class SpecBinaryNotFound(ClientSpecError, ToolNotFound):
+    """The spec's binary is missing or not executable."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,8 @@ class ClientSpec:
     metrics: str | None = None
     #: ``module:Class`` of a Python adapter for what YAML cannot say.
     adapter: str | None = None
+    #: How to install the binary (a built-in spec's hint; not a spec key).
+    install: str | None = None
 
 
 def is_spec_path(value: str) -> bool:
@@ -363,7 +369,9 @@ def find_spec_binary(spec: ClientSpec, *, root: Path | None = None) -> Path:
             candidates.append(spec.path.parent / as_path)
         else:
             candidates.append(spec.path.parent / name)
-            tools = (root or Path.cwd()) / ".tools"
+            from ..tools import tools_dir
+
+            tools = tools_dir(root or Path.cwd())
             versions = sorted(
                 (tools / name).glob(f"*/{name}"), key=lambda p: _version_key(p.parent.name)
             )
@@ -375,13 +383,14 @@ def find_spec_binary(spec: ClientSpec, *, root: Path | None = None) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             if not os.access(candidate, os.X_OK):
-                raise ClientSpecError(
+                raise SpecBinaryNotFound(
                     f"{spec.path}:{line}: binary: {candidate} is not executable (chmod +x it)"
                 )
             return candidate.resolve()
-    raise ClientSpecError(
+    hint = f" (install it with: {spec.install})" if spec.install else ""
+    raise SpecBinaryNotFound(
         f"{spec.path}:{line}: binary: {name!r} not found (looked relative to the spec, in "
-        "the tools folder .tools/ and on PATH)"
+        f"the tools folder and on PATH){hint}"
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import threading
@@ -46,21 +47,23 @@ class SpecAdapter:
 
     max_nodes = 32
     poa = False
-    repairs = False
+    evm = False
+    admin_peering = False
 
-    def __init__(self, spec: ClientSpec, root: Path | None = None) -> None:
+    def __init__(self, spec: ClientSpec, root: Path | None = None, name: str = "") -> None:
         self.spec = spec
         self.root = root
-        #: What ``--chain-client`` named: the spec file (so an attached process loads it).
-        self.name = str(spec.path)
+        #: What ``--chain-client`` named (a built-in name, or the spec file's path), so an
+        #: attached process loads the same spec.
+        self.name = name or str(spec.path)
         self.has_peers = spec.peers is not None
         self.port_roles: tuple[str, ...] = spec.ports
         self.api_ports: tuple[str, ...] = spec.ports
         self.stop_signal = spec.stop_signal
-
-    @property
-    def display_name(self) -> str:
-        return self.spec.client
+        self.peer_roles: tuple[str, ...] = tuple(
+            dict.fromkeys(re.findall(r"\{port\.([a-z][a-z0-9_]*)\}", spec.peer or ""))
+        )
+        self.display_name = spec.client
 
     # -- binary ----------------------------------------------------------------------------
 
@@ -138,6 +141,9 @@ class SpecAdapter:
             edit_file(Path(render(target, values)), rendered)
         return self._argv(self.spec.start, place.binary, values)
 
+    def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
+        return ""  # the spec renders {peers} at each start
+
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
         values = self._full_values(testnet, node, place)
         return {name: render(value, values) for name, value in self.spec.env.items()}
@@ -185,6 +191,9 @@ class SpecAdapter:
             return 0
         answer = self._ask(self.spec.peers, node)
         return _as_int(dig(answer, self.spec.peers.paths["count"]), self.spec.peers.paths["count"])
+
+    def block_hashes(self, node: NodeSpec, first: int, last: int) -> dict[int, str] | None:
+        return None  # a spec's head probe tells the head only
 
     def check_ready(self, node: NodeSpec) -> None:
         ready = self.spec.ready
@@ -246,7 +255,9 @@ class SpecAdapter:
         for other in testnet.nodes:
             theirs = dict(own)
             theirs.update(index=str(other.index), name=other.name, host=other.host)
-            theirs.update({f"port.{role}": str(port) for role, port in other.ports.items()})
+            # Through the link's proxy when there is one (partitions on processes).
+            route = {**other.ports, **place.peer_routes.get(other.index, {})}
+            theirs.update({f"port.{role}": str(port) for role, port in route.items()})
             id_file = nodes_dir / other.name / _ID_FILE
             if self.spec.node_id is not None:
                 theirs["id"] = id_file.read_text().strip() if id_file.exists() else ""
@@ -262,8 +273,10 @@ class SpecAdapter:
 
     def _argv(self, template: Sequence[str], binary: str, values: dict[str, str]) -> list[str]:
         argv = [render(part, values) for part in template]
-        # The spec names its binary by the binary: key; the harness runs the one it found.
-        if argv and argv[0] == self.spec.binary:
+        # The spec names its binary by the binary: key (or that path's last part, as in
+        # `binary: /opt/x/my-chain` with `[my-chain, init]`); the harness runs the one it
+        # found.
+        if argv and argv[0] in (self.spec.binary, Path(self.spec.binary).name):
             argv[0] = binary
         return argv
 

@@ -139,7 +139,14 @@ class ToxiproxyLatency:
         self, index: int, latency_ms: int, jitter_ms: int = 0, loss: float = 0.0
     ) -> str:
         if not self.adapter.has_peers:
-            raise UnsupportedAction(f"client {self.adapter.name} has no peer links to slow down")
+            raise UnsupportedAction(
+                f"client {self.adapter.display_name} has no peer links to slow down"
+            )
+        if not self.adapter.admin_peering:
+            raise UnsupportedAction(
+                f"client {self.adapter.display_name}: latency re-routes peer links through "
+                "the client's admin API, which it has not"
+            )
         if latency_ms < 0 or jitter_ms < 0:
             raise ValueError("latency and jitter are milliseconds >= 0")
         if not 0 <= loss < 1:

@@ -21,6 +21,7 @@ __all__ = ["AdminPeering"]
 
 
 class AdminPeering:
+    name: str
     testnet: Testnet
     adapter: ClientAdapter
     shared: RunState
@@ -46,7 +47,12 @@ class AdminPeering:
 
     def partition(self, groups: Sequence[Sequence[int]]) -> str:
         if not self.adapter.has_peers:
-            raise UnsupportedAction(f"client {self.adapter.name} has no peers to partition")
+            raise UnsupportedAction(f"client {self.adapter.display_name} has no peers to partition")
+        if not self.adapter.admin_peering:
+            raise UnsupportedAction(
+                f"client {self.adapter.display_name}: a partition on the {self.name} backend "
+                "removes peers through the client's admin API, which it has not"
+            )
         group_of = {i: g for g, members in enumerate(groups) for i in members}
         self._save_partition([list(g) for g in groups])
         # Both sides drop each other (which also removes the static dial), so nobody redials.
@@ -87,6 +93,8 @@ class AdminPeering:
 
     def heal(self) -> None:
         self._save_partition(None)
+        if not self.adapter.admin_peering:
+            return  # nothing was cut (partition refuses such clients)
         # Both directions: geth waits ~35 s before redialling a node it dialled recently,
         # and either side's dial is enough to reconnect the pair.
         for a in self.testnet.nodes:
@@ -96,6 +104,8 @@ class AdminPeering:
 
     def add_peers(self, index: int) -> None:
         """Ask a node to dial every other node now (admin_addPeer is idempotent)."""
+        if not self.adapter.admin_peering:
+            return  # the client dials the peers its command line names
         for other in self.testnet.nodes:
             if other.index != index:
                 self._admin(index, "admin_addPeer", self.enode(other.index))

@@ -177,8 +177,8 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         return str(net.network_address + 10 + index)
 
     def enode(self, index: int) -> str:
-        port = self.adapter.container_ports()["p2p"]
-        return f"enode://{self.testnet.nodes[index].node_id}@{self.ip(index)}:{port}"
+        node = self.testnet.nodes[index]
+        return self.adapter.peer_address(node, self.ip(index), self.adapter.container_ports())
 
     def _place(self, index: int) -> Placement:
         ports = self.adapter.container_ports()

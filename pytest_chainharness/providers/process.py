@@ -32,6 +32,7 @@ from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
 from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
+from ._links import ProxiedLinks
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
@@ -39,7 +40,7 @@ from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
 __all__ = ["ProcessProvider"]
 
 
-class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
+class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
     """Runs a ``Testnet`` as local processes."""
 
     name = "process"
@@ -103,6 +104,8 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             self.datadir(index),
             binary or self.default_binary,
             ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
+            peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
+            peer_routes=self.peer_routes(index),
         )
 
     def ports(self, index: int) -> dict[str, int]:
@@ -155,7 +158,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         log = self.log_path(index)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            out.write(f"\n=== chainharness: starting {node.name}: {' '.join(argv)}\n".encode())
+            out.write(f"\n=== chainharness: starting {node.name}: {shlex.join(argv)}\n".encode())
             out.flush()
             proc = subprocess.Popen(
                 argv,
@@ -256,6 +259,8 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             if other.index != index:
                 self.adapter.update_peers(self.datadir(other.index), self._place(other.index).peers)
         self.shared.save()
+        if self.proxied_links():
+            self.retarget_links(index)
 
     def check_version(self, version: str) -> str:
         return str(self.adapter.find_binary(version))
@@ -275,10 +280,25 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, HelperHost):
     def client_version(self, index: int) -> str:
         return self.adapter.version(self._binary(index))
 
-    # -- partitions (client-level, from AdminPeering) -----------------------------------
+    # -- partitions (client-level, from AdminPeering; link proxies for other clients) ---
+
+    def partition(self, groups: Sequence[Sequence[int]]) -> str:
+        if not self.proxied_links():
+            return super().partition(groups)
+        self._save_partition([list(g) for g in groups])
+        self.cut_links(groups)
+        return "proxies"
+
+    def heal(self) -> None:
+        if not self.proxied_links():
+            super().heal()
+            return
+        self._save_partition(None)
+        self.cut_links(None)
 
     def enode(self, index: int) -> str:
-        return self.testnet.nodes[index].enode
+        node = self.testnet.nodes[index]
+        return self.adapter.peer_address(node, node.host, node.ports)
 
     def _proxy_host(self) -> str:
         return "127.0.0.1"

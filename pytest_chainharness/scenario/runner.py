@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -355,7 +354,14 @@ class ScenarioRun:
         first = max(1, min(self.start_height, last))
         if last < first:
             return "no blocks deep enough to compare"
-        hashes = {n.name: _hashes(n.rpc_url, first, last) for n in nodes}
+        adapter = self.chain.adapter
+        found_hashes = {n.name: adapter.block_hashes(n._spec, first, last) for n in nodes}
+        if any(found is None for found in found_hashes.values()):
+            return (
+                f"not checked: client {adapter.display_name} reports its head only, not "
+                "the block at each height"
+            )
+        hashes = {name: found for name, found in found_hashes.items() if found is not None}
         reference = nodes[0].name
         for number in range(first, last + 1):
             seen = {name: found[number] for name, found in hashes.items()}
@@ -438,20 +444,6 @@ def _receipt(node: Node, tx: str) -> Any:
         return node._rpc("eth_getTransactionReceipt", [tx])
     except RPCError:
         return None
-
-
-def _hashes(url: str, first: int, last: int) -> dict[int, str]:
-    """Block hashes ``first..last`` from one node, in one JSON-RPC batch."""
-    batch = [
-        {"jsonrpc": "2.0", "id": n, "method": "eth_getBlockByNumber", "params": [hex(n), False]}
-        for n in range(first, last + 1)
-    ]
-    request = urllib.request.Request(
-        url, data=json.dumps(batch).encode(), headers={"Content-Type": "application/json"}
-    )
-    with urllib.request.urlopen(request, timeout=30) as reply:
-        answers = json.loads(reply.read())
-    return {int(a["id"]): str((a.get("result") or {}).get("hash")) for a in answers}
 
 
 def _health_check(spec: dict[str, Any]) -> Callable[[Node], object]:

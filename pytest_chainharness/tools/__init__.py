@@ -33,6 +33,7 @@ from .._errors import ToolNotFound
 
 __all__ = [
     "ANVIL_VERSION",
+    "COMETBFT_VERSION",
     "DEFAULT_GETH_VERSION",
     "DOCTOR_TOOLS",
     "GETH_VERSIONS",
@@ -42,11 +43,13 @@ __all__ = [
     "binary_version",
     "doctor",
     "find_anvil",
+    "find_cometbft",
     "find_geth",
     "find_mosquitto",
     "find_toxiproxy",
     "geth_versions_installed",
     "install_anvil",
+    "install_cometbft",
     "install_geth",
     "install_toxiproxy",
     "tools_dir",
@@ -62,6 +65,8 @@ INSTALL_COMMAND = "python -m pytest_chainharness.tools install"
 TOXIPROXY_VERSION = "2.12.0"
 #: anvil (Foundry), the single-node development chain; npm package @foundry-rs/anvil.
 ANVIL_VERSION = "1.7.1"
+#: CometBFT with its built-in kvstore app: the first client that is not geth (a spec file).
+COMETBFT_VERSION = "0.38.26"
 
 
 def tools_dir(root: Path | None = None) -> Path:
@@ -274,6 +279,29 @@ def install_toxiproxy(*, dest: Path | None = None) -> Path:
     )
 
 
+def install_cometbft(*, dest: Path | None = None) -> Path:
+    """Build CometBFT into ``dest/cometbft/<version>/cometbft`` (the client spec
+    ``clients/specs/cometbft.yaml`` finds it there)."""
+    return _go_install(
+        f"github.com/cometbft/cometbft/cmd/cometbft@v{COMETBFT_VERSION}",
+        (dest or tools_dir()) / "cometbft" / COMETBFT_VERSION / "cometbft",
+        what=f"cometbft {COMETBFT_VERSION}",
+        ldflags="",
+        check=["version"],
+        expect=COMETBFT_VERSION,
+    )
+
+
+def find_cometbft(root: Path | None = None) -> Path:
+    built = tools_dir(root) / "cometbft" / COMETBFT_VERSION / "cometbft"
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    raise ToolNotFound(
+        f"cometbft {COMETBFT_VERSION} was not found. Install it with: {INSTALL_COMMAND} "
+        "cometbft   (builds it from the Go module proxy; needs Go)"
+    )
+
+
 def install_anvil(*, dest: Path | None = None, version: str = ANVIL_VERSION) -> Path:
     """Install anvil ``version`` from npm into ``dest/anvil``; return its native binary.
 
@@ -359,6 +387,15 @@ def _checks(root: Path | None) -> list[Check]:
     )
     checks.append(
         Check(
+            "cometbft",
+            functools.partial(find_cometbft, root=root),
+            ("version",),
+            COMETBFT_VERSION,
+            f"{INSTALL_COMMAND} cometbft",
+        )
+    )
+    checks.append(
+        Check(
             "mosquitto",
             find_mosquitto,
             ("-h",),
@@ -370,7 +407,7 @@ def _checks(root: Path | None) -> list[Check]:
 
 
 #: What ``doctor`` checks by default: everything scripts/setup.sh installs.
-DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "mosquitto")
+DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "cometbft", "mosquitto")
 
 
 def doctor(

@@ -18,12 +18,13 @@ from . import (
     find_toxiproxy,
     geth_versions_installed,
     install_anvil,
+    install_cometbft,
     install_geth,
     install_toxiproxy,
     tools_dir,
 )
 
-INSTALLABLE = ("geth", "anvil", "toxiproxy")
+INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_anvil(dest=dest, version=args.anvil_version)
             if "toxiproxy" in args.what:
                 install_toxiproxy(dest=dest)
+            if "cometbft" in args.what:
+                install_cometbft(dest=dest)
             return 0
         if args.command == "doctor":
             unknown = sorted(set(args.what) - set(DOCTOR_TOOLS))

@@ -1,0 +1,117 @@
+"""Partitions for any client on the process backend: every peer link through a proxy.
+
+Nodes on one host share 127.0.0.1, so no packet filter can tell their links apart, and
+a client without an admin API (a spec client) cannot be told to drop a peer. Instead
+each node dials each peer through its own toxiproxy listener from the start (node i's
+``{peers}`` name the proxy of link i → j, not j itself). A partition disables the links
+that cross groups (toxiproxy closes their connections and refuses new ones); healing
+enables them again. The links live in the run's one toxiproxy server, so every process
+of the run (xdist workers) sees the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from .._errors import ChainHarnessError
+from .._ports import PortAllocator
+from .._testnet import Testnet
+from ..clients.base import ClientAdapter
+from ._latency import _call
+from ._state import RunState
+
+__all__ = ["ProxiedLinks"]
+
+
+class ProxiedLinks:
+    testnet: Testnet
+    adapter: ClientAdapter
+    shared: RunState
+
+    def _toxiproxy(self) -> str:
+        raise NotImplementedError
+
+    def proxied_links(self) -> bool:
+        """Whether this run's peer links go through proxies (clients with peers and no
+        admin API to drop them)."""
+        return self.adapter.has_peers and not self.adapter.admin_peering
+
+    @staticmethod
+    def _link(source: int, target: int, role: str) -> str:
+        return f"link-{source}-{target}-{role}"
+
+    def peer_routes(self, index: int) -> dict[int, dict[str, int]]:
+        """Peer index → the ports node ``index`` dials it at (its links' listeners)."""
+        if not self.proxied_links():
+            return {}
+        links = self._ensure_links()
+        return {
+            other.index: {
+                role: links[self._link(index, other.index, role)]
+                for role in self.adapter.peer_roles
+            }
+            for other in self.testnet.nodes
+            if other.index != index
+        }
+
+    def _ensure_links(self) -> dict[str, int]:
+        """Create the run's link proxies once (any process may be first); name → port."""
+        known: dict[str, int] = self.shared.load().get("links") or {}
+        if known:
+            return known
+        api = self._toxiproxy()  # before the edit below: it edits the shared state too
+        with self.shared.edit() as data:
+            links: dict[str, int] = data.get("links") or {}
+            if links:
+                return links
+            wanted = [
+                (a.index, b.index, role)
+                for a in self.testnet.nodes
+                for b in self.testnet.nodes
+                if a.index != b.index
+                for role in self.adapter.peer_roles
+            ]
+            ports = PortAllocator().take(len(wanted))
+            for (source, target, role), port in zip(wanted, ports, strict=True):
+                name = self._link(source, target, role)
+                _call(api, "POST", "/proxies", self._proxy(name, port, target, role))
+                links[name] = port
+            data["links"] = links
+            return links
+
+    def _proxy(self, name: str, port: int, target: int, role: str) -> dict[str, Any]:
+        node = self.testnet.nodes[target]
+        return {
+            "name": name,
+            "listen": f"127.0.0.1:{port}",
+            "upstream": f"{node.host}:{node.ports[role]}",
+            "enabled": True,
+        }
+
+    def retarget_links(self, index: int) -> None:
+        """Point the links into node ``index`` at its current ports (after a port retry)."""
+        links = self.shared.load().get("links") or {}
+        if not links:
+            return
+        api = self._toxiproxy()
+        for name, port in links.items():
+            _, _, target, role = name.split("-", 3)
+            if int(target) == index:
+                body = self._proxy(name, port, index, role)
+                _call(api, "POST", f"/proxies/{name}", {"upstream": body["upstream"]})
+
+    def cut_links(self, groups: Sequence[Sequence[int]] | None) -> None:
+        """Enable exactly the links within one group (all of them for None)."""
+        links = self._ensure_links()
+        group_of = {i: g for g, members in enumerate(groups or []) for i in members}
+        api = self._toxiproxy()
+        for name in links:
+            _, source, target, _ = name.split("-", 3)
+            a, b = int(source), int(target)
+            enabled = groups is None or group_of.get(a) == group_of.get(b)
+            try:
+                _call(api, "POST", f"/proxies/{name}", {"enabled": enabled})
+            except ChainHarnessError as exc:
+                what = "heal" if enabled else "cut"
+                raise ChainHarnessError(f"cannot {what} {name}: {exc}") from None

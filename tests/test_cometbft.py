@@ -1,0 +1,115 @@
+"""CometBFT (kvstore) as a network: the first client that is not geth, from its spec file
+alone (``pytest_chainharness/clients/specs/cometbft.yaml``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_lifecycle import assert_nothing_left
+
+pytestmark = pytest.mark.usefixtures("cometbft_required", "mosquitto_required")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUN = """
+import pytest
+from pytest_chainharness import UnsupportedAction
+
+
+def test_heads_waits_bus_and_faults(chain, bus):
+    assert chain.client == "cometbft"
+    chain.wait_for_height(3)
+    head = chain.wait_converged()
+    assert len(head.hash) == 64  # CometBFT block hashes: hex, no 0x
+    events = bus.wait_for("block", lambda e: e.payload["number"] >= head.number, nodes="all")
+    assert {e.node for e in events} == {"node0", "node1", "node2", "node3"}
+    assert {e.payload["count"] for e in bus.wait_for("peers", nodes="all")} == {3}
+    node3 = chain.nodes[3]
+    node3.kill()
+    # Three of four validators hold more than 2/3 of the power: they keep committing.
+    chain.wait_for_height(head.number + 3, nodes=[0, 1, 2])
+    node3.start()
+    again = chain.wait_converged(timeout=60)
+    assert again.number >= head.number + 3
+    node3.restart()
+    chain.wait_converged(timeout=60)
+    assert set(chain.nodes[0].ports) == {"p2p", "rpc"}
+    assert "0.38.26" in chain.nodes[0].client_version
+
+
+def test_a_3_1_split_through_the_link_proxies(chain):
+    before = chain.wait_converged().number
+    with chain.partition([0, 1, 2], [3]) as how:
+        assert how == "proxies"
+        chain.wait_for_height(before + 3, nodes=[0, 1, 2])
+        stuck = chain.nodes[3].head().number
+        chain.wait_for_height(before + 5, nodes=[0, 1, 2])
+        # Cut off, node3 has no 2/3 of the votes: it commits nothing.
+        assert chain.nodes[3].head().number == stuck
+    assert chain.wait_converged(timeout=60).number >= before + 5
+
+
+def test_pause_and_resume(chain):
+    node = chain.nodes[1]
+    before = chain.wait_converged().number
+    node.pause()
+    chain.wait_for_height(before + 2, nodes=[0, 2, 3])
+    node.resume()
+    chain.wait_converged(timeout=60)
+
+
+def test_ethereum_calls_name_the_client(chain):
+    with pytest.raises(UnsupportedAction, match="client cometbft is not an Ethereum chain"):
+        chain.nodes[0].w3
+"""
+
+
+def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path) -> None:
+    inner.makepyfile(test_cometbft=RUN)
+    result = inner.runpytest_subprocess("--chain-client=cometbft", "--chain-nodes=4")
+    result.stdout.fnmatch_lines(["chainharness: 4 node(s), client cometbft 0.38.26*"])
+    result.assert_outcomes(passed=4)
+    assert_nothing_left(runs_dir)
+
+
+def test_the_shipped_split_scenario(inner: pytest.Pytester, runs_dir: Path) -> None:
+    """scenarios/faults/cometbft-split-3-1.yaml: the majority commits while node3 is cut
+    off through the link proxies, and node3 catches up after the heal."""
+    scenarios = inner.path / "scenarios"
+    scenarios.mkdir()
+    shipped = ROOT / "scenarios" / "faults" / "cometbft-split-3-1.yaml"
+    (scenarios / shipped.name).write_text(shipped.read_text())
+    result = inner.runpytest_subprocess(
+        "--chain-client=cometbft", "--chain-nodes=4", "scenarios", "-rA"
+    )
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "fault methods: proxies",
+            "*partition * by proxies*",
+            "*node0, node1, node2 advanced to*",
+            "*stalled at node3*",
+            "*converged at*",
+            "*no lasting fork: not checked: client cometbft reports its head only*",
+        ]
+    )
+    assert_nothing_left(runs_dir)
+
+
+def test_cometbft_not_installed_says_how(
+    inner: pytest.Pytester, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "no-tools"
+    empty.mkdir()
+    monkeypatch.setenv("CHAINHARNESS_TOOLS", str(empty))
+    inner.makepyfile("def test_it(chain):\n    pass\n")
+    result = inner.runpytest_subprocess("--chain-client=cometbft")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(
+        [
+            "chainharness: * client cometbft NOT FOUND: *",
+            "*python -m pytest_chainharness.tools install cometbft*",
+        ]
+    )

@@ -1,0 +1,187 @@
+"""A team's own node from a client spec file: a replicated counter (not a blockchain)
+run as a network, and a spec's mistakes at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_lifecycle import assert_nothing_left
+
+pytestmark = pytest.mark.usefixtures("mosquitto_required")
+
+COUNTER = Path(__file__).resolve().parent / "specnodes" / "counter.yaml"
+
+RUN = """
+import pytest
+from pytest_chainharness import UnsupportedAction
+
+
+def test_heads_waits_bus_and_faults(chain, bus):
+    assert chain.client == "counter"
+    chain.wait_for_height(5)
+    head = chain.wait_converged()
+    assert head.number >= 5 and head.hash.startswith("0x")
+    assert set(chain.heads()) == {"node0", "node1", "node2"}
+    events = bus.wait_for("block", lambda e: e.payload["number"] >= head.number, nodes="all")
+    assert {e.node for e in events} == {"node0", "node1", "node2"}
+    assert {e.payload["count"] for e in bus.wait_for("peers", nodes="all")} == {2}
+    node2 = chain.nodes[2]
+    node2.kill()
+    assert not node2.running
+    chain.wait_for_height(head.number + 3, nodes=[0, 1])
+    node2.start()
+    again = chain.wait_converged(timeout=30)
+    assert again.number >= head.number + 3
+    # The replica caught up through the counter's own replication, and said so.
+    assert bus.wait_for("block", lambda e: e.payload["number"] >= again.number, nodes=["node2"])
+    faults = [e.payload["action"] for e in bus.events("fault", node="node2")]
+    assert faults[-2:] == ["kill", "start"]
+    assert set(chain.nodes[0].ports) == {"rpc"}
+    assert chain.nodes[0].url() == chain.nodes[0].rpc_url
+
+
+def test_ethereum_calls_name_the_client(chain):
+    with pytest.raises(UnsupportedAction, match="client counter is not an Ethereum chain"):
+        chain.nodes[0].w3
+    with pytest.raises(UnsupportedAction, match="transfer: client counter"):
+        chain.transfer(None, "0x0", 1)
+    with pytest.raises(UnsupportedAction, match="client counter: latency"):
+        chain.add_latency(1, 100)
+
+
+def test_a_partition_through_the_link_proxies(chain):
+    before = chain.wait_converged().number
+    with chain.partition([0], [1, 2]) as how:
+        assert how == "proxies"
+        chain.wait_for_height(before + 5, nodes=[0])
+        heads = {name: head.number for name, head in chain.heads().items()}
+        # Only node0 counts; the others cannot reach it.
+        assert heads["node1"] < heads["node0"] - 2, heads
+        assert heads["node2"] < heads["node0"] - 2, heads
+    assert chain.wait_converged(timeout=30).number >= before + 5
+
+
+def test_no_funded_accounts(funded_account):
+    pass
+"""
+
+
+def test_a_replicated_counter_runs_as_a_network(inner: pytest.Pytester, runs_dir: Path) -> None:
+    inner.makepyfile(test_counter=RUN)
+    result = inner.runpytest_subprocess(f"--chain-client={COUNTER}", "--chain-nodes=3")
+    result.stdout.fnmatch_lines(["chainharness: 3 node(s), client counter *counter.py)"])
+    result.assert_outcomes(passed=3, errors=1)
+    result.stdout.fnmatch_lines(["*UnsupportedAction: funded_account: client counter is not*"])
+    assert_nothing_left(runs_dir)
+
+
+def spec_variant(folder: Path, old: str, new: str) -> Path:
+    text = COUNTER.read_text()
+    assert old in text
+    path = folder / "variant.yaml"
+    path.write_text(
+        text.replace(old, new).replace(
+            "binary: counter.py", f"binary: {COUNTER.parent / 'counter.py'}"
+        )
+    )
+    return path
+
+
+def test_a_start_command_that_exits_at_once(inner: pytest.Pytester, runs_dir: Path) -> None:
+    spec = spec_variant(
+        inner.path,
+        "start: [counter.py, --home",
+        'start: [sh, -c, "echo no such flag; exit 3", --home',
+    )
+    inner.makepyfile("def test_it(chain):\n    pass\n")
+    result = inner.runpytest_subprocess(f"--chain-client={spec}", "--chain-nodes=2")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "exited" in out, out[-3000:]
+    assert "no such flag" in out, out[-3000:]
+    assert "sh -c 'echo no such flag; exit 3'" in out, out[-3000:]
+    assert_nothing_left(runs_dir)
+
+
+def test_a_head_path_not_in_the_answer_shows_the_answer(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    spec = spec_variant(inner.path, "  height: height\n", "  height: result.height\n")
+    inner.makepyfile("def test_it(chain):\n    pass\n")
+    result = inner.runpytest_subprocess(
+        f"--chain-client={spec}", "--chain-nodes=2", "-o", "chain_start_timeout=8"
+    )
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "'result.height' is not in the answer (at 'result')" in out, out[-3000:]
+    assert '"height":' in out, out[-3000:]
+    assert_nothing_left(runs_dir)
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("ports: [rpc]", "ports: [rpc]\nportz: 1", "variant.yaml:5: portz: unknown key"),
+        ('"{port.rpc}"', '"{port.grpc}"', "no port named 'grpc'"),
+        ("binary: counter.py", "binary: /nonexistent/counter", "binary: '/nonexistent/counter'"),
+    ],
+)
+def test_a_bad_spec_is_a_usage_error(
+    inner: pytest.Pytester, runs_dir: Path, old: str, new: str, message: str
+) -> None:
+    text = COUNTER.read_text().replace(old, new, 1)
+    if "nonexistent" not in new:
+        text = text.replace("binary: counter.py", f"binary: {COUNTER.parent / 'counter.py'}")
+    spec = inner.path / "variant.yaml"
+    spec.write_text(text)
+    inner.makepyfile("def test_it(chain):\n    pass\n")
+    result = inner.runpytest_subprocess(f"--chain-client={spec}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert message in result.stderr.str(), result.stderr.str()
+    assert not runs_dir.exists() or not list(runs_dir.glob("*/nodes"))
+
+
+def test_a_spec_client_on_docker_is_a_usage_error(inner: pytest.Pytester) -> None:
+    inner.makepyfile("def test_it(chain):\n    pass\n")
+    result = inner.runpytest_subprocess(f"--chain-client={COUNTER}", "--chain-backend=docker")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "runs on the process backend" in result.stderr.str()
+
+
+def test_cli_up_attach_status_down(inner: pytest.Pytester, runs_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    chainharness = str(Path(sys.executable).parent / "chainharness")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [chainharness, *args], cwd=inner.path, capture_output=True, text=True, timeout=120
+        )
+
+    up = cli("up", f"--chain-client={COUNTER}", "--chain-nodes=2")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert "2 node(s) up on process" in up.stdout
+        state = inner.path / ".chainharness" / "state.json"
+        inner.makepyfile(
+            "def test_attached(chain):\n"
+            "    assert chain.client == 'counter'\n"
+            "    chain.wait_for_height(3)\n"
+            "    chain.wait_converged()\n"
+        )
+        result = inner.runpytest_subprocess(f"--chain-attach={state}")
+        result.assert_outcomes(passed=1)
+        status = cli("status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "node1  running" in status.stdout
+    finally:
+        down = cli("down")
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert_nothing_left(runs_dir)
+    bad = spec_variant(inner.path, "ports: [rpc]", "ports: [rpc]\nportz: 1")
+    refused = cli("up", f"--chain-client={bad}")
+    assert refused.returncode == 2
+    assert "variant.yaml:5: portz: unknown key" in refused.stdout
