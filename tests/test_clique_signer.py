@@ -23,6 +23,9 @@ from pytest_chainharness.clients import clique_signer
 
 KEY = "0x" + "11" * 32
 ADDRESS = Account.from_key(KEY).address
+#: The second signer the same process serves, on a socket of its own.
+KEY2 = "22" * 32
+ADDRESS2 = Account.from_key(KEY2).address
 
 
 class Client:
@@ -60,14 +63,15 @@ def signer() -> Iterator[tuple[Path, Path, subprocess.Popen[bytes]]]:
         alive.mkdir()
         path = folder / "s.ipc"
         argv = [sys.executable, clique_signer.script_path(), "--socket", str(path)]
+        argv += ["--socket", str(folder / "s2.ipc")]
         proc = subprocess.Popen(
             [*argv, "--alive-while", str(alive)],
-            env={**os.environ, clique_signer.KEY_ENV: KEY},
+            env={**os.environ, clique_signer.KEY_ENV: f"{KEY},{KEY2}"},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 20
-        while not path.exists():
+        while not (path.exists() and (folder / "s2.ipc").exists()):
             assert proc.poll() is None, proc.communicate()[0]
             assert time.monotonic() < deadline
             time.sleep(0.02)
@@ -90,12 +94,30 @@ def header(fields: int = 16) -> bytes:
 
 def test_signs_a_header_as_clique_recovers_it(client: Client) -> None:
     assert client.call("account_version")["result"]
-    assert client.call("account_list")["result"] == [ADDRESS]
+    assert client.call("account_list")["result"] == [ADDRESS.lower()]
     raw = header()
     reply = client.call("account_signData", clique_signer.CLIQUE_HEADER, ADDRESS, "0x" + raw.hex())
     signature = bytes.fromhex(reply["result"].removeprefix("0x"))
     assert len(signature) == 65
     assert Account._recover_hash(keccak(raw), signature=signature) == ADDRESS
+
+
+def test_each_socket_signs_with_its_own_key(signer: tuple[Path, Path, Any]) -> None:
+    other = Client(signer[0].with_name("s2.ipc"))
+    try:
+        assert other.call("account_list")["result"] == [ADDRESS2.lower()]
+        raw = header()
+        reply = other.call(
+            "account_signData", clique_signer.CLIQUE_HEADER, ADDRESS2, "0x" + raw.hex()
+        )
+        signature = bytes.fromhex(reply["result"].removeprefix("0x"))
+        assert Account._recover_hash(keccak(raw), signature=signature) == ADDRESS2
+        refused = other.call(
+            "account_signData", clique_signer.CLIQUE_HEADER, ADDRESS, "0x" + raw.hex()
+        )
+        assert "unknown account" in refused["error"]["message"]
+    finally:
+        other.close()
 
 
 @pytest.mark.parametrize(
@@ -133,3 +155,18 @@ def test_exits_once_the_run_is_gone(signer: tuple[Path, Path, subprocess.Popen[b
     _, alive, proc = signer
     alive.rmdir()
     assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("fields", [0, 1, 15, 16, 40])
+def test_the_header_check_counts_rlp_items_as_rlp_does(fields: int) -> None:
+    # Items of every RLP shape: a single byte, short and long strings, a nested list.
+    items: list[object] = [b"\x01", b"ab" * 20, b"x" * 100, [b"y" * 60, b""]]
+    value = [items[i % len(items)] for i in range(fields)]
+    assert clique_signer.rlp_list_length(rlp.encode(value)) == fields
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"\x01", rlp.encode(b"not a list"), rlp.encode([b"a"]) + b"\x00", b"\xf9\x01"]
+)
+def test_the_header_check_refuses_what_is_not_one_list(data: bytes) -> None:
+    assert clique_signer.rlp_list_length(data) is None

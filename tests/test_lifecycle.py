@@ -61,7 +61,7 @@ class TestWholeRuns:
             *(f"node{i}.log" for i in range(4)),
             *(f"agent-node{i}.log" for i in range(4)),
             *(f"events-node{i}.jsonl" for i in range(4)),
-            *(f"signer-node{i}.log" for i in range(4)),
+            "signers.log",
             "events-bus.jsonl",
             "broker.log",
             "events.jsonl",

@@ -87,9 +87,7 @@ class AnvilAdapter(EthereumQueries):
             argv += ["--block-time", str(testnet.period)]
         return argv
 
-    def helpers(
-        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
-    ) -> list[Helper]:
+    def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
         return []
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:

@@ -44,8 +44,8 @@ class Helper:
     argv: list[str]
     #: Added to its environment: secrets go here, never into argv (the process list).
     env: dict[str, str]
-    #: A path that exists once the helper serves (a socket).
-    ready: Path
+    #: Paths that exist once the helper serves (sockets).
+    ready: tuple[Path, ...]
 
 
 class Repairer(Protocol):
@@ -173,12 +173,10 @@ class ClientAdapter(Protocol):
         """Fixed in-container ports, one per role of ``port_roles``."""
         ...
 
-    def helpers(
-        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
-    ) -> list[Helper]:
-        """Host processes ``node`` needs, serving in ``admin`` (the run's 0700 admin folder,
-        which a container sees at the parent of ``Placement.ipc_path``); each exits once
-        ``alive_while`` is gone. [] for most clients."""
+    def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
+        """Host processes the network's nodes need, serving in ``admin`` (the run's 0700
+        admin folder, which a container sees at the parent of ``Placement.ipc_path``);
+        each exits once ``alive_while`` is gone. [] for most clients."""
         ...
 
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:

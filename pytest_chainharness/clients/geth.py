@@ -206,19 +206,22 @@ class GethAdapter(EthereumQueries):
         if node.signer:
             rpc_call(admin_url, "miner_start", [])
 
-    def helpers(
-        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
-    ) -> list[Helper]:
-        if not node.signer:
+    def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
+        # One process for every signer: N Python start-ups on a busy machine cost more
+        # than the whole geth init they overlap with.
+        if not testnet.signers:
             return []
-        socket = admin / _signer_socket(node)
-        argv = [sys.executable, clique_signer.script_path(), "--socket", str(socket)]
+        sockets = [admin / _signer_socket(node) for node in testnet.signers]
+        argv = [sys.executable, clique_signer.script_path()]
+        for socket in sockets:
+            argv += ["--socket", str(socket)]
+        keys = ",".join(node.signer_key for node in testnet.signers)
         return [
             Helper(
-                name=f"signer-{node.name}",
+                name="signers",
                 argv=[*argv, "--alive-while", str(alive_while)],
-                env={clique_signer.KEY_ENV: node.signer_key},
-                ready=socket,
+                env={clique_signer.KEY_ENV: keys},
+                ready=tuple(sockets),
             )
         ]
 

@@ -158,9 +158,7 @@ class SpecAdapter:
     def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
         return None  # a spec client produces blocks on its own
 
-    def helpers(
-        self, testnet: Testnet, node: NodeSpec, admin: Path, alive_while: Path
-    ) -> list[Helper]:
+    def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
         return []
 
     def repairer(self, chain: Chain) -> Repairer | None:

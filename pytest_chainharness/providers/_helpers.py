@@ -12,6 +12,7 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .._errors import NetworkStartError
@@ -36,14 +37,11 @@ def start_helpers(
     run_dir: Path,
     shared: RunState,
     timeout: float,
-) -> None:
-    """Start every node's helpers and wait until each serves; a helper that exits or is
-    not ready within ``timeout`` is a ``NetworkStartError`` naming its command."""
-    helpers = [
-        helper
-        for node in testnet.nodes
-        for helper in adapter.helpers(testnet, node, admin_dir(run_id), run_dir / "nodes")
-    ]
+) -> Callable[[], None]:
+    """Start every node's helpers; returns the wait until each serves (call it before
+    any node starts, after what can overlap). A helper that exits or is not ready within
+    ``timeout`` is a ``NetworkStartError`` naming its command."""
+    helpers = adapter.helpers(testnet, admin_dir(run_id), run_dir / "nodes")
     started: list[tuple[subprocess.Popen[bytes], Path]] = []
     for helper in helpers:
         log_path = run_dir / "logs" / f"{helper.name}.log"
@@ -61,20 +59,24 @@ def start_helpers(
         with shared.edit() as data:
             data.setdefault("helpers", []).append(proc.pid)
     deadline = time.monotonic() + timeout
-    for helper, (proc, log_path) in zip(helpers, started, strict=True):
-        while not helper.ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                what = (
-                    f"exited with status {proc.returncode}"
-                    if proc.returncode is not None
-                    else f"did not serve within {timeout:g}s (ini chain_start_timeout)"
-                )
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-                raise NetworkStartError(
-                    f"{helper.name}: `{shlex.join(helper.argv)}` {what}; its log "
-                    f"({log_path}):\n{tail or '(empty)'}"
-                )
-            time.sleep(0.02)
+
+    def wait() -> None:
+        for helper, (proc, log_path) in zip(helpers, started, strict=True):
+            while not all(path.exists() for path in helper.ready):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    what = (
+                        f"exited with status {proc.returncode}"
+                        if proc.returncode is not None
+                        else f"did not serve within {timeout:g}s (ini chain_start_timeout)"
+                    )
+                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+                    raise NetworkStartError(
+                        f"{helper.name}: `{shlex.join(helper.argv)}` {what}; its log "
+                        f"({log_path}):\n{tail or '(empty)'}"
+                    )
+                time.sleep(0.01)
+
+    return wait
 
 
 def stop_helpers(shared: RunState, run_id: str) -> None:
@@ -95,8 +97,8 @@ class HelperHost:
     run_dir: Path
     shared: RunState
 
-    def start_helpers(self, timeout: float) -> None:
-        start_helpers(
+    def start_helpers(self, timeout: float) -> Callable[[], None]:
+        return start_helpers(
             self.adapter,
             self.testnet,
             run_id=self.run_id,

@@ -234,7 +234,8 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True, mode=0o700)
         make_admin_dir(self.run_id)
-        self.start_helpers(timeout)
+        # The helpers start while the image, network and datadirs are made.
+        helpers_ready = self.start_helpers(timeout)
         ensure_image(self._client, self.image, "--chain-image")
         self._create_network()
         self.testnet.accounts()  # derive once here, not once per thread
@@ -249,6 +250,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             )
         with self.shared.edit() as data:
             data["subnet"] = self.subnet
+        helpers_ready()
 
     def start_nodes(self, indexes: Sequence[int] | None = None) -> None:
         chosen = list(range(len(self.testnet.nodes)) if indexes is None else indexes)

@@ -90,11 +90,13 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         (self.run_dir / "logs").mkdir(parents=True, exist_ok=True)
         (self.run_dir / "nodes").mkdir(parents=True, exist_ok=True, mode=0o700)
         make_admin_dir(self.run_id)
-        self.start_helpers(timeout)
+        # The helpers start while the datadirs are made; nodes start once they serve.
+        helpers_ready = self.start_helpers(timeout)
         self.testnet.accounts()  # derive once here, not once per thread
         with ThreadPoolExecutor(max_workers=min(8, len(self.testnet.nodes))) as pool:
             list(pool.map(lambda n: self._prepare(n.index, timeout), self.testnet.nodes))
         self.shared.save()
+        helpers_ready()
 
     def _place(self, index: int, binary: Path | None = None) -> Placement:
         node = self.testnet.nodes[index]
