@@ -27,7 +27,7 @@ if [ ! -x .venv/bin/chainharness ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want"
 fi
 
 export CHAINHARNESS_TOOLS="$PWD/.tools"
-tools=(geth toxiproxy)
+tools=(geth toxiproxy cometbft)
 .venv/bin/python -m pytest_chainharness.tools install geth toxiproxy cometbft --dest .tools
 if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
