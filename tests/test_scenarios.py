@@ -195,18 +195,22 @@ class TestNoFork:
     class Node:
         def __init__(self, name: str, hashes: dict[int, str]) -> None:
             self.name, self.rpc_url, self.hashes = name, name, hashes
+            self._spec = self  # what the adapter is asked about
 
         def head(self) -> Head:
             top = max(self.hashes)
             return Head(top, self.hashes[top])
 
-    def check(self, monkeypatch: pytest.MonkeyPatch, depth: int, *chains: dict[int, str]) -> str:
+    def check(self, depth: int, *chains: dict[int, str], heads_only: bool = False) -> str:
         nodes = [self.Node(f"node{i}", c) for i, c in enumerate(chains)]
-        by_url = {n.rpc_url: n.hashes for n in nodes}
-        monkeypatch.setattr(
-            runner, "_hashes", lambda url, a, b: {n: by_url[url][n] for n in range(a, b + 1)}
-        )
-        chain: Any = SimpleNamespace(running_nodes=lambda: nodes)
+
+        def block_hashes(node: Any, first: int, last: int) -> dict[int, str] | None:
+            if heads_only:
+                return None
+            return {n: node.hashes[n] for n in range(first, last + 1)}
+
+        adapter = SimpleNamespace(block_hashes=block_hashes, display_name="counter")
+        chain: Any = SimpleNamespace(running_nodes=lambda: nodes, adapter=adapter)
         unused: Any = None  # the check reads only the chain and the start height
         run = runner.ScenarioRun(
             scenario=unused, chain=chain, account=unused, bus=None, seed=0, key="k", start_height=2
@@ -215,25 +219,30 @@ class TestNoFork:
 
     SHARED: ClassVar[dict[int, str]] = {n: f"0x{n:02x}" for n in range(1, 10)}
 
-    def test_the_head_itself_may_differ(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        other = {**self.SHARED, 9: "0xother"}
-        assert self.check(monkeypatch, 0, self.SHARED, other).startswith("heights 2..8 ")
+    def test_a_client_that_tells_only_its_head_is_not_checked_and_says_so(self) -> None:
+        other = {**self.SHARED, 5: "0xother"}
+        said = self.check(0, self.SHARED, other, heads_only=True)
+        assert said == (
+            "not checked: client counter reports its head only, not the block at each height"
+        )
 
-    def test_a_fork_below_the_head_fails_with_the_hashes(
-        self, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_the_head_itself_may_differ(self) -> None:
+        other = {**self.SHARED, 9: "0xother"}
+        assert self.check(0, self.SHARED, other).startswith("heights 2..8 ")
+
+    def test_a_fork_below_the_head_fails_with_the_hashes(self) -> None:
         other = {**self.SHARED, 8: "0xother", 9: "0xother9"}
         with pytest.raises(AssertionError, match=r"fork at height 8 \(1 below the common head 9"):
-            self.check(monkeypatch, 0, self.SHARED, other)
+            self.check(0, self.SHARED, other)
         # Within the allowed depth it passes.
-        assert self.check(monkeypatch, 1, self.SHARED, other).startswith("heights 2..7 ")
+        assert self.check(1, self.SHARED, other).startswith("heights 2..7 ")
 
-    def test_the_lowest_head_is_the_common_one(self, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_lowest_head_is_the_common_one(self) -> None:
         behind = {n: h for n, h in self.SHARED.items() if n <= 6}
         behind[6] = "0xbehind"
-        assert self.check(monkeypatch, 0, self.SHARED, behind).startswith("heights 2..5 ")
+        assert self.check(0, self.SHARED, behind).startswith("heights 2..5 ")
         with pytest.raises(AssertionError, match="fork at height 5"):
-            self.check(monkeypatch, 0, self.SHARED, {**behind, 5: "0xx"})
+            self.check(0, self.SHARED, {**behind, 5: "0xx"})
 
 
 class TestCollection:
