@@ -71,10 +71,16 @@ def _ipc_call(path: str, body: str, method: str, timeout: float) -> dict[str, An
 
 
 def http_json(
-    url: str, *, method: str = "GET", body: str | None = None, timeout: float = 2.0
+    url: str,
+    *,
+    method: str = "GET",
+    body: str | None = None,
+    timeout: float = 2.0,
+    parse: bool = True,
 ) -> Any:
     """The JSON answer of a plain HTTP request (a client spec's probes); ``RPCError`` when
-    the node does not answer, answers with an error status, or not with JSON."""
+    the node does not answer, answers with an error status, or (with ``parse``) not with
+    JSON. Without ``parse`` any 2xx answer will do and None is returned."""
     request = urllib.request.Request(
         url,
         data=body.encode() if body is not None else None,
@@ -83,7 +89,8 @@ def http_json(
     )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return json.loads(response.read())
+            text = response.read()
+        return json.loads(text) if parse else None
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise RPCError(f"{method} {url}: {exc}") from exc
 

@@ -132,6 +132,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                 continue
             try:
                 if phase == "peers":
+                    chain.adapter.check_ready(node._spec)  # a spec's ready probe first
                     ready = node.peer_count() >= expected_peers
                     answered.add(node.index)
                     now = time.monotonic()

@@ -78,14 +78,14 @@ def test_a_replicated_counter_runs_as_a_network(inner: pytest.Pytester, runs_dir
 
 
 def spec_variant(folder: Path, old: str, new: str) -> Path:
+    """The counter spec with ``old`` replaced, written where its binary is not: so
+    ``binary:`` names the script by its full path (unless the variant rewrote it)."""
     text = COUNTER.read_text()
     assert old in text
+    text = text.replace(old, new, 1)
+    text = text.replace("binary: counter.py", f"binary: {COUNTER.parent / 'counter.py'}")
     path = folder / "variant.yaml"
-    path.write_text(
-        text.replace(old, new).replace(
-            "binary: counter.py", f"binary: {COUNTER.parent / 'counter.py'}"
-        )
-    )
+    path.write_text(text)
     return path
 
 
@@ -131,11 +131,7 @@ def test_a_head_path_not_in_the_answer_shows_the_answer(
 def test_a_bad_spec_is_a_usage_error(
     inner: pytest.Pytester, runs_dir: Path, old: str, new: str, message: str
 ) -> None:
-    text = COUNTER.read_text().replace(old, new, 1)
-    if "nonexistent" not in new:
-        text = text.replace("binary: counter.py", f"binary: {COUNTER.parent / 'counter.py'}")
-    spec = inner.path / "variant.yaml"
-    spec.write_text(text)
+    spec = spec_variant(inner.path, old, new)
     inner.makepyfile("def test_it(chain):\n    pass\n")
     result = inner.runpytest_subprocess(f"--chain-client={spec}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
@@ -185,3 +181,22 @@ def test_cli_up_attach_status_down(inner: pytest.Pytester, runs_dir: Path) -> No
     refused = cli("up", f"--chain-client={bad}")
     assert refused.returncode == 2
     assert "variant.yaml:5: portz: unknown key" in refused.stdout
+
+
+def test_a_command_readiness_probe_runs_the_spec_binary(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    # Beside its own copy of the script, found relative to the spec (not on PATH): the
+    # probe's argv[0] must become that path, as every other command's does.
+    script = inner.path / "counter.py"
+    script.write_text((COUNTER.parent / "counter.py").read_text())
+    script.chmod(0o755)
+    ready = 'ready:\n  http: "http://{host}:{port.rpc}/status"\n'
+    text = COUNTER.read_text()
+    assert ready in text
+    spec = inner.path / "ready.yaml"
+    spec.write_text(text.replace(ready, "ready:\n  command: [counter.py, --help]\n"))
+    inner.makepyfile("def test_it(chain):\n    chain.wait_for_height(3)\n")
+    result = inner.runpytest_subprocess(f"--chain-client={spec}", "--chain-nodes=2")
+    result.assert_outcomes(passed=1)
+    assert_nothing_left(runs_dir)

@@ -46,6 +46,9 @@ _NETWORK = frozenset({"nodes", "network_dir", "seed"})
 _NAMED = _NETWORK | {"index", "name"}
 _NODE = _NAMED | {"home", "host", "bind"}
 _PEERING = frozenset({"peer", "peers", "all_peers"})
+#: What the probes (ready, head, peers, metrics) know: they are asked from the test
+#: process and the agents, which know a node by its address only.
+_PROBE = frozenset({"index", "name", "host"})
 _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-]+)?)\}")
 _PORT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DOTTED = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
@@ -100,6 +103,8 @@ class ClientSpec:
     adapter: str | None = None
     #: How to install the binary (a built-in spec's hint; not a spec key).
     install: str | None = None
+    #: Where ``binary:`` is, for the errors ``find_spec_binary`` raises.
+    binary_line: int = 1
 
 
 def is_spec_path(value: str) -> bool:
@@ -311,7 +316,7 @@ def load_spec(path: Path, *, root: Path | None = None, check_binary: bool = True
         binary=binary,
         ports=tuple(ports),
         start=check.argv(data["start"], line("start"), "start", frozenset(full)),
-        head=check.probe(data["head"], line("head"), "head", frozenset(full), ("height", "hash")),
+        head=check.probe(data["head"], line("head"), "head", _PROBE, ("height", "hash")),
         image=(
             check.string(data["image"], line("image"), "image", frozenset())
             if "image" in data
@@ -336,18 +341,19 @@ def load_spec(path: Path, *, root: Path | None = None, check_binary: bool = True
         ),
         env=_env(check, data, line("env"), frozenset(full)),
         stop_signal=_signal(check, data, line("stop_signal")),
-        ready=_ready(check, data, line("ready"), frozenset(full)),
+        ready=_ready(check, data, line("ready"), _PROBE),
         peers=(
-            check.probe(data["peers"], line("peers"), "peers", frozenset(full), ("count",))
+            check.probe(data["peers"], line("peers"), "peers", _PROBE, ("count",))
             if "peers" in data
             else None
         ),
         metrics=(
-            _url(check, data["metrics"], line("metrics"), "metrics", frozenset(full))
+            _url(check, data["metrics"], line("metrics"), "metrics", _PROBE)
             if "metrics" in data
             else None
         ),
         adapter=_adapter(check, data, line("adapter")),
+        binary_line=line("binary"),
     )
     if check_binary:
         find_spec_binary(spec, root=root)
@@ -359,7 +365,7 @@ def find_spec_binary(spec: ClientSpec, *, root: Path | None = None) -> Path:
     (``.tools/<binary>/<version>/<binary>``, the newest, or ``.tools/bin/<binary>``), or
     on PATH; ``ClientSpecError`` naming the key when missing or not executable."""
     name = spec.binary
-    line = _binary_line(spec)
+    line = spec.binary_line
     candidates: list[Path] = []
     as_path = Path(name).expanduser()
     if as_path.is_absolute():
@@ -369,11 +375,11 @@ def find_spec_binary(spec: ClientSpec, *, root: Path | None = None) -> Path:
             candidates.append(spec.path.parent / as_path)
         else:
             candidates.append(spec.path.parent / name)
-            from ..tools import tools_dir
+            from ..tools import tools_dir, version_key
 
             tools = tools_dir(root or Path.cwd())
             versions = sorted(
-                (tools / name).glob(f"*/{name}"), key=lambda p: _version_key(p.parent.name)
+                (tools / name).glob(f"*/{name}"), key=lambda p: version_key(p.parent.name)
             )
             candidates += reversed(versions)
             candidates.append(tools / "bin" / name)
@@ -503,22 +509,11 @@ def _adapter(check: _Checker, data: dict[str, Any], line: int) -> str | None:
     return value
 
 
-def _binary_line(spec: ClientSpec) -> int:
-    for number, text in enumerate(spec.path.read_text().splitlines(), 1):
-        if text.startswith("binary:"):
-            return number
-    return 1
-
-
-def _version_key(text: str) -> tuple[int, ...]:
-    return tuple(int(part) for part in re.findall(r"\d+", text))
-
-
 def _why(name: str) -> str:
     if name == "id":
         return " (only with node_id, and not in node_init, node_id or home)"
     if name in _PEERING:
-        return " (needs peer:, and is known only in start, files, env and the probes)"
+        return " (needs peer:, and is known only in start, files and env)"
     return " (network_init runs once for the whole network; home knows index and name)"
 
 

@@ -201,7 +201,7 @@ class SpecAdapter:
         kind, value = ready
         values = self._probe_values(node)
         if kind == "http":
-            http_json_or_status(render(value, values))
+            http_json(render(value, values), parse=False)
         elif kind == "tcp":
             import socket
 
@@ -211,7 +211,7 @@ class SpecAdapter:
             except OSError as exc:
                 raise RPCError(f"tcp {host}:{port}: {exc}") from exc
         else:
-            argv = self._argv(value, self.spec.binary, values)
+            argv = self._argv(value, str(self.find_binary()), values)
             done = subprocess.run(argv, capture_output=True, timeout=10)
             if done.returncode != 0:
                 raise RPCError(f"`{shlex.join(argv)}` exited with {done.returncode}")
@@ -305,18 +305,6 @@ class SpecAdapter:
                 f"its last output:\n{tail}"
             )
         return done.stdout
-
-
-def http_json_or_status(url: str) -> None:
-    """A readiness URL answers 2xx (any body)."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            response.read()
-    except (OSError, urllib.error.URLError) as exc:
-        raise RPCError(f"GET {url}: {exc}") from exc
 
 
 def _rendered(probe: Probe, values: dict[str, str]) -> dict[str, Any]:

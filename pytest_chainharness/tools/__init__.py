@@ -53,6 +53,7 @@ __all__ = [
     "install_geth",
     "install_toxiproxy",
     "tools_dir",
+    "version_key",
 ]
 
 #: The last geth release that seals Clique (PoA) blocks.
@@ -79,7 +80,7 @@ def tools_dir(root: Path | None = None) -> Path:
     return Path.home() / ".cache" / "pytest-chainharness" / "tools"
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_key(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in re.findall(r"\d+", version))
 
 
@@ -91,7 +92,7 @@ def geth_versions_installed(root: Path | None = None) -> dict[str, Path]:
         for d in base.glob("*")
         if (d / "geth").is_file() and os.access(d / "geth", os.X_OK)
     }
-    return dict(sorted(found.items(), key=lambda kv: _version_key(kv[0]), reverse=True))
+    return dict(sorted(found.items(), key=lambda kv: version_key(kv[0]), reverse=True))
 
 
 def find_geth(
