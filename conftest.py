@@ -43,6 +43,17 @@ def cometbft_required() -> None:
 
 
 @pytest.fixture(scope="session")
+def client_required(request: pytest.FixtureRequest) -> None:
+    """Skip, saying how to install it, when the run's client (``--chain-client``; the
+    integration suite runs on geth and CometBFT) is not installed."""
+    client = str(request.config.getoption("chain_client") or "geth")
+    find = {"geth": find_geth, "anvil": find_anvil, "cometbft": find_cometbft}.get(client)
+    missing = _missing(find) if find is not None else None
+    if missing:
+        pytest.skip(f"{client} is not installed on this machine: {missing}")
+
+
+@pytest.fixture(scope="session")
 def docker_required() -> None:
     """Skip, saying what is missing, when no Docker engine answers or the images are absent."""
     from pytest_chainharness._docker import engine_status, image_exists

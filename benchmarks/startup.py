@@ -165,7 +165,7 @@ def cometbft_harness_run(nodes: int, seed: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="chainharness-bench-") as tmp:
         testnet = build_testnet(
             nodes=nodes, client="cometbft", period=1, seed=seed, accounts=1,
-            port_roles=adapter.port_roles,
+            adapter=adapter,
         )  # fmt: skip
         provider = ProcessProvider(
             testnet, adapter, run_dir=Path(tmp), run_id=f"bench-{seed}",

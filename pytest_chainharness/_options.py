@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from ._errors import ChainHarnessError
-from .clients import CLIENTS, SPEC_CLIENTS, available_clients
-from .clients.spec import ClientSpecError, is_spec_path, load_spec
+from .clients import CLIENTS, SPEC_CLIENTS, available_clients, get_client
+from .clients.spec import ClientSpec, ClientSpecError, find_spec_binary, is_spec_path, load_spec
 from .providers import BACKENDS, default_image
 
 __all__ = ["Settings", "add_options", "read_settings"]
@@ -225,7 +225,7 @@ def read_settings(config: pytest.Config) -> Settings:
         clients = available_clients()
     except ChainHarnessError as exc:
         raise pytest.UsageError(f"{where}: {exc}") from None
-    spec_client = is_spec_path(client) or client in SPEC_CLIENTS
+    spec: ClientSpec | None = None
     if is_spec_path(client):
         from .clients.spec_client import SpecAdapter
 
@@ -233,7 +233,8 @@ def read_settings(config: pytest.Config) -> Settings:
         if not path.is_absolute():
             path = (config.invocation_params.dir / path).resolve()
         try:
-            load_spec(path, root=config.rootpath)
+            spec = load_spec(path, root=config.rootpath, check_binary=False)
+            get_client(str(path), root=config.rootpath)  # its adapter: class, if it names one
         except ClientSpecError as exc:
             raise pytest.UsageError(f"{where}: {exc}") from None
         client = str(path)
@@ -255,13 +256,6 @@ def read_settings(config: pytest.Config) -> Settings:
     backend = str(backend or "auto")
     if backend not in BACKENDS:
         raise pytest.UsageError(f"{where}={backend!r}: choose one of: {', '.join(BACKENDS)}")
-    if spec_client:
-        if backend == "docker":
-            raise pytest.UsageError(
-                f"{where}=docker: a client spec file runs on the process backend in this "
-                "version (use --chain-backend=process or auto)"
-            )
-        backend = "process"
     if backend == "docker" and not _attaching(config):
         from ._docker import engine_status
 
@@ -271,6 +265,12 @@ def read_settings(config: pytest.Config) -> Settings:
                 f"{where}=docker: {why}. Start one (scripts/docker.sh installs and starts "
                 "dockerd), set DOCKER_HOST, or use --chain-backend=process"
             )
+    if spec is not None and not (spec.image and backend == "docker"):
+        # Only a spec's own image carries its binary; everywhere else it is the host's.
+        try:
+            find_spec_binary(spec, root=config.rootpath)
+        except ClientSpecError as exc:
+            raise pytest.UsageError(f"--chain-client: {exc}") from None
     image, _ = _raw(config, "chain_image")
     attach = _path(config, "chain_attach", must_exist=True)
     bus = _bus(config)
@@ -321,7 +321,7 @@ def read_settings(config: pytest.Config) -> Settings:
         signers=signers,
         start_timeout=start_timeout,
         chain_id=_int(config, "chain_id", 1337, 1, 2**32),
-        image=str(image) if image else default_image(client),
+        image=str(image) if image else default_image(client, config.rootpath),
         attach=attach,
         services=services,
         bus=bus,

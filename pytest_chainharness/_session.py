@@ -432,7 +432,7 @@ class ChainSession:
             info["seed"] = record["provider"]["testnet"].get("seed", self.run.seed)
             info["started"] = True
         else:
-            backend, _ = resolve_backend(s.backend, s.image)
+            backend, _ = resolve_backend(s.backend, s.image, self.adapter())
             info["backend"] = backend
             info["version"] = s.image if backend == "docker" else _binary_version(self, s)
             info["started"] = False
@@ -529,7 +529,7 @@ def start_network(
     adapter = get_client(settings.client, root=root)
     # Leftovers of runs whose pytest was killed before its watchdog could act.
     sweep_stale_runs(run_dir.parent, adapter)
-    backend, _ = resolve_backend(settings.backend, settings.image)
+    backend, _ = resolve_backend(settings.backend, settings.image, adapter)
     if backend == "docker":
         from ._docker import sweep_stale
 
@@ -548,6 +548,7 @@ def start_network(
         chain_id=settings.chain_id,
         accounts=settings.accounts,
         signers=settings.signers,
+        adapter=adapter,
     )
     provider: Provider
     if backend == "docker":

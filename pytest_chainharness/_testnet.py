@@ -3,25 +3,27 @@
 A ``Testnet`` is plain data. It is built from (nodes, client, period, seed) by
 :func:`build_testnet`, serialised into the run's state file so that xdist workers and the
 CLI can attach to a running network, and handed to a provider, which decides *how* it
-runs (local processes, containers). The same seed always yields the same node keys,
-signer keys and funded accounts; only the ports differ between runs.
+runs (local processes, containers). Each node's identity (keys, roles) is the client
+adapter's (``ClientAdapter.identity``), carried here without being read. The same seed
+always yields the same identities and funded accounts; only the ports differ between
+runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from eth_keys.datatypes import PrivateKey
 from eth_utils.crypto import keccak
 
 from ._ports import PortAllocator
+
+if TYPE_CHECKING:
+    from .clients.base import ClientAdapter
 
 __all__ = [
     "DEFAULT_BALANCE_WEI",
@@ -56,36 +58,22 @@ def derive_key(seed: int, purpose: str, index: int) -> bytes:
 
 @dataclass
 class NodeSpec:
-    """One node of the network: identity, role and endpoints."""
+    """One node of the network: name, endpoints, and the client's identity for it."""
 
     index: int
     #: ``node0``, ``node1``, ...
     name: str
-    #: Whether this node seals blocks (a Clique signer).
-    signer: bool
-    #: The p2p identity key (hex, no 0x), written to the datadir before start.
-    node_key: str
-    #: The signer's private key (hex, no 0x); empty for non-signers.
-    signer_key: str
     host: str
     #: Port role → port on ``host``; the roles are the client's (``ClientAdapter.port_roles``),
     #: and every client has ``rpc``, its main API.
     ports: dict[str, int]
+    #: What the client adapter derived for this node from the seed (geth: its p2p key and
+    #: signer key); secrets among it are redacted from state files by key name.
+    identity: dict[str, str] = field(default_factory=dict)
 
     @property
     def rpc_url(self) -> str:
         return f"http://{self.host}:{self.ports['rpc']}"
-
-    @cached_property
-    def node_id(self) -> str:
-        """The devp2p node id (uncompressed public key, hex, no 0x)."""
-        return PrivateKey(bytes.fromhex(self.node_key)).public_key.to_bytes().hex()
-
-    @cached_property
-    def signer_address(self) -> str:
-        if not self.signer_key:
-            return ""
-        return str(Account.from_key(bytes.fromhex(self.signer_key)).address)
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -130,10 +118,6 @@ class Testnet:
     def names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
-    @property
-    def signers(self) -> list[NodeSpec]:
-        return [n for n in self.nodes if n.signer]
-
     def accounts(self, start: int = 0, stop: int | None = None) -> list[LocalAccount]:
         """Genesis-funded accounts ``start:stop`` (derived once, then cached)."""
         if self._accounts is None:
@@ -152,8 +136,6 @@ class Testnet:
         """Raise ``ValueError`` naming the first inconsistency."""
         if not self.nodes:
             raise ValueError("a testnet needs at least one node")
-        if not self.signers:
-            raise ValueError("a Clique network needs at least one signer")
         if self.period < 0:
             raise ValueError(f"period must be >= 0, got {self.period}")
         if self.account_count < 1:
@@ -201,40 +183,33 @@ def build_testnet(
     signers: int | None = None,
     ports: PortAllocator | None = None,
     host: str = "127.0.0.1",
-    port_roles: Sequence[str] | None = None,
+    adapter: ClientAdapter | None = None,
 ) -> Testnet:
-    """Resolve a network description: keys from ``seed``, free ports from ``ports``.
+    """Resolve a network description: identities from ``seed`` (through ``adapter``,
+    default: the one ``client`` names), free ports from ``ports``.
 
-    ``signers`` is how many of the nodes seal blocks (the first ones); all by default.
-    ``port_roles``: one port per role per node (default: what ``client`` names).
+    ``signers`` is how many of the nodes produce blocks, for a client that lets some not
+    to (geth: Clique signers, the first ones); None: all of them.
     """
-    if port_roles is None:
+    if adapter is None:
         from .clients import get_client
 
-        port_roles = get_client(client).port_roles
+        adapter = get_client(client)
     if nodes < 1:
         raise ValueError(f"nodes must be >= 1, got {nodes}")
-    signer_count = nodes if signers is None else signers
-    if not 1 <= signer_count <= nodes:
-        raise ValueError(f"signers must be 1..{nodes}, got {signer_count}")
     allocator = ports or PortAllocator(host)
-    roles = list(port_roles)
+    roles = list(adapter.port_roles)
     free = allocator.take(len(roles) * nodes)
-    specs = []
-    for i in range(nodes):
-        mine = free[len(roles) * i : len(roles) * (i + 1)]
-        is_signer = i < signer_count
-        specs.append(
-            NodeSpec(
-                index=i,
-                name=f"node{i}",
-                signer=is_signer,
-                node_key=derive_key(seed, "node", i).hex(),
-                signer_key=derive_key(seed, "signer", i).hex() if is_signer else "",
-                host=host,
-                ports=dict(zip(roles, mine, strict=True)),
-            )
+    specs = [
+        NodeSpec(
+            index=i,
+            name=f"node{i}",
+            host=host,
+            ports=dict(zip(roles, free[len(roles) * i : len(roles) * (i + 1)], strict=True)),
+            identity=adapter.identity(seed, i, nodes=nodes, signers=signers),
         )
+        for i in range(nodes)
+    ]
     testnet = Testnet(
         seed=seed,
         client=client,

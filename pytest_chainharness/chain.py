@@ -87,8 +87,8 @@ class Node:
 
     @property
     def signer(self) -> bool:
-        """Whether this node seals blocks."""
-        return self._spec.signer
+        """Whether this node produces blocks once told to (geth: a Clique signer)."""
+        return self._chain.adapter.seals(self._spec)
 
     @property
     def w3(self) -> Web3:

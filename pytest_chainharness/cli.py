@@ -30,8 +30,8 @@ from ._options import DEFAULT_ACCOUNTS, DEFAULT_MAX_NODES, DEFAULT_NODES, Settin
 from ._session import events_dir, read_state, runs_root, start_network, sweep_run
 from ._testnet import random_seed
 from .chain import Chain
-from .clients import SPEC_CLIENTS, available_clients, get_client
-from .clients.spec import is_spec_path, load_spec
+from .clients import available_clients, get_client
+from .clients.spec import find_spec_binary, is_spec_path, load_spec
 from .providers import BACKENDS, attach_provider, default_image
 
 __all__ = ["main"]
@@ -230,15 +230,12 @@ def _up(args: argparse.Namespace) -> int:
     backend = args.chain_backend
     if is_spec_path(client):
         client = str(Path(client).resolve())
-    if is_spec_path(client) or client in SPEC_CLIENTS:
-        if backend == "docker":
-            print("chainharness: a client spec file runs on the process backend")
-            return 2
-        backend = "process"
     try:
         adapter = get_client(client, root=Path.cwd())
         if is_spec_path(client):
-            load_spec(Path(client), root=Path.cwd())  # the binary too
+            spec = load_spec(Path(client), root=Path.cwd(), check_binary=False)
+            if not (spec.image and backend == "docker"):  # else the image carries it
+                find_spec_binary(spec, root=Path.cwd())
     except (ValueError, ChainHarnessError) as exc:
         print(f"chainharness: --chain-client={args.chain_client}: {exc}")
         return 2
@@ -266,7 +263,7 @@ def _up(args: argparse.Namespace) -> int:
         signers=None,
         start_timeout=args.start_timeout,
         chain_id=1337,
-        image=args.chain_image or default_image(client),
+        image=args.chain_image or default_image(client, Path.cwd()),
         services=services,
     )
     run_id = f"ch-{secrets.token_hex(4)}"

@@ -183,11 +183,11 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     s = session.settings
     if s.attach is not None:
         return [f"chainharness: attached to the network in {s.attach} (not started or stopped)"]
-    backend, why = resolve_backend(s.backend, s.image)
+    adapter = get_client(s.client, root=config.rootpath)
+    backend, why = resolve_backend(s.backend, s.image, adapter)
     if backend == "docker":
-        client = f"{s.client} (image {s.image})"
+        client = f"{adapter.display_name} (image {s.image})"
     else:
-        adapter = get_client(s.client, root=config.rootpath)
         try:
             binary = adapter.find_binary(explicit=s.binary)
             client = f"{adapter.display_name} {adapter.version(binary)} ({binary})"

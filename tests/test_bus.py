@@ -21,7 +21,10 @@ from pytest_chainharness._ports import PortAllocator
 from pytest_chainharness._proc import RUN_MARKER
 from pytest_chainharness.bus import BarrierTimeout, merge_history
 
-pytestmark = pytest.mark.usefixtures("geth_required", "mosquitto_required")
+#: Needs what only geth has here (an EVM, Clique, two installed versions); the other
+#: tests run on every client (tests/test_matrix.py runs this module on CometBFT).
+geth_only = pytest.mark.chain(client="geth")
+pytestmark = pytest.mark.usefixtures("client_required", "mosquitto_required")
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,6 +33,7 @@ def block_numbers(events: list[Event]) -> list[int]:
     return [int(e.payload["number"]) for e in events]
 
 
+@geth_only
 def test_transfer_seen_on_every_node_via_the_bus(
     chain: Chain, bus: SyncBus, funded_account: LocalAccount
 ) -> None:
@@ -197,6 +201,7 @@ def _cmdline(proc: Path) -> str:
         return ""
 
 
+@geth_only
 class TestWholeRuns:
     def test_barrier_across_xdist_workers(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(
@@ -325,6 +330,7 @@ def test_one_view(chain, bus, funded_account):
 """
 
 
+@geth_only
 @pytest.mark.parametrize("backend", ["process", "docker"])
 def test_the_bus_has_what_wait_for_tx_returned(
     inner: pytest.Pytester, backend: str, request: pytest.FixtureRequest
@@ -336,6 +342,7 @@ def test_the_bus_has_what_wait_for_tx_returned(
     result.assert_outcomes(passed=1)
 
 
+@geth_only
 def test_agent_exits_once_the_run_is_gone(chain: Chain, bus: SyncBus, tmp_path: Path) -> None:
     from pytest_chainharness.agent import script_path
 

@@ -51,6 +51,15 @@ def test_a_3_1_split_through_the_link_proxies(chain):
     assert chain.wait_converged(timeout=60).number >= before + 5
 
 
+def test_latency_on_one_node_through_its_links(chain):
+    before = chain.wait_converged().number
+    with chain.latency(3, 150) as how:
+        assert how == "toxiproxy"
+        # 150 ms each way on node3's links: the network still commits, node3 too.
+        chain.wait_for_height(before + 3, timeout=60)
+    chain.wait_converged(timeout=60)
+
+
 def test_pause_and_resume(chain):
     node = chain.nodes[1]
     before = chain.wait_converged().number
@@ -66,11 +75,23 @@ def test_ethereum_calls_name_the_client(chain):
 """
 
 
-def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path) -> None:
+@pytest.fixture(params=["process", "docker"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        request.getfixturevalue("docker_required")
+    return str(request.param)
+
+
+def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path, backend: str) -> None:
     inner.makepyfile(test_cometbft=RUN)
-    result = inner.runpytest_subprocess("--chain-client=cometbft", "--chain-nodes=4")
-    result.stdout.fnmatch_lines(["chainharness: 4 node(s), client cometbft 0.38.26*"])
-    result.assert_outcomes(passed=4)
+    result = inner.runpytest_subprocess(
+        "--chain-client=cometbft", "--chain-nodes=4", f"--chain-backend={backend}"
+    )
+    # Before the start the header names what runs: the binary's version, or the image
+    # (the base image, with the host's binary mounted: the test asks the node itself).
+    shown = "0.38.26" if backend == "process" else "(image chainharness/base:bookworm)"
+    result.stdout.fnmatch_lines([f"chainharness: 4 node(s), client cometbft {shown}*"])
+    result.assert_outcomes(passed=len(RUN.split("def test_")) - 1)
     assert_nothing_left(runs_dir)
 
 

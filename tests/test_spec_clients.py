@@ -42,14 +42,38 @@ def test_heads_waits_bus_and_faults(chain, bus):
     assert chain.nodes[0].url() == chain.nodes[0].rpc_url
 
 
+def test_latency_through_the_link_proxies(chain):
+    import time
+    import urllib.request
+
+    links = chain.provider.shared.load()["links"]
+    host = chain.provider.link_routes(1)[0].host
+
+    def took(link):
+        start = time.monotonic()
+        urllib.request.urlopen(f"http://{host}:{links[link]}/status", timeout=10).read()
+        return time.monotonic() - start
+
+    with chain.latency(1, 600) as how:
+        assert how == "toxiproxy"
+        assert took("link-1-0-rpc") >= 0.6  # node1 asks node0: what node1 sends
+        assert took("link-0-1-rpc") >= 0.6  # node0 asks node1: node1's answer
+        assert took("link-2-0-rpc") < 0.5  # nothing of node1's
+    assert took("link-1-0-rpc") < 0.5
+    chain.wait_converged(timeout=30)
+
+
 def test_ethereum_calls_name_the_client(chain):
     with pytest.raises(UnsupportedAction, match="client counter is not an Ethereum chain"):
         chain.nodes[0].w3
     with pytest.raises(UnsupportedAction, match="transfer: client counter"):
         chain.transfer(None, "0x0", 1)
-    with pytest.raises(UnsupportedAction, match="client counter: latency"):
-        chain.add_latency(1, 100)
+    with pytest.raises(UnsupportedAction, match="packet loss"):
+        chain.add_latency(1, 100, loss=0.1)
 
+
+"""
+PARTITION = """
 
 def test_a_partition_through_the_link_proxies(chain):
     before = chain.wait_converged().number
@@ -63,18 +87,78 @@ def test_a_partition_through_the_link_proxies(chain):
     assert chain.wait_converged(timeout=30).number >= before + 5
 
 
+"""
+NO_ACCOUNTS = """
+
 def test_no_funded_accounts(funded_account):
     pass
 """
 
 
 def test_a_replicated_counter_runs_as_a_network(inner: pytest.Pytester, runs_dir: Path) -> None:
-    inner.makepyfile(test_counter=RUN)
+    inner.makepyfile(test_counter=RUN + PARTITION + NO_ACCOUNTS)
     result = inner.runpytest_subprocess(f"--chain-client={COUNTER}", "--chain-nodes=3")
     result.stdout.fnmatch_lines(["chainharness: 3 node(s), client counter *counter.py)"])
-    result.assert_outcomes(passed=3, errors=1)
+    result.assert_outcomes(passed=4, errors=1)
     result.stdout.fnmatch_lines(["*UnsupportedAction: funded_account: client counter is not*"])
     assert_nothing_left(runs_dir)
+
+
+DOCKER_RUN = RUN.split("def test_ethereum_calls_name_the_client")[0]
+
+
+@pytest.mark.usefixtures("docker_required")
+def test_the_counter_on_docker_with_the_hosts_script(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    """No ``image:``: the host's binary (a Python script) at its host path in an image
+    that can run it; partitions on docker go through the link proxies too."""
+    inner.makepyfile(test_counter=DOCKER_RUN + PARTITION)
+    result = inner.runpytest_subprocess(
+        f"--chain-client={COUNTER}",
+        "--chain-nodes=3",
+        "--chain-backend=docker",
+        "--chain-image=chainharness/python:3.11",
+    )
+    result.assert_outcomes(passed=3)
+    assert_nothing_left(runs_dir)
+
+
+@pytest.mark.usefixtures("docker_required")
+def test_a_spec_image_carries_the_binary_and_runs_the_set_up(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    """With ``image:`` the binary is the image's, and node_init and node_id run in one-off
+    containers of it (the host has no ``counter`` at all)."""
+    import docker
+
+    client = docker.from_env()
+    tag = "chainharness-test/counter:1"
+    context = inner.path / "image"
+    context.mkdir()
+    (context / "counter").write_bytes((COUNTER.parent / "counter.py").read_bytes())
+    (context / "Dockerfile").write_text(
+        "FROM chainharness/python:3.11\nCOPY counter /opt/counter/bin/counter\n"
+        "RUN chmod 755 /opt/counter/bin/counter\n"
+    )
+    client.images.build(path=str(context), tag=tag, rm=True)
+    try:
+        text = COUNTER.read_text().replace("counter.py", "counter")
+        text = text.replace("binary: counter", f"binary: /opt/counter/bin/counter\nimage: {tag}")
+        spec = inner.path / "counter-image.yaml"
+        spec.write_text(text)
+        inner.makepyfile(test_counter=DOCKER_RUN)
+        result = inner.runpytest_subprocess(
+            f"--chain-client={spec}", "--chain-nodes=3", "--chain-backend=docker"
+        )
+        result.stdout.fnmatch_lines([f"chainharness: 3 node(s), client counter (image {tag})*"])
+        result.assert_outcomes(passed=2)
+        assert_nothing_left(runs_dir)
+        # The set-up containers are gone with the run.
+        assert not client.containers.list(all=True, filters={"label": "chainharness.run"})
+    finally:
+        client.images.remove(tag, force=True)
+        client.close()
 
 
 def spec_variant(folder: Path, old: str, new: str) -> Path:
@@ -139,11 +223,55 @@ def test_a_bad_spec_is_a_usage_error(
     assert not runs_dir.exists() or not list(runs_dir.glob("*/nodes"))
 
 
-def test_a_spec_client_on_docker_is_a_usage_error(inner: pytest.Pytester) -> None:
+ADAPTER = """
+from pytest_chainharness.clients.spec_client import SpecAdapter
+
+
+class CounterAdapter(SpecAdapter):
+    \"\"\"What YAML cannot say: here, only a name of its own.\"\"\"
+
+    def __init__(self, spec, root=None, name=""):
+        super().__init__(spec, root=root, name=name)
+        self.display_name = "counter-by-adapter"
+"""
+
+
+def test_a_spec_names_a_python_adapter(inner: pytest.Pytester, runs_dir: Path) -> None:
+    spec = spec_variant(
+        inner.path,
+        "client: counter\n",
+        "client: counter\nadapter: counter_adapter:CounterAdapter\n",
+    )
+    (inner.path / "counter_adapter.py").write_text(ADAPTER)
+    inner.makepyfile("def test_it(chain):\n    assert chain.client == 'counter-by-adapter'\n")
+    result = inner.runpytest_subprocess(f"--chain-client={spec}", "--chain-nodes=2")
+    result.stdout.fnmatch_lines(["chainharness: 2 node(s), client counter-by-adapter *"])
+    result.assert_outcomes(passed=1)
+    assert_nothing_left(runs_dir)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "message"),
+    [
+        ("no_such_module:X", "does not load: ModuleNotFoundError"),
+        ("counter_adapter:Missing", "does not load: AttributeError"),
+        ("counter_adapter:SpecAdapter", None),
+        ("json:JSONDecoder", "is not a subclass of pytest_chainharness SpecAdapter"),
+    ],
+)
+def test_a_spec_adapter_that_does_not_load_is_a_usage_error(
+    inner: pytest.Pytester, runs_dir: Path, adapter: str, message: str | None
+) -> None:
+    spec = spec_variant(inner.path, "client: counter\n", f"client: counter\nadapter: {adapter}\n")
+    (inner.path / "counter_adapter.py").write_text(ADAPTER)
     inner.makepyfile("def test_it(chain):\n    pass\n")
-    result = inner.runpytest_subprocess(f"--chain-client={COUNTER}", "--chain-backend=docker")
+    result = inner.runpytest_subprocess(f"--chain-client={spec}", "--chain-nodes=2")
+    if message is None:  # the base class itself is a valid adapter
+        result.assert_outcomes(passed=1)
+        return
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "runs on the process backend" in result.stderr.str()
+    assert f"variant.yaml: adapter: {adapter} {message}" in result.stderr.str(), result.stderr.str()
+    assert not runs_dir.exists() or not list(runs_dir.glob("*/nodes"))
 
 
 def test_cli_up_attach_status_down(inner: pytest.Pytester, runs_dir: Path) -> None:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from pytest_chainharness import build_testnet
-from pytest_chainharness.clients.geth import genesis
+from pytest_chainharness.clients.geth import genesis, is_signer, signer_address, signers
 
 
 def test_same_seed_same_keys_and_accounts() -> None:
     a = build_testnet(nodes=4, client="geth", period=1, seed=123, accounts=16)
     b = build_testnet(nodes=4, client="geth", period=1, seed=123, accounts=16)
-    assert [n.node_key for n in a.nodes] == [n.node_key for n in b.nodes]
-    assert [n.signer_address for n in a.nodes] == [n.signer_address for n in b.nodes]
+    assert [n.identity for n in a.nodes] == [n.identity for n in b.nodes]
+    assert all(n.identity["node_key"] and n.identity["signer_key"] for n in a.nodes)
     assert a.account_addresses() == b.account_addresses()
 
 
@@ -20,7 +20,7 @@ def test_other_seed_other_keys() -> None:
     a = build_testnet(nodes=2, client="geth", period=1, seed=1, accounts=4)
     b = build_testnet(nodes=2, client="geth", period=1, seed=2, accounts=4)
     assert not set(a.account_addresses()) & set(b.account_addresses())
-    assert a.nodes[0].node_key != b.nodes[0].node_key
+    assert a.nodes[0].identity["node_key"] != b.nodes[0].identity["node_key"]
 
 
 def test_ports_are_distinct_and_loopback() -> None:
@@ -36,13 +36,22 @@ def test_genesis_lists_signers_and_funds_accounts() -> None:
     doc = genesis(net)
     extra = doc["extradata"][2:]
     assert len(extra) == 2 * (32 + 2 * 20 + 65)
-    signers = {extra[64 + 40 * i : 64 + 40 * (i + 1)] for i in range(2)}
-    assert signers == {n.signer_address[2:].lower() for n in net.nodes[:2]}
-    assert not net.nodes[2].signer
+    sealers = {extra[64 + 40 * i : 64 + 40 * (i + 1)] for i in range(2)}
+    assert sealers == {signer_address(n)[2:].lower() for n in net.nodes[:2]}
+    assert not is_signer(net.nodes[2])
     assert doc["config"]["clique"]["period"] == 2
     assert set(net.account_addresses()) == set(doc["alloc"])
     # Unlocked to seal, a signer's own account must hold nothing but the fees it earns.
-    assert not {n.signer_address for n in net.signers} & set(doc["alloc"])
+    assert not {signer_address(n) for n in signers(net)} & set(doc["alloc"])
+
+
+def test_the_testnet_carries_a_clients_identity_without_reading_it() -> None:
+    """A client without keys of the harness's (a spec client) has none; nothing asks a
+    network for a signer."""
+    net = build_testnet(nodes=3, client="cometbft", period=1, seed=4, accounts=1)
+    assert [n.identity for n in net.nodes] == [{}, {}, {}]
+    assert [set(n.ports) for n in net.nodes] == [{"p2p", "rpc"}] * 3
+    assert type(net).from_dict(net.to_dict()).to_dict() == net.to_dict()
 
 
 def test_round_trip_through_dict() -> None:

@@ -77,7 +77,10 @@ def get_client(name: str, *, root: Path | None = None) -> ClientAdapter:
 
         path, install = SPEC_CLIENTS.get(name, (Path(name), ""))
         spec = replace(load_spec(path, root=root, check_binary=False), install=install or None)
-        return SpecAdapter(spec, root=root, name=name)
+        if spec.adapter is None:
+            return SpecAdapter(spec, root=root, name=name)
+        custom: ClientAdapter = _spec_adapter_class(spec)(spec, root=root, name=name)
+        return custom
     clients = available_clients()
     try:
         cls = clients[name]
@@ -85,3 +88,27 @@ def get_client(name: str, *, root: Path | None = None) -> ClientAdapter:
         raise ValueError(f"unknown client {name!r}; choose one of: {', '.join(clients)}") from None
     adapter: ClientAdapter = cls(root=root)
     return adapter
+
+
+def _spec_adapter_class(spec: Any) -> type[Any]:
+    """The ``adapter: module:Class`` a spec names: a ``SpecAdapter`` subclass that adds
+    what YAML cannot say. The spec's folder is importable, so the module may sit beside
+    the spec file."""
+    import importlib
+    import sys
+
+    from .spec import ClientSpecError
+    from .spec_client import SpecAdapter
+
+    module_name, _, class_name = str(spec.adapter).partition(":")
+    where = f"{spec.path}: adapter: {spec.adapter}"
+    folder = str(spec.path.parent)
+    if folder not in sys.path:
+        sys.path.append(folder)
+    try:
+        cls = getattr(importlib.import_module(module_name), class_name)
+    except Exception as exc:  # any import error of the team's module
+        raise ClientSpecError(f"{where} does not load: {type(exc).__name__}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, SpecAdapter)):
+        raise ClientSpecError(f"{where} is not a subclass of pytest_chainharness SpecAdapter")
+    return cls

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import urllib.request
 
 from .._rpc import RPCError, rpc_call
 from .._testnet import NodeSpec
-from .base import Head
+from .base import Head, Placement
 
 __all__ = ["EthereumQueries"]
 
@@ -58,3 +59,9 @@ class EthereumQueries:
 
     def peer_count(self, node: NodeSpec) -> int:
         return int(rpc_call(node.rpc_url, "net_peerCount", timeout=2.0), 16)
+
+    def node_version(self, node: NodeSpec, place: Placement) -> str:
+        # "Geth/v1.13.15-stable/linux-amd64/go1.22" → "1.13.15-stable", as the binary says.
+        reply = str(rpc_call(node.rpc_url, "web3_clientVersion", timeout=5.0))
+        match = re.search(r"/v(\d[^/]*)", reply)
+        return match.group(1) if match else reply

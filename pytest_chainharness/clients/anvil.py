@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._testnet import NodeSpec, Testnet
+from ..images import ANVIL_IMAGE
 from ..tools import binary_version, find_anvil
 from ._evm import EthereumQueries
 from .base import Helper, Placement, Repairer
@@ -32,6 +33,8 @@ class AnvilAdapter(EthereumQueries):
     # One listener: WebSocket is served on the HTTP port.
     port_roles: tuple[str, ...] = ("rpc",)
     api_ports: tuple[str, ...] = ("rpc",)
+    image = ANVIL_IMAGE
+    auto_docker = True
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
@@ -67,6 +70,12 @@ class AnvilAdapter(EthereumQueries):
     def container_ports(self) -> dict[str, int]:
         return {"rpc": 8545}
 
+    def container_binary(self) -> str:
+        return "anvil"
+
+    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+        return {}
+
     def command(
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
     ) -> list[str]:
@@ -89,6 +98,15 @@ class AnvilAdapter(EthereumQueries):
 
     def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
         return []
+
+    def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
+        return {}  # one node; its accounts are the testnet's
+
+    def peer_id(self, node: NodeSpec) -> str:
+        return ""
+
+    def seals(self, node: NodeSpec) -> bool:
+        return False  # it produces blocks on its own, from the start
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
         return ""  # one node: no peers

@@ -8,7 +8,8 @@ paths as the node will see them.
 from __future__ import annotations
 
 import signal
-from collections.abc import Sequence
+import subprocess
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -18,7 +19,7 @@ from .._testnet import NodeSpec, Testnet
 if TYPE_CHECKING:
     from ..chain import Chain
 
-__all__ = ["ClientAdapter", "Head", "Helper", "Placement", "Repairer"]
+__all__ = ["ClientAdapter", "CommandRunner", "Head", "Helper", "Placement", "Repairer", "Route"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,23 @@ class Repairer(Protocol):
 
 
 @dataclass(frozen=True)
+class Route:
+    """Where a node dials one peer: the peer itself, or the proxy of their link."""
+
+    host: str
+    #: Port role → port (the roles ``ClientAdapter.peer_roles`` names).
+    ports: dict[str, int]
+
+
+#: Runs one set-up command (argv, working directory, extra environment, timeout) where the
+#: node runs, with the output captured: a host process, or a one-off container of the
+#: node's image.
+CommandRunner = Callable[
+    [list[str], Path, dict[str, str], float], "subprocess.CompletedProcess[str]"
+]
+
+
+@dataclass(frozen=True)
 class Placement:
     """A node's paths, ports and peers as the node itself sees them.
 
@@ -80,9 +98,12 @@ class Placement:
     peers: tuple[str, ...]
     #: The admin socket the node listens on (see ``Provider.admin_url``).
     ipc_path: str = ""
-    #: Peer index → ports (by role) this node dials that peer at, when they are not the
-    #: peer's own: its links' proxies (see ``providers/_links.py``).
-    peer_routes: dict[int, dict[str, int]] = field(default_factory=dict)
+    #: Peer index → where this node dials that peer, when that is not the peer's own
+    #: ``NodeSpec`` address: its container address, or its link's proxy
+    #: (``providers/_links.py``).
+    peer_routes: dict[int, Route] = field(default_factory=dict)
+    #: Runs the client's set-up commands; None: on this host.
+    runner: CommandRunner | None = None
 
     @classmethod
     def local(
@@ -93,7 +114,7 @@ class Placement:
         binary: Path,
         ipc_path: str = "",
         peers: tuple[str, ...] = (),
-        peer_routes: dict[int, dict[str, int]] | None = None,
+        peer_routes: dict[int, Route] | None = None,
     ) -> Placement:
         return cls(
             datadir=str(datadir),
@@ -135,6 +156,11 @@ class ClientAdapter(Protocol):
     peer_roles: tuple[str, ...]
     #: Project root: where the tools folder (``.tools``) is looked up; None: the default.
     root: Path | None
+    #: The docker backend's image when ``--chain-image`` names none.
+    image: str
+    #: ``--chain-backend=auto`` may pick docker: ``image`` carries the client (a spec
+    #: without ``image:`` runs the host's binary, which auto leaves on the host).
+    auto_docker: bool
 
     @property
     def display_name(self) -> str:
@@ -147,6 +173,10 @@ class ClientAdapter(Protocol):
 
     def version(self, binary: Path) -> str:
         """The version string the binary reports."""
+        ...
+
+    def node_version(self, node: NodeSpec, place: Placement) -> str:
+        """The version a running node (in a container: its image's binary) reports."""
         ...
 
     def write_files(
@@ -173,6 +203,16 @@ class ClientAdapter(Protocol):
         """Fixed in-container ports, one per role of ``port_roles``."""
         ...
 
+    def container_binary(self) -> str:
+        """The binary as a container of ``image`` runs it (a name on its PATH, or a host
+        path that ``container_mounts`` brings in)."""
+        ...
+
+    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+        """Host paths a node's container needs besides its datadir and the admin folder,
+        each mounted at the same path, with its mode (``ro``/``rw``)."""
+        ...
+
     def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
         """Host processes the network's nodes need, serving in ``admin`` (the run's 0700
         admin folder, which a container sees at the parent of ``Placement.ipc_path``);
@@ -186,6 +226,23 @@ class ClientAdapter(Protocol):
 
     def ws_url(self, node: NodeSpec) -> str:
         """The node's WebSocket endpoint."""
+        ...
+
+    def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
+        """Node ``index``'s identity (keys, roles), derived from ``seed`` only; the harness
+        stores it in ``NodeSpec.identity`` and never reads it. ``signers``: how many
+        nodes produce blocks (``--chain-signers``; None: all); ``ValueError`` when the
+        client cannot do with that many."""
+        ...
+
+    def peer_id(self, node: NodeSpec) -> str:
+        """The id the client's admin API names ``node`` by in a peer list ("" if none)."""
+        ...
+
+    def seals(self, node: NodeSpec) -> bool:
+        """Whether ``node`` produces blocks once told to (``start_sealing``): the chain
+        lets a restarted one catch up first. False for a client that produces blocks on
+        its own."""
         ...
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:

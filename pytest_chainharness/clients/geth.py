@@ -8,9 +8,13 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from eth_account import Account
+from eth_keys.datatypes import PrivateKey
+
 from .._rpc import rpc_call
-from .._testnet import NodeSpec, Testnet
-from ..tools import binary_version, find_geth
+from .._testnet import NodeSpec, Testnet, derive_key
+from ..images import geth_image
+from ..tools import DEFAULT_GETH_VERSION, binary_version, find_geth
 from . import clique_signer
 from ._evm import EthereumQueries
 from .base import Helper, Placement, Repairer
@@ -18,7 +22,7 @@ from .base import Helper, Placement, Repairer
 if TYPE_CHECKING:
     from ..chain import Chain
 
-__all__ = ["GethAdapter", "genesis"]
+__all__ = ["GethAdapter", "genesis", "is_signer", "node_id", "signer_address", "signers"]
 
 # Everything up to London at block 0 and nothing later: Shanghai and later forks need the
 # merge, which a Clique network never reaches (contracts compile for EVM "paris").
@@ -42,10 +46,34 @@ _FORKS = (
 _PUBLIC_APIS = "eth,net,web3,txpool"
 
 
+# -- a node's identity (NodeSpec.identity): its p2p key and, for a signer, its signer key --
+
+
+def is_signer(node: NodeSpec) -> bool:
+    """Whether the node seals Clique blocks."""
+    return bool(node.identity.get("signer_key"))
+
+
+def signers(testnet: Testnet) -> list[NodeSpec]:
+    return [n for n in testnet.nodes if is_signer(n)]
+
+
+def node_id(node: NodeSpec) -> str:
+    """The devp2p node id (uncompressed public key, hex, no 0x)."""
+    key = bytes.fromhex(node.identity["node_key"])
+    return str(PrivateKey(key).public_key.to_bytes().hex())
+
+
+def signer_address(node: NodeSpec) -> str:
+    """The signer's address ("" for a node that does not seal)."""
+    key = node.identity.get("signer_key")
+    return str(Account.from_key(bytes.fromhex(key)).address) if key else ""
+
+
 def genesis(testnet: Testnet) -> dict[str, Any]:
     """The genesis document; every signer is a Clique signer from block 0 (with no
     balance: a signer key signs headers only, see ``clique_signer``)."""
-    signers = "".join(n.signer_address[2:].lower() for n in testnet.signers)
+    sealers = "".join(signer_address(n)[2:].lower() for n in signers(testnet))
     alloc = {addr: {"balance": hex(testnet.balance_wei)} for addr in testnet.account_addresses()}
     return {
         "config": {
@@ -58,7 +86,7 @@ def genesis(testnet: Testnet) -> dict[str, Any]:
         "timestamp": "0x0",
         "difficulty": "0x1",
         "gasLimit": hex(testnet.gas_limit),
-        "extradata": "0x" + "00" * 32 + signers + "00" * 65,
+        "extradata": "0x" + "00" * 32 + sealers + "00" * 65,
         "alloc": alloc,
     }
 
@@ -75,6 +103,8 @@ class GethAdapter(EthereumQueries):
     has_peers = True
     port_roles: tuple[str, ...] = ("rpc", "ws", "p2p", "authrpc")
     api_ports: tuple[str, ...] = ("rpc", "ws")
+    image = geth_image(DEFAULT_GETH_VERSION)
+    auto_docker = True
 
     def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
         self._root = root
@@ -98,7 +128,7 @@ class GethAdapter(EthereumQueries):
         datadir.mkdir(parents=True, exist_ok=True)
         (datadir / "genesis.json").write_text(json.dumps(genesis(testnet)))
         (datadir / "geth").mkdir(exist_ok=True)
-        (datadir / "geth" / "nodekey").write_text(node.node_key)
+        (datadir / "geth" / "nodekey").write_text(node.identity["node_key"])
         # The p2p listener binds to the node's own address only (geth's --port would
         # bind every address of the host): the config file is where geth takes it from.
         _write_config(datadir, f"{place.listen}:{place.ports['p2p']}", place.peers)
@@ -112,6 +142,12 @@ class GethAdapter(EthereumQueries):
 
     def container_ports(self) -> dict[str, int]:
         return {"rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551}
+
+    def container_binary(self) -> str:
+        return "geth"
+
+    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+        return {}
 
     def command(
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
@@ -176,10 +212,10 @@ class GethAdapter(EthereumQueries):
             "--verbosity",
             "3",
         ]
-        if node.signer:
+        if is_signer(node):
             argv += [
                 "--miner.etherbase",
-                node.signer_address,
+                signer_address(node),
                 # The key is not in geth: see clique_signer (an unlocked keystore key
                 # would sign any eth_sendTransaction sent to the public port).
                 "--signer",
@@ -189,12 +225,27 @@ class GethAdapter(EthereumQueries):
                 "--miner.recommit",
                 "1s",
             ]
-        if node.signer and seal:
+        if is_signer(node) and seal:
             argv.append("--mine")
         return argv + self.extra_args
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
-        return f"enode://{node.node_id}@{host}:{ports['p2p']}"
+        return f"enode://{node_id(node)}@{host}:{ports['p2p']}"
+
+    def peer_id(self, node: NodeSpec) -> str:
+        return node_id(node)
+
+    def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
+        count = nodes if signers is None else signers
+        if not 1 <= count <= nodes:
+            raise ValueError(f"signers must be 1..{nodes}, got {count}")
+        found = {"node_key": derive_key(seed, "node", index).hex()}
+        if index < count:  # the first ones seal
+            found["signer_key"] = derive_key(seed, "signer", index).hex()
+        return found
+
+    def seals(self, node: NodeSpec) -> bool:
+        return is_signer(node)
 
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
         return {}
@@ -203,19 +254,20 @@ class GethAdapter(EthereumQueries):
         # Sealing starts only once every node is connected: signers that seal before their
         # peers are known each build their own block 1, and the equal-weight forks that
         # follow can stall a Clique network for many periods.
-        if node.signer:
+        if is_signer(node):
             rpc_call(admin_url, "miner_start", [])
 
     def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
         # One process for every signer: N Python start-ups on a busy machine cost more
         # than the whole geth init they overlap with.
-        if not testnet.signers:
+        sealing = signers(testnet)
+        if not sealing:
             return []
-        sockets = [admin / _signer_socket(node) for node in testnet.signers]
+        sockets = [admin / _signer_socket(node) for node in sealing]
         argv = [sys.executable, clique_signer.script_path()]
         for socket in sockets:
             argv += ["--socket", str(socket)]
-        keys = ",".join(node.signer_key for node in testnet.signers)
+        keys = ",".join(node.identity["signer_key"] for node in sealing)
         return [
             Helper(
                 name="signers",

@@ -10,6 +10,11 @@ What the spec says, in the order the harness does it (process backend)::
 Heads, peer counts and readiness are the spec's HTTP probes; the node agents follow the
 head probe. ``{peers}`` are rendered at each start, so a node restarted after another
 one moved ports dials the new address.
+
+On docker every path is the host's: a node's container mounts its home, the network
+folder and (without a spec ``image:``) the binary at the paths they have on the host, so
+the set-up commands run on the host give what they would in the container. With an
+``image:``, which carries the binary, they run in one-off containers of that image.
 """
 
 from __future__ import annotations
@@ -24,11 +29,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .._errors import NetworkStartError, UnsupportedAction
+from .._errors import NetworkStartError, ToolNotFound, UnsupportedAction
 from .._rpc import RPCError, dig, http_json
 from .._testnet import NodeSpec, Testnet
 from ._files import edit_file
-from .base import Head, Helper, Placement, Repairer
+from .base import Head, Helper, Placement, Repairer, Route
 from .spec import ClientSpec, Probe, find_spec_binary, render
 
 if TYPE_CHECKING:
@@ -38,6 +43,8 @@ __all__ = ["SpecAdapter"]
 
 #: Longest a network_init, node_init or node_id command may take.
 COMMAND_TIMEOUT = 120.0
+#: A spec client's ports inside its container: role i listens on CONTAINER_PORT_BASE + i.
+CONTAINER_PORT_BASE = 30000
 _ID_FILE = ".chainharness-id"
 _NETWORK_LOCK = threading.Lock()
 
@@ -64,12 +71,22 @@ class SpecAdapter:
             dict.fromkeys(re.findall(r"\{port\.([a-z][a-z0-9_]*)\}", spec.peer or ""))
         )
         self.display_name = spec.client
+        #: Without an ``image:`` the node runs the host's binary on the harness base image.
+        self.image = spec.image or _base_image()
+        self.auto_docker = spec.image is not None
 
     # -- binary ----------------------------------------------------------------------------
 
     def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
         if explicit or version:
-            return Path(explicit or str(version)).resolve()
+            # Another version of a spec client is another binary (an upgrade target).
+            path = Path(explicit or str(version)).expanduser().resolve()
+            if not path.is_file() or not os.access(path, os.X_OK):
+                raise ToolNotFound(
+                    f"client {self.spec.client}: no executable binary {explicit or version} "
+                    "(a spec client's version is the path of its binary)"
+                )
+            return path
         return find_spec_binary(self.spec, root=self.root)
 
     def version(self, binary: Path) -> str:
@@ -80,8 +97,19 @@ class SpecAdapter:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return "unknown"
-        lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
-        return lines[0].strip() if lines and done.returncode == 0 else "unknown"
+        return _first_line(done) or "unknown"
+
+    def node_version(self, node: NodeSpec, place: Placement) -> str:
+        if self.spec.version is None:
+            return "unknown"
+        if self.spec.image is None or place.runner is None:
+            return self.version(self.find_binary())  # the host's binary is the one running
+        argv = self._argv(self.spec.version, place.binary, {})
+        try:
+            done = place.runner(argv, Path(place.datadir), {}, 30.0)
+        except (OSError, subprocess.TimeoutExpired):
+            return "unknown"
+        return _first_line(done) or "unknown"
 
     # -- layout ----------------------------------------------------------------------------
 
@@ -96,7 +124,7 @@ class SpecAdapter:
                 network_dir.mkdir(parents=True, exist_ok=True)
                 values = self._network_values(testnet, network_dir)
                 for command in self.spec.network_init:
-                    self._run(command, place.binary, values, network_dir, "network_init")
+                    self._run(command, place, values, network_dir, "network_init")
                 marker.touch()
         values = self._node_values(testnet, node, place)
         home = Path(values["home"])
@@ -104,10 +132,10 @@ class SpecAdapter:
         initialised = datadir / ".chainharness-node-initialised"
         if not initialised.exists():
             for command in self.spec.node_init:
-                self._run(command, place.binary, values, home, f"{node.name}: node_init")
+                self._run(command, place, values, home, f"{node.name}: node_init")
             initialised.touch()
         if self.spec.node_id is not None:
-            out = self._run(self.spec.node_id, place.binary, values, home, f"{node.name}: node_id")
+            out = self._run(self.spec.node_id, place, values, home, f"{node.name}: node_id")
             lines = [line.strip() for line in out.splitlines() if line.strip()]
             if not lines:
                 argv = self._argv(self.spec.node_id, place.binary, values)
@@ -124,10 +152,18 @@ class SpecAdapter:
         return None  # {peers} are rendered at every start
 
     def container_ports(self) -> dict[str, int]:
-        raise UnsupportedAction(
-            f"client {self.spec.client} ({self.spec.path}): spec clients run on the process "
-            "backend in this version"
-        )
+        return {role: CONTAINER_PORT_BASE + i for i, role in enumerate(self.port_roles)}
+
+    def container_binary(self) -> str:
+        if self.spec.image is not None:
+            return self.spec.binary  # on the image's PATH, or an absolute path in it
+        return str(self.find_binary())
+
+    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+        mounts = {_network_dir(datadir): "rw"}
+        if self.spec.image is None:
+            mounts[self.find_binary()] = "ro"
+        return mounts
 
     def command(
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
@@ -140,6 +176,15 @@ class SpecAdapter:
             }
             edit_file(Path(render(target, values)), rendered)
         return self._argv(self.spec.start, place.binary, values)
+
+    def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
+        return {}  # a spec node makes its own keys (network_init, node_init)
+
+    def peer_id(self, node: NodeSpec) -> str:
+        return ""
+
+    def seals(self, node: NodeSpec) -> bool:
+        return False  # it produces blocks on its own, from the start
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
         return ""  # the spec renders {peers} at each start
@@ -252,10 +297,11 @@ class SpecAdapter:
         peers: list[str] = []
         for other in testnet.nodes:
             theirs = dict(own)
-            theirs.update(index=str(other.index), name=other.name, host=other.host)
-            # Through the link's proxy when there is one (partitions on processes).
-            route = {**other.ports, **place.peer_routes.get(other.index, {})}
-            theirs.update({f"port.{role}": str(port) for role, port in route.items()})
+            theirs.update(index=str(other.index), name=other.name)
+            # Its container's address, or its link's proxy (partitions, latency).
+            route = place.peer_routes.get(other.index, Route(other.host, other.ports))
+            theirs["host"] = route.host
+            theirs.update({f"port.{role}": str(port) for role, port in route.ports.items()})
             id_file = nodes_dir / other.name / _ID_FILE
             if self.spec.node_id is not None:
                 theirs["id"] = id_file.read_text().strip() if id_file.exists() else ""
@@ -279,19 +325,20 @@ class SpecAdapter:
         return argv
 
     def _run(
-        self, template: Sequence[str], binary: str, values: dict[str, str], cwd: Path, what: str
+        self,
+        template: Sequence[str],
+        place: Placement,
+        values: dict[str, str],
+        cwd: Path,
+        what: str,
     ) -> str:
-        argv = self._argv(template, binary, values)
+        argv = self._argv(template, place.binary, values)
+        env = {name: _render_known(value, values) for name, value in self.spec.env.items()}
+        # The host's binary at the host's paths gives what the container would; only an
+        # image's own binary needs the image.
+        use = place.runner if place.runner is not None and self.spec.image else _on_host
         try:
-            done = subprocess.run(
-                argv,
-                cwd=cwd,
-                capture_output=True,
-                text=True,
-                timeout=COMMAND_TIMEOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **self.spec.env},
-            )
+            done = use(argv, cwd, env, COMMAND_TIMEOUT)
         except subprocess.TimeoutExpired:
             raise NetworkStartError(
                 f"{what}: `{shlex.join(argv)}` did not finish within {COMMAND_TIMEOUT:g}s"
@@ -305,6 +352,39 @@ class SpecAdapter:
                 f"its last output:\n{tail}"
             )
         return done.stdout
+
+
+def _on_host(
+    argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
+    )
+
+
+def _first_line(done: subprocess.CompletedProcess[str]) -> str:
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    return lines[0].strip() if lines and done.returncode == 0 else ""
+
+
+def _render_known(template: str, values: dict[str, str]) -> str:
+    # network_init runs before any node has a {name}: such a variable stays as written.
+    try:
+        return render(template, values)
+    except KeyError:
+        return template
+
+
+def _base_image() -> str:
+    from ..images import BASE_IMAGE
+
+    return BASE_IMAGE
 
 
 def _rendered(probe: Probe, values: dict[str, str]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..clients.base import ClientAdapter
@@ -22,20 +23,28 @@ __all__ = [
 BACKENDS = ("auto", "docker", "process")
 
 
-def default_image(client: str) -> str:
-    """The local image ``chainharness images build`` makes for ``client``."""
-    from ..images import ANVIL_IMAGE, geth_image
-    from ..tools import DEFAULT_GETH_VERSION
+def default_image(client: str, root: Path | None = None) -> str:
+    """The docker image for ``client`` when ``--chain-image`` names none (its adapter's:
+    the local image ``chainharness images build`` makes, or a spec's ``image:``)."""
+    from ..clients import get_client
 
-    return ANVIL_IMAGE if client == "anvil" else geth_image(DEFAULT_GETH_VERSION)
+    return get_client(client, root=root).image
 
 
-def resolve_backend(requested: str, image: str) -> tuple[str, str]:
-    """(backend, why) for a requested backend name; ``auto`` asks the engine."""
+def resolve_backend(
+    requested: str, image: str, adapter: ClientAdapter | None = None
+) -> tuple[str, str]:
+    """(backend, why) for a requested backend name; ``auto`` asks the engine (and picks
+    processes for a client whose binary is the host's: see ``ClientAdapter.auto_docker``)."""
     if requested == "process":
         return "process", "requested with --chain-backend=process"
     if requested == "docker":
         return "docker", f"requested with --chain-backend=docker, image {image}"
+    if adapter is not None and not adapter.auto_docker:
+        return "process", (
+            f"auto: client {adapter.display_name} runs the host's binary "
+            "(--chain-backend=docker runs it in containers)"
+        )
     from .._docker import engine_status, image_exists
 
     up, why = engine_status()

@@ -18,8 +18,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._broker import _CHILDREN
 from .._errors import ChainHarnessError, UnsupportedAction
@@ -86,9 +87,17 @@ class ToxiproxyLatency:
         """The address proxies listen on: one every node can reach."""
         raise NotImplementedError
 
-    def _p2p_upstream(self, index: int) -> str:
-        """host:port where the proxy reaches node ``index``'s p2p listener."""
+    def _upstream(self, index: int, role: str) -> str:
+        """host:port where a proxy reaches node ``index``'s listener for port ``role``."""
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # from ProxiedLinks, later in the providers' bases
+
+        def proxied_links(self) -> bool: ...
+
+        def slow_links(self, index: int, latency_ms: int, jitter_ms: int) -> list[str]: ...
+
+        def unslow_links(self, names: Sequence[str]) -> None: ...
 
     # -- the server ------------------------------------------------------------------------
 
@@ -142,11 +151,6 @@ class ToxiproxyLatency:
             raise UnsupportedAction(
                 f"client {self.adapter.display_name} has no peer links to slow down"
             )
-        if not self.adapter.admin_peering:
-            raise UnsupportedAction(
-                f"client {self.adapter.display_name}: latency re-routes peer links through "
-                "the client's admin API, which it has not"
-            )
         if latency_ms < 0 or jitter_ms < 0:
             raise ValueError("latency and jitter are milliseconds >= 0")
         if not 0 <= loss < 1:
@@ -165,6 +169,11 @@ class ToxiproxyLatency:
         return {int(k): float(v) for k, v in (self.shared.load().get("loss") or {}).items()}
 
     def _add_proxies(self, index: int, latency_ms: int, jitter_ms: int) -> str:
+        if self.proxied_links():
+            # Every link is behind a proxy already: add the toxics, nothing restarts.
+            links = self.slow_links(index, latency_ms, jitter_ms)
+            self._record_latency(index, {"ms": latency_ms, "jitter": jitter_ms, "links": links})
+            return "toxiproxy"
         api = self._toxiproxy()
         toxic = {
             "name": "latency",
@@ -194,13 +203,14 @@ class ToxiproxyLatency:
                 {
                     "name": name,
                     "listen": f"{self._proxy_host()}:0",
-                    "upstream": self._p2p_upstream(other.index),
+                    "upstream": self._upstream(other.index, "p2p"),
                     "enabled": True,
                 },
             )
             _call(api, "POST", f"/proxies/{name}/toxics", toxic)
             names.append(name)
-            peers.append(f"enode://{other.node_id}@{created['listen']}")
+            host, _, port = str(created["listen"]).rpartition(":")
+            peers.append(self.adapter.peer_address(other, host, {"p2p": int(port)}))
         self._record_latency(
             index, {"ms": latency_ms, "jitter": jitter_ms, "proxies": names, "peers": peers}
         )
@@ -239,6 +249,8 @@ class ToxiproxyLatency:
         for slow in chosen:
             if current[slow].get("loss"):
                 self._set_loss(slow, 0.0)
+            if current[slow].get("links"):
+                self.unslow_links(current[slow]["links"])
             if not current[slow].get("proxies"):
                 self._record_latency(slow, None)
                 continue

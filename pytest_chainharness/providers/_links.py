@@ -1,23 +1,30 @@
-"""Partitions for any client on the process backend: every peer link through a proxy.
+"""Partitions and latency for any client: every peer link through a proxy.
 
-Nodes on one host share 127.0.0.1, so no packet filter can tell their links apart, and
-a client without an admin API (a spec client) cannot be told to drop a peer. Instead
-each node dials each peer through its own toxiproxy listener from the start (node i's
-``{peers}`` name the proxy of link i → j, not j itself). A partition disables the links
-that cross groups (toxiproxy closes their connections and refuses new ones); healing
-enables them again. The links live in the run's one toxiproxy server, so every process
-of the run (xdist workers) sees the same state.
+A client without an admin API (a spec client) cannot be told to drop a peer or to dial
+one somewhere else, and nodes on one host share 127.0.0.1, so no packet filter can tell
+their links apart. Instead each node dials each peer through its own toxiproxy listener
+from the start (node i's ``{peers}`` name the proxy of link i → j, not j itself), on
+both backends:
+
+- a partition disables the links that cross groups (toxiproxy closes their connections
+  and refuses new ones); healing enables them again;
+- latency on node N is a ``latency`` toxic on every link of N, on the direction N sends
+  (upstream of N → j, downstream of j → N): what netem's delay on N's interface does.
+  No node restarts.
+
+The links live in the run's one toxiproxy server, so every process of the run (xdist
+workers) sees the same state.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ChainHarnessError
 from .._ports import PortAllocator
 from .._testnet import Testnet
-from ..clients.base import ClientAdapter
+from ..clients.base import ClientAdapter, Route
 from ._latency import _call
 from ._state import RunState
 
@@ -29,8 +36,13 @@ class ProxiedLinks:
     adapter: ClientAdapter
     shared: RunState
 
-    def _toxiproxy(self) -> str:
-        raise NotImplementedError
+    if TYPE_CHECKING:  # from ToxiproxyLatency and the provider
+
+        def _toxiproxy(self) -> str: ...
+
+        def _proxy_host(self) -> str: ...
+
+        def _upstream(self, index: int, role: str) -> str: ...
 
     def proxied_links(self) -> bool:
         """Whether this run's peer links go through proxies (clients with peers and no
@@ -41,16 +53,18 @@ class ProxiedLinks:
     def _link(source: int, target: int, role: str) -> str:
         return f"link-{source}-{target}-{role}"
 
-    def peer_routes(self, index: int) -> dict[int, dict[str, int]]:
-        """Peer index → the ports node ``index`` dials it at (its links' listeners)."""
-        if not self.proxied_links():
-            return {}
+    def link_routes(self, index: int) -> dict[int, Route]:
+        """Peer index → where node ``index`` dials it (its links' listeners)."""
         links = self._ensure_links()
+        host = self._proxy_host()
         return {
-            other.index: {
-                role: links[self._link(index, other.index, role)]
-                for role in self.adapter.peer_roles
-            }
+            other.index: Route(
+                host,
+                {
+                    role: links[self._link(index, other.index, role)]
+                    for role in self.adapter.peer_roles
+                },
+            )
             for other in self.testnet.nodes
             if other.index != index
         }
@@ -72,7 +86,7 @@ class ProxiedLinks:
                 if a.index != b.index
                 for role in self.adapter.peer_roles
             ]
-            ports = PortAllocator().take(len(wanted))
+            ports = PortAllocator(self._proxy_host()).take(len(wanted))
             for (source, target, role), port in zip(wanted, ports, strict=True):
                 name = self._link(source, target, role)
                 _call(api, "POST", "/proxies", self._proxy(name, port, target, role))
@@ -81,11 +95,10 @@ class ProxiedLinks:
             return links
 
     def _proxy(self, name: str, port: int, target: int, role: str) -> dict[str, Any]:
-        node = self.testnet.nodes[target]
         return {
             "name": name,
-            "listen": f"127.0.0.1:{port}",
-            "upstream": f"{node.host}:{node.ports[role]}",
+            "listen": f"{self._proxy_host()}:{port}",
+            "upstream": self._upstream(target, role),
             "enabled": True,
         }
 
@@ -115,3 +128,35 @@ class ProxiedLinks:
             except ChainHarnessError as exc:
                 what = "heal" if enabled else "cut"
                 raise ChainHarnessError(f"cannot {what} {name}: {exc}") from None
+
+    def slow_links(self, index: int, latency_ms: int, jitter_ms: int) -> list[str]:
+        """Delay what node ``index`` sends on each of its links; the links' names."""
+        links = self._ensure_links()
+        api = self._toxiproxy()
+        slowed: list[str] = []
+        for name in links:
+            _, source, target, _ = name.split("-", 3)
+            if index not in (int(source), int(target)):
+                continue
+            toxic = {
+                "name": "latency",
+                "type": "latency",
+                # upstream: what the dialling side (the link's source) sends
+                "stream": "upstream" if int(source) == index else "downstream",
+                "attributes": {"latency": int(latency_ms), "jitter": int(jitter_ms)},
+            }
+            try:
+                _call(api, "POST", f"/proxies/{name}/toxics/latency", toxic)
+            except ChainHarnessError:
+                _call(api, "POST", f"/proxies/{name}/toxics", toxic)  # not there yet
+            slowed.append(name)
+        return slowed
+
+    def unslow_links(self, names: Sequence[str]) -> None:
+        api = self._toxiproxy()
+        for name in names:
+            try:
+                _call(api, "DELETE", f"/proxies/{name}/toxics/latency")
+            except ChainHarnessError as exc:
+                if "404" not in str(exc):
+                    raise

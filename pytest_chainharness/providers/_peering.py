@@ -74,7 +74,7 @@ class AdminPeering:
         return "peers"
 
     def _crossing_peers(self, group_of: dict[int, int]) -> list[tuple[int, int]]:
-        index_of = {n.node_id: n.index for n in self.testnet.nodes}
+        index_of = {self.adapter.peer_id(n): n.index for n in self.testnet.nodes}
         crossing = []
         for node in self.testnet.nodes:
             if self.state(node.index) is not NodeState.RUNNING:

@@ -3,9 +3,13 @@
 - testcontainers creates and starts each container; docker-py does the rest (stop, kill,
   pause, logs, removal by label).
 - Node datadirs are bind-mounted from ``<run_dir>/nodes/<name>`` so a container can be
-  replaced (upgrade to another image, fresh ports) without losing the chain.
+  replaced (upgrade to another image, fresh ports) without losing the chain. Every mount
+  (datadir, the run's admin folder, what the client adds) has the path it has on the
+  host, so a client's files and commands name the same paths on both backends.
 - Each node has a fixed address on the run's subnet, so peers are written into the
   config before anything starts (geth resolves enode host names only once, at parse time).
+  A client without an admin API dials its peers through per-link proxies on the run
+  network's gateway instead (``_links.py``): partitions and latency act there.
 - RPC and WebSocket are published on 127.0.0.1 only, on ports chosen like the process
   backend's, so ``NodeSpec.rpc_url`` is the same kind of URL on both backends.
 - Every container and the network carry the run's labels (see ``_docker``); teardown,
@@ -17,9 +21,9 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import re
 import shlex
 import shutil
+import subprocess
 import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,11 +49,11 @@ from .._docker import (
 )
 from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from .._ports import PortAllocator
-from .._rpc import rpc_call
 from .._testnet import Testnet
-from ..clients.base import ClientAdapter, Placement
+from ..clients.base import ClientAdapter, Placement, Route
 from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
+from ._links import ProxiedLinks
 from ._netfilter import netfilter_missing, rules_for, set_rules
 from ._peering import AdminPeering
 from ._state import RunState
@@ -66,10 +70,6 @@ testcontainers_config.ryuk_disabled = True
 if testcontainers_config.connection_mode_override is None:
     testcontainers_config.connection_mode_override = ConnectionMode.docker_host
 
-#: Where the datadir is mounted inside every node container.
-DATADIR = "/data"
-#: Where the run's admin folder (0700 on the host: see ``admin_dir``) is mounted.
-ADMIN_DIR = "/admin"
 #: Attempts at a container start whose published port another program took meanwhile.
 PORT_RETRIES = 3
 
@@ -107,7 +107,7 @@ def ensure_image(client: docker.DockerClient, image: str, option: str) -> None:
         raise missing_image_error(image, option) from exc
 
 
-class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
+class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
     """Runs a ``Testnet`` as containers."""
 
     name = "docker"
@@ -151,7 +151,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
     def put_file(self, index: int, name: str, data: bytes) -> str:
         path = self.datadir(index) / name
         path.write_bytes(data)
-        return f"{DATADIR}/{name}"
+        return str(path)  # the container mounts the datadir at its host path
 
     def log_path(self, index: int) -> Path:
         return self.run_dir / "logs" / f"{self.testnet.nodes[index].name}.log"
@@ -182,14 +182,21 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
 
     def _place(self, index: int) -> Placement:
         ports = self.adapter.container_ports()
+        node = self.testnet.nodes[index]
+        if self.proxied_links():
+            routes = self.link_routes(index)
+        else:
+            routes = {n.index: Route(self.ip(n.index), ports) for n in self.testnet.nodes}
         return Placement(
-            datadir=DATADIR,
-            binary=self.adapter.name,
+            datadir=str(self.datadir(index)),
+            binary=self.adapter.container_binary(),
             listen="0.0.0.0",
             ports=ports,
             netrestrict=str(self.subnet),
             peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
-            ipc_path=f"{ADMIN_DIR}/{self.testnet.nodes[index].name}.ipc",
+            ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
+            peer_routes=routes,
+            runner=lambda argv, cwd, env, timeout: self._run_once(index, argv, cwd, env, timeout),
         )
 
     def ports(self, index: int) -> dict[str, int]:
@@ -266,7 +273,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         if not init:
             return ["-c", f"exec {run}"]
         # Initialise once per datadir, then replace the shell so signals reach the node.
-        marker = f"{DATADIR}/.chainharness-initialised"
+        marker = f"{place.datadir}/.chainharness-initialised"
         return [
             "-c",
             f"[ -e {marker} ] || {{ {shlex.join(init)} && touch {marker}; }} && exec {run}",
@@ -302,14 +309,12 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             DockerContainer(self.node_image(index))
             .with_name(self.container_name(index))
             .with_command(self._script(index))
-            .with_volume_mapping(str(self.datadir(index)), DATADIR, mode="rw")
-            .with_volume_mapping(str(admin_dir(self.run_id)), ADMIN_DIR, mode="rw")
             .with_kwargs(
                 entrypoint=["sh"],
                 labels=self.labels(f"node:{node.name}"),
                 # Files in the bind-mounted datadir stay removable by whoever runs pytest.
                 user=f"{os.getuid()}:{os.getgid()}",
-                working_dir=DATADIR,
+                working_dir=str(self.datadir(index)),
                 networking_config={
                     self.network_name: EndpointConfig(
                         self._client.api.api_version,
@@ -320,6 +325,10 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
                 network=self.network_name,
             )
         )
+        for name, value in self._environment(index).items():
+            container.with_env(name, value)
+        for host_path, mode in self._mounts(index).items():
+            container.with_volume_mapping(str(host_path), str(host_path), mode=mode)
         published: dict[str, Any] = {
             f"{ports[role]}/tcp": ("127.0.0.1", node.ports[role]) for role in self.adapter.api_ports
         }
@@ -327,6 +336,51 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         # 127.0.0.1 only, so the mapping is set directly.
         container.ports.update(published)
         container.start()
+
+    def _mounts(self, index: int) -> dict[Path, str]:
+        datadir = self.datadir(index)
+        return {
+            datadir: "rw",
+            admin_dir(self.run_id): "rw",
+            **self.adapter.container_mounts(datadir),
+        }
+
+    def _environment(self, index: int) -> dict[str, str]:
+        node = self.testnet.nodes[index]
+        place = self._place(index)
+        return self.adapter.environment(self.testnet, node, place)
+
+    def _run_once(
+        self, index: int, argv: list[str], cwd: Path, env: dict[str, str], timeout: float
+    ) -> subprocess.CompletedProcess[str]:
+        """A client's set-up command in a one-off container of the node's image."""
+        volumes = {
+            str(path): {"bind": str(path), "mode": mode}
+            for path, mode in self._mounts(index).items()
+        }
+        container = self._client.containers.create(
+            self.node_image(index),
+            argv,
+            entrypoint=[],
+            volumes=volumes,
+            user=f"{os.getuid()}:{os.getgid()}",
+            working_dir=str(cwd),
+            environment=env,
+            network_mode="none",
+            labels=self.labels(f"setup:{self.testnet.nodes[index].name}"),
+        )
+        try:
+            container.start()
+            try:
+                status = int(container.wait(timeout=timeout).get("StatusCode", 1))
+            except Exception as exc:  # the engine's read timeout
+                raise subprocess.TimeoutExpired(argv, timeout) from exc
+            out = container.logs(stdout=True, stderr=False).decode(errors="replace")
+            err = container.logs(stdout=False, stderr=True).decode(errors="replace")
+        finally:
+            with contextlib.suppress(docker.errors.DockerException):
+                container.remove(force=True)
+        return subprocess.CompletedProcess(argv, status, out, err)
 
     def _take_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
@@ -475,6 +529,12 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
                 set_rules(pid, self._table(index, data))
 
     def partition(self, groups: Sequence[Sequence[int]]) -> str:
+        if self.proxied_links():
+            # The peers' traffic comes from the proxies on the gateway, not from their
+            # addresses: a packet filter cannot tell the links apart.
+            self._save_partition([list(g) for g in groups])
+            self.cut_links(groups)
+            return "proxies"
         missing = netfilter_missing()
         if missing is not None:
             # Client-level instead (admin peer removal); the caller is told which ran.
@@ -485,11 +545,17 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
         return "netfilter"
 
     def _reapply_partition(self, index: int) -> None:
+        if self.proxied_links():
+            return  # the links keep their state across restarts
         data = self.shared.load()
         if (data.get("partition") or data.get("loss")) and netfilter_missing() is None:
             self._apply_filters([index])
 
     def heal(self) -> None:
+        if self.proxied_links():
+            self._save_partition(None)
+            self.cut_links(None)
+            return
         if netfilter_missing() is None:
             self._save_partition(None)
             self._apply_filters()  # loss, if any, stays until the latency is cleared
@@ -520,14 +586,11 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, HelperHost):
             gateway = str(ipaddress.ip_network(self.subnet).network_address + 1)
         return str(gateway)
 
-    def _p2p_upstream(self, index: int) -> str:
-        return f"{self.ip(index)}:{self.adapter.container_ports()['p2p']}"
+    def _upstream(self, index: int, role: str) -> str:
+        return f"{self.ip(index)}:{self.adapter.container_ports()[role]}"
 
     def client_version(self, index: int) -> str:
-        # "Geth/v1.13.15-stable/linux-amd64/go1.22" → "1.13.15-stable", as the binary says.
-        reply = str(rpc_call(self.testnet.nodes[index].rpc_url, "web3_clientVersion"))
-        match = re.search(r"/v(\d[^/]*)", reply)
-        return match.group(1) if match else reply
+        return self.adapter.node_version(self.testnet.nodes[index], self._place(index))
 
     def refresh(self) -> None:
         """Reload what another process may have changed (ports after a retry, subnet)."""

@@ -107,7 +107,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             binary or self.default_binary,
             ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
             peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
-            peer_routes=self.peer_routes(index),
+            peer_routes=self.link_routes(index) if self.proxied_links() else {},
         )
 
     def ports(self, index: int) -> dict[str, int]:
@@ -305,8 +305,9 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
     def _proxy_host(self) -> str:
         return "127.0.0.1"
 
-    def _p2p_upstream(self, index: int) -> str:
-        return f"127.0.0.1:{self.testnet.nodes[index].ports['p2p']}"
+    def _upstream(self, index: int, role: str) -> str:
+        node = self.testnet.nodes[index]
+        return f"{node.host}:{node.ports[role]}"
 
     # -- teardown and attach ---------------------------------------------------------------
 

@@ -1,0 +1,44 @@
+"""The integration suite (tests/test_chain.py and the bus tests) on CometBFT, on both
+backends: the same modules the session runs on geth, as a whole inner run each.
+
+Tests that need what only geth has here are marked ``geth_only`` in those modules and
+are skipped with that reason; every other test must pass."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_lifecycle import assert_nothing_left
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Client-neutral tests of the two modules (27 when this was written); fewer passing
+#: means a test was newly skipped or lost.
+AT_LEAST = 27
+
+
+@pytest.mark.usefixtures("cometbft_required", "mosquitto_required")
+@pytest.mark.parametrize("backend", ["process", "docker"])
+def test_the_integration_suite_on_cometbft(
+    inner: pytest.Pytester, runs_dir: Path, backend: str, request: pytest.FixtureRequest
+) -> None:
+    if backend == "docker":
+        request.getfixturevalue("docker_required")
+    inner.makeconftest((ROOT / "conftest.py").read_text())
+    inner.makepyfile(
+        test_chain=(ROOT / "tests" / "test_chain.py").read_text(),
+        test_bus=(ROOT / "tests" / "test_bus.py").read_text(),
+    )
+    result = inner.runpytest_subprocess(
+        "--chain-client=cometbft", f"--chain-backend={backend}", "--chain-nodes=4", "-rs"
+    )
+    out = result.stdout.str()
+    outcomes = result.parseoutcomes()
+    assert set(outcomes) <= {"passed", "skipped"}, out[-4000:]
+    assert outcomes["passed"] >= AT_LEAST, out[-4000:]
+    skips = [line for line in out.splitlines() if line.startswith("SKIPPED")]
+    assert skips, out[-4000:]
+    for line in skips:
+        assert "needs client geth; this run uses cometbft" in line, line
+    assert_nothing_left(runs_dir)
