@@ -17,10 +17,12 @@ and is a no-op when it is already gone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import secrets
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -272,12 +274,16 @@ def _up(args: argparse.Namespace) -> int:
     run_dir.mkdir(mode=0o700)
     seed = settings.seed if settings.seed is not None else random_seed()
     try:
-        record = start_network(
-            settings, run_id=run_id, run_dir=run_dir, seed=seed, root=Path.cwd(), owner=None
-        )
+        with _interrupted_by_signals():
+            record = start_network(
+                settings, run_id=run_id, run_dir=run_dir, seed=seed, root=Path.cwd(), owner=None
+            )
     except ChainHarnessError as exc:
         print(f"chainharness: {type(exc).__name__}: {exc}")
         return 1
+    except KeyboardInterrupt:
+        print("chainharness: interrupted while starting; everything started is removed")
+        return 130
     record["seed"] = seed
     state.parent.mkdir(parents=True, exist_ok=True)
     write_private(state, json.dumps(record, indent=1))
@@ -294,6 +300,24 @@ def _up(args: argparse.Namespace) -> int:
     print(f"  use it: pytest --chain-attach={state}")
     print(f"  stop it: chainharness down --state {state}")
     return 0
+
+
+@contextlib.contextmanager
+def _interrupted_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP (a CI timeout, a closed terminal) interrupt like Ctrl-C while
+    a network starts: a kept network has no watchdog until its state file exists, so
+    the start's own clean-up is all that stands between a killed ``up`` and leaked
+    nodes."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _chain(state: Path) -> Chain:

@@ -40,10 +40,12 @@ def test_transfer_seen_on_every_node_via_the_bus(
     tx = chain.transfer(funded_account, chain.accounts[1].address, 7).to_0x_hex()
     events = bus.wait_for("block", lambda e: tx in e.payload["txs"], timeout=30)
     assert [e.node for e in events] == ["node0", "node1", "node2", "node3"]
-    # The chain's own wait is driven by the same events: it returns at once now.
+    # The chain's own wait is driven by the same events: it returns well before its
+    # timeout (it still reads the receipts and waits one block on every node: the soak
+    # saw 2.7 s on a saturated machine).
     started = time.perf_counter()
-    receipts = chain.wait_for_tx(tx)
-    assert time.perf_counter() - started < 1.0
+    receipts = chain.wait_for_tx(tx, timeout=60)
+    assert time.perf_counter() - started < 20
     assert set(receipts) == {"node0", "node1", "node2", "node3"}
     # A node may first have seen the tx in a block a reorg then replaced; the block the
     # nodes agree on is one whose event the bus has from every node.

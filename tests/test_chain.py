@@ -412,7 +412,9 @@ def test_waits_with_no_node_running_fail_at_once(chain: Chain) -> None:
         stopped.wait_converged(timeout=30)
     with pytest.raises(ChainTimeout, match="cannot wait for height 5: no node is running"):
         stopped.wait_for_height(5, timeout=30)
-    assert time.monotonic() - started < 1
+    # Not after the timeouts (60 s together). Well below them, not "below 1 s": the soak
+    # saw 1.9 s on a machine saturated by another network's start.
+    assert time.monotonic() - started < 10
 
 
 @geth_only

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 RUN = """
 import pytest
-from pytest_chainharness import UnsupportedAction
+from pytest_chainharness import ToolNotFound, UnsupportedAction
 
 
 def test_heads_waits_bus_and_faults(chain, bus):
@@ -67,6 +67,27 @@ def test_pause_and_resume(chain):
     chain.wait_for_height(before + 2, nodes=[0, 2, 3])
     node.resume()
     chain.wait_converged(timeout=60)
+
+
+@pytest.mark.disruptive
+def test_rolling_upgrade_to_another_binary_and_back(chain, tmp_path):
+    import shutil
+
+    first = chain.provider.version_ref(0)
+    other = tmp_path / "cometbft-next"
+    shutil.copy2(first, other)
+    result = chain.rolling_upgrade(str(other), max_unavailable=2)
+    assert result.ok, result
+    assert {chain.provider.version_ref(n.index) for n in chain.nodes} == {str(other)}
+    head = chain.wait_converged(timeout=60)
+    # A batch that fails its health check goes back to the binary it ran.
+    failed = chain.rolling_upgrade(first, health=lambda node: False, max_unavailable=1)
+    assert failed.rolled_back and not failed.ok
+    assert {chain.provider.version_ref(n.index) for n in chain.nodes} == {str(other)}
+    chain.wait_for_height(head.number + 2, timeout=60)  # and the network commits again
+    chain.wait_converged(timeout=60)
+    with pytest.raises(ToolNotFound, match="no executable binary"):
+        chain.nodes[0].upgrade(str(tmp_path / "missing"))
 
 
 def test_ethereum_calls_name_the_client(chain):

@@ -328,3 +328,35 @@ def test_a_command_readiness_probe_runs_the_spec_binary(
     result = inner.runpytest_subprocess(f"--chain-client={spec}", "--chain-nodes=2")
     result.assert_outcomes(passed=1)
     assert_nothing_left(runs_dir)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
+def test_cli_up_killed_while_starting_leaves_nothing(
+    inner: pytest.Pytester, runs_dir: Path, sig: str
+) -> None:
+    """A kept network has no watchdog before its state file exists: ``up`` stopped by a
+    CI timeout or a closed terminal mid-start must remove what it started (it left 31
+    nodes of a 32-node start running)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    chainharness = str(Path(sys.executable).parent / "chainharness")
+    up = subprocess.Popen(
+        [chainharness, "up", f"--chain-client={COUNTER}", "--chain-nodes=3"],
+        cwd=inner.path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not list(runs_dir.glob("*/logs/node2.log")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert up.poll() is None, up.communicate()[0]
+    up.send_signal(getattr(signal, sig))
+    out, _ = up.communicate(timeout=60)
+    assert up.returncode == 130, out
+    assert "interrupted while starting" in out, out
+    assert_nothing_left(runs_dir)
+    assert not (inner.path / ".chainharness" / "state.json").exists()

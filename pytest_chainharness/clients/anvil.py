@@ -34,7 +34,7 @@ class AnvilAdapter(EthereumQueries):
     port_roles: tuple[str, ...] = ("rpc",)
     api_ports: tuple[str, ...] = ("rpc",)
     image = ANVIL_IMAGE
-    auto_docker = True
+    host_binary = False
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root
@@ -70,10 +70,10 @@ class AnvilAdapter(EthereumQueries):
     def container_ports(self) -> dict[str, int]:
         return {"rpc": 8545}
 
-    def container_binary(self) -> str:
+    def container_binary(self, binary: Path | None) -> str:
         return "anvil"
 
-    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+    def container_mounts(self, datadir: Path, binary: Path | None) -> dict[Path, str]:
         return {}
 
     def command(

@@ -158,9 +158,10 @@ class ClientAdapter(Protocol):
     root: Path | None
     #: The docker backend's image when ``--chain-image`` names none.
     image: str
-    #: ``--chain-backend=auto`` may pick docker: ``image`` carries the client (a spec
-    #: without ``image:`` runs the host's binary, which auto leaves on the host).
-    auto_docker: bool
+    #: Its containers run the host's binary, mounted (a spec without ``image:``): an
+    #: upgrade on docker swaps that binary, not the image, and ``--chain-backend=auto``
+    #: leaves the client on the host.
+    host_binary: bool
 
     @property
     def display_name(self) -> str:
@@ -203,12 +204,13 @@ class ClientAdapter(Protocol):
         """Fixed in-container ports, one per role of ``port_roles``."""
         ...
 
-    def container_binary(self) -> str:
-        """The binary as a container of ``image`` runs it (a name on its PATH, or a host
-        path that ``container_mounts`` brings in)."""
+    def container_binary(self, binary: Path | None) -> str:
+        """The binary as a container of ``image`` runs it: a name on its PATH, or (for a
+        ``host_binary`` client) the host's ``binary``, default its own, that
+        ``container_mounts`` brings in."""
         ...
 
-    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+    def container_mounts(self, datadir: Path, binary: Path | None) -> dict[Path, str]:
         """Host paths a node's container needs besides its datadir and the admin folder,
         each mounted at the same path, with its mode (``ro``/``rw``)."""
         ...

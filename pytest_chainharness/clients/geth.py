@@ -104,7 +104,7 @@ class GethAdapter(EthereumQueries):
     port_roles: tuple[str, ...] = ("rpc", "ws", "p2p", "authrpc")
     api_ports: tuple[str, ...] = ("rpc", "ws")
     image = geth_image(DEFAULT_GETH_VERSION)
-    auto_docker = True
+    host_binary = False
 
     def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
         self._root = root
@@ -143,10 +143,10 @@ class GethAdapter(EthereumQueries):
     def container_ports(self) -> dict[str, int]:
         return {"rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551}
 
-    def container_binary(self) -> str:
+    def container_binary(self, binary: Path | None) -> str:
         return "geth"
 
-    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+    def container_mounts(self, datadir: Path, binary: Path | None) -> dict[Path, str]:
         return {}
 
     def command(

@@ -73,7 +73,7 @@ class SpecAdapter:
         self.display_name = spec.client
         #: Without an ``image:`` the node runs the host's binary on the harness base image.
         self.image = spec.image or _base_image()
-        self.auto_docker = spec.image is not None
+        self.host_binary = spec.image is None
 
     # -- binary ----------------------------------------------------------------------------
 
@@ -102,8 +102,8 @@ class SpecAdapter:
     def node_version(self, node: NodeSpec, place: Placement) -> str:
         if self.spec.version is None:
             return "unknown"
-        if self.spec.image is None or place.runner is None:
-            return self.version(self.find_binary())  # the host's binary is the one running
+        if self.host_binary or place.runner is None:
+            return self.version(Path(place.binary))  # the host's binary is the one running
         argv = self._argv(self.spec.version, place.binary, {})
         try:
             done = place.runner(argv, Path(place.datadir), {}, 30.0)
@@ -154,15 +154,15 @@ class SpecAdapter:
     def container_ports(self) -> dict[str, int]:
         return {role: CONTAINER_PORT_BASE + i for i, role in enumerate(self.port_roles)}
 
-    def container_binary(self) -> str:
-        if self.spec.image is not None:
+    def container_binary(self, binary: Path | None) -> str:
+        if not self.host_binary:
             return self.spec.binary  # on the image's PATH, or an absolute path in it
-        return str(self.find_binary())
+        return str(binary or self.find_binary())
 
-    def container_mounts(self, datadir: Path) -> dict[Path, str]:
+    def container_mounts(self, datadir: Path, binary: Path | None) -> dict[Path, str]:
         mounts = {_network_dir(datadir): "rw"}
-        if self.spec.image is None:
-            mounts[self.find_binary()] = "ro"
+        if self.host_binary:
+            mounts[binary or self.find_binary()] = "ro"
         return mounts
 
     def command(

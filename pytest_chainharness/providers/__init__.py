@@ -35,12 +35,12 @@ def resolve_backend(
     requested: str, image: str, adapter: ClientAdapter | None = None
 ) -> tuple[str, str]:
     """(backend, why) for a requested backend name; ``auto`` asks the engine (and picks
-    processes for a client whose binary is the host's: see ``ClientAdapter.auto_docker``)."""
+    processes for a client whose binary is the host's: ``ClientAdapter.host_binary``)."""
     if requested == "process":
         return "process", "requested with --chain-backend=process"
     if requested == "docker":
         return "docker", f"requested with --chain-backend=docker, image {image}"
-    if adapter is not None and not adapter.auto_docker:
+    if adapter is not None and adapter.host_binary:
         return "process", (
             f"auto: client {adapter.display_name} runs the host's binary "
             "(--chain-backend=docker runs it in containers)"

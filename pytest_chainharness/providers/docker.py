@@ -189,7 +189,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             routes = {n.index: Route(self.ip(n.index), ports) for n in self.testnet.nodes}
         return Placement(
             datadir=str(self.datadir(index)),
-            binary=self.adapter.container_binary(),
+            binary=self.adapter.container_binary(self._host_binary(index)),
             listen="0.0.0.0",
             ports=ports,
             netrestrict=str(self.subnet),
@@ -342,7 +342,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         return {
             datadir: "rw",
             admin_dir(self.run_id): "rw",
-            **self.adapter.container_mounts(datadir),
+            **self.adapter.container_mounts(datadir, self._host_binary(index)),
         }
 
     def _environment(self, index: int) -> dict[str, str]:
@@ -478,24 +478,39 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         self._remove_container(index)
         self._take_ports(index)
 
+    def _host_binary(self, index: int) -> Path | None:
+        """The host binary node ``index`` was upgraded to (a client that runs the host's
+        binary in its container); None: the client's own."""
+        found = self.shared.entry(index).get("binary")
+        return Path(found) if found else None
+
     def upgrade(self, index: int, version: str) -> None:
-        image = self.check_version(version)
+        target = self.check_version(version)
         self.stop(index)
         self._save_logs(index)
+        # Mounts and image are fixed when a container is made: a new one, same datadir.
         self._remove_container(index)
-        self.shared.record(index, image=image)
+        if self.adapter.host_binary:
+            self.shared.record(index, binary=target)
+        else:
+            self.shared.record(index, image=target)
         self.start(index)
 
     def check_version(self, version: str) -> str:
+        if self.adapter.host_binary:
+            # Another version of a client that runs the host's binary is another binary.
+            return str(self.adapter.find_binary(version))
         image = image_for_version(self.image, version)
         ensure_image(self._client, image, "the upgrade target")
         return image
 
     def version_ref(self, index: int) -> str:
+        if self.adapter.host_binary:
+            return str(self._host_binary(index) or self.adapter.find_binary())
         return self.node_image(index)
 
     def default_version_ref(self) -> str:
-        return self.image
+        return str(self.adapter.find_binary()) if self.adapter.host_binary else self.image
 
     # -- partitions: packet filters in each container's namespace ----------------------
 
