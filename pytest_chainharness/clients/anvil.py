@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._errors import UnsupportedAction
 from .._testnet import NodeSpec, Testnet
 from ..images import ANVIL_IMAGE
 from ..tools import binary_version, find_anvil
@@ -104,6 +105,15 @@ class AnvilAdapter(EthereumQueries):
 
     def peer_id(self, node: NodeSpec) -> str:
         return ""
+
+    def add_peer(self, admin_url: str, address: str) -> None:
+        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
+
+    def remove_peer(self, admin_url: str, address: str) -> None:
+        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        return set()
 
     def seals(self, node: NodeSpec) -> bool:
         return False  # it produces blocks on its own, from the start

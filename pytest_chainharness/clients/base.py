@@ -247,6 +247,20 @@ class ClientAdapter(Protocol):
         its own."""
         ...
 
+    def add_peer(self, admin_url: str, address: str) -> None:
+        """Make the node behind ``admin_url`` dial the peer at ``address`` (a
+        ``peer_address``) and keep it; only asked when ``admin_peering``."""
+        ...
+
+    def remove_peer(self, admin_url: str, address: str) -> None:
+        """Make the node drop that peer and not redial it (``admin_peering`` only)."""
+        ...
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        """The ``peer_id`` of every peer the node is connected to (``admin_peering``
+        only; ``RPCError`` when it does not answer)."""
+        ...
+
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
         """How the other nodes dial ``node`` at ``host`` with ``ports`` (geth: its enode
         URL); "" for a client that names its peers itself (a spec's ``{peers}``)."""

@@ -235,6 +235,18 @@ class GethAdapter(EthereumQueries):
     def peer_id(self, node: NodeSpec) -> str:
         return node_id(node)
 
+    def add_peer(self, admin_url: str, address: str) -> None:
+        rpc_call(admin_url, "admin_addPeer", [address])
+
+    def remove_peer(self, admin_url: str, address: str) -> None:
+        # Also drops the static dial, so the node does not redial it.
+        rpc_call(admin_url, "admin_removePeer", [address])
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        # "enode://<public key>@host:port": the key is the node id (``node_id``).
+        peers = rpc_call(admin_url, "admin_peers", []) or []
+        return {str(p.get("enode", "")).removeprefix("enode://").split("@")[0] for p in peers}
+
     def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
         count = nodes if signers is None else signers
         if not 1 <= count <= nodes:

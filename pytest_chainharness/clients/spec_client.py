@@ -183,6 +183,15 @@ class SpecAdapter:
     def peer_id(self, node: NodeSpec) -> str:
         return ""
 
+    def add_peer(self, admin_url: str, address: str) -> None:
+        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
+
+    def remove_peer(self, admin_url: str, address: str) -> None:
+        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        return set()
+
     def seals(self, node: NodeSpec) -> bool:
         return False  # it produces blocks on its own, from the start
 

@@ -65,7 +65,7 @@ class ToxiproxyLatency:
     def enode(self, index: int) -> str:
         raise NotImplementedError
 
-    def _admin(self, index: int, method: str, enode: str) -> None:
+    def _peer(self, index: int, add: bool, address: str) -> None:
         raise NotImplementedError
 
     def datadir(self, index: int) -> Path:
@@ -219,7 +219,7 @@ class ToxiproxyLatency:
         # it dialled recently, and only a restart forgets those dials.
         for other in self.testnet.nodes:
             if other.index != index:
-                self._admin(other.index, "admin_removePeer", self.enode(index))
+                self._peer(other.index, False, self.enode(index))
         self.adapter.update_peers(self.datadir(index), peers)
         self._restart_if_running(index)
         return "toxiproxy"
@@ -263,4 +263,4 @@ class ToxiproxyLatency:
             self._restart_if_running(slow)
             for other in self.testnet.nodes:
                 if other.index != slow:
-                    self._admin(other.index, "admin_addPeer", self.enode(slow))
+                    self._peer(other.index, True, self.enode(slow))

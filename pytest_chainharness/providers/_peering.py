@@ -1,4 +1,6 @@
-"""Partitions at the client level: peers dropped and re-added over the admin API.
+"""Partitions at the client level: peers dropped and re-added through the client's
+admin channel (the adapter's ``add_peer``/``remove_peer``/``connected_peers``; geth:
+``admin_addPeer``...).
 
 Needs no root, namespaces or packet filters, so every backend has it; the faults issue's
 network-level partitions replace it where those are available.
@@ -11,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from .._errors import UnsupportedAction
-from .._rpc import RPCError, rpc_call
+from .._rpc import RPCError
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter
 from ._state import RunState
@@ -59,7 +61,7 @@ class AdminPeering:
         for a in self.testnet.nodes:
             for b in self.testnet.nodes:
                 if a.index != b.index and group_of.get(a.index) != group_of.get(b.index):
-                    self._admin(a.index, "admin_removePeer", self.enode(b.index))
+                    self._peer(a.index, False, self.enode(b.index))
         # A dial already in flight (from a heal just before) can still land after the
         # removal: drop such connections until none crosses a group boundary.
         deadline = time.monotonic() + 5.0
@@ -68,8 +70,8 @@ class AdminPeering:
             if not crossing:
                 break
             for x, y in crossing:
-                self._admin(x, "admin_removePeer", self.enode(y))
-                self._admin(y, "admin_removePeer", self.enode(x))
+                self._peer(x, False, self.enode(y))
+                self._peer(y, False, self.enode(x))
             time.sleep(0.1)
         return "peers"
 
@@ -80,12 +82,10 @@ class AdminPeering:
             if self.state(node.index) is not NodeState.RUNNING:
                 continue
             try:
-                peers = rpc_call(self.admin_url(node.index), "admin_peers", [])
+                ids = self.adapter.connected_peers(self.admin_url(node.index))
             except RPCError:
                 continue
-            for peer in peers or []:
-                # "enode://<public key>@host:port": the key is the node id we derive.
-                key = str(peer.get("enode", "")).removeprefix("enode://").split("@")[0]
+            for key in ids:
                 other = index_of.get(key)
                 if other is not None and group_of.get(other) != group_of.get(node.index):
                     crossing.append((node.index, other))
@@ -100,19 +100,23 @@ class AdminPeering:
         for a in self.testnet.nodes:
             for b in self.testnet.nodes:
                 if a.index != b.index:
-                    self._admin(a.index, "admin_addPeer", self.enode(b.index))
+                    self._peer(a.index, True, self.enode(b.index))
 
     def add_peers(self, index: int) -> None:
-        """Ask a node to dial every other node now (admin_addPeer is idempotent)."""
+        """Ask a node to dial every other node now (adding a known peer does nothing)."""
         if not self.adapter.admin_peering:
             return  # the client dials the peers its command line names
         for other in self.testnet.nodes:
             if other.index != index:
-                self._admin(index, "admin_addPeer", self.enode(other.index))
+                self._peer(index, True, self.enode(other.index))
 
-    def _admin(self, index: int, method: str, enode: str) -> None:
+    def _peer(self, index: int, add: bool, address: str) -> None:
+        """Make node ``index`` add (or drop) the peer at ``address``, if it is running."""
         if self.state(index) is not NodeState.RUNNING:
             return  # a stopped node re-reads its peers when it starts
         # The node may go away meanwhile; its next start reapplies the config.
         with contextlib.suppress(RPCError):
-            rpc_call(self.admin_url(index), method, [enode])
+            if add:
+                self.adapter.add_peer(self.admin_url(index), address)
+            else:
+                self.adapter.remove_peer(self.admin_url(index), address)
