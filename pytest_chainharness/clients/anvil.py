@@ -7,12 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._errors import UnsupportedAction
 from .._testnet import NodeSpec, Testnet
 from ..images import ANVIL_IMAGE
 from ..tools import binary_version, find_anvil
 from ._evm import EthereumQueries
-from .base import Helper, Placement, Repairer
+from .base import Helper, NoAdminPeers, Placement, Repairer
 from .geth import genesis
 
 if TYPE_CHECKING:
@@ -21,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["AnvilAdapter"]
 
 
-class AnvilAdapter(EthereumQueries):
+class AnvilAdapter(EthereumQueries, NoAdminPeers):
     """One anvil node, initialised from the same genesis accounts a geth network has."""
 
     name = "anvil"
@@ -102,21 +101,6 @@ class AnvilAdapter(EthereumQueries):
 
     def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
         return {}  # one node; its accounts are the testnet's
-
-    def peer_id(self, node: NodeSpec) -> str:
-        return ""
-
-    def add_peer(self, admin_url: str, address: str) -> None:
-        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
-
-    def remove_peer(self, admin_url: str, address: str) -> None:
-        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
-
-    def connected_peers(self, admin_url: str) -> set[str]:
-        return set()
-
-    def seals(self, node: NodeSpec) -> bool:
-        return False  # it produces blocks on its own, from the start
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
         return ""  # one node: no peers

@@ -14,12 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
+from .._errors import UnsupportedAction
 from .._testnet import NodeSpec, Testnet
 
 if TYPE_CHECKING:
     from ..chain import Chain
 
-__all__ = ["ClientAdapter", "CommandRunner", "Head", "Helper", "Placement", "Repairer", "Route"]
+__all__ = [
+    "ClientAdapter",
+    "CommandRunner",
+    "Head",
+    "Helper",
+    "NoAdminPeers",
+    "Placement",
+    "Repairer",
+    "Route",
+]
 
 
 @dataclass(frozen=True)
@@ -126,6 +136,31 @@ class Placement:
             peer_routes=dict(peer_routes or {}),
             ipc_path=ipc_path,
         )
+
+
+class NoAdminPeers:
+    """The peer part of a ``ClientAdapter`` for a client without an admin API for peers
+    (``admin_peering = False``): the harness never asks it to add or drop one, and no
+    node waits to be told to produce blocks."""
+
+    def peer_id(self, node: NodeSpec) -> str:
+        return ""
+
+    def add_peer(self, admin_url: str, address: str) -> None:
+        raise self._no_admin_api()
+
+    def remove_peer(self, admin_url: str, address: str) -> None:
+        raise self._no_admin_api()
+
+    def _no_admin_api(self) -> UnsupportedAction:
+        name = getattr(self, "display_name", type(self).__name__)
+        return UnsupportedAction(f"client {name} has no admin API for peers")
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        return set()
+
+    def seals(self, node: NodeSpec) -> bool:
+        return False  # it produces blocks on its own, from the start
 
 
 @runtime_checkable

@@ -33,7 +33,7 @@ from .._errors import NetworkStartError, ToolNotFound, UnsupportedAction
 from .._rpc import RPCError, dig, http_json
 from .._testnet import NodeSpec, Testnet
 from ._files import edit_file
-from .base import Head, Helper, Placement, Repairer, Route
+from .base import Head, Helper, NoAdminPeers, Placement, Repairer, Route
 from .spec import ClientSpec, Probe, find_spec_binary, render
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ _ID_FILE = ".chainharness-id"
 _NETWORK_LOCK = threading.Lock()
 
 
-class SpecAdapter:
+class SpecAdapter(NoAdminPeers):
     """Runs the nodes a ``ClientSpec`` describes."""
 
     max_nodes = 32
@@ -179,21 +179,6 @@ class SpecAdapter:
 
     def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
         return {}  # a spec node makes its own keys (network_init, node_init)
-
-    def peer_id(self, node: NodeSpec) -> str:
-        return ""
-
-    def add_peer(self, admin_url: str, address: str) -> None:
-        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
-
-    def remove_peer(self, admin_url: str, address: str) -> None:
-        raise UnsupportedAction(f"client {self.display_name} has no admin API for peers")
-
-    def connected_peers(self, admin_url: str) -> set[str]:
-        return set()
-
-    def seals(self, node: NodeSpec) -> bool:
-        return False  # it produces blocks on its own, from the start
 
     def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
         return ""  # the spec renders {peers} at each start
