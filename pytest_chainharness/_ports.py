@@ -9,9 +9,19 @@ from contextlib import ExitStack
 
 __all__ = ["PortAllocator"]
 
+#: Every port any allocator of this process handed out (on any host: a listener on
+#: 0.0.0.0 in a container and one on 127.0.0.1 share the host's port numbers).
+_GIVEN: set[int] = set()
+_LOCK = threading.Lock()
+
 
 class PortAllocator:
     """Hands out ports the kernel reports free, never the same one twice per process.
+
+    "Per process", not per allocator: a network's node ports, its link proxies' ports and
+    a node's fresh ports after a conflict come from different allocators, and a port
+    handed out but not bound yet is free as far as the kernel knows (a 32-node network's
+    992 link proxies took node ports that way, and nodes dialled the wrong peer).
 
     A port is only known to be free while we hold it, so another program can still take it
     between our choice and the node's bind; providers detect that from the node's log and
@@ -20,21 +30,19 @@ class PortAllocator:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.host = host
-        self._given: set[int] = set()
-        self._lock = threading.Lock()
 
     def take(self, count: int) -> list[int]:
         """Return ``count`` distinct ports that were free a moment ago."""
-        with self._lock, ExitStack() as stack:
+        with _LOCK, ExitStack() as stack:
             ports: list[int] = []
             for sock in self._sockets(stack):
                 port = sock.getsockname()[1]
-                if port in self._given:
+                if port in _GIVEN:
                     continue
                 ports.append(port)
                 if len(ports) == count:
                     break
-            self._given.update(ports)
+            _GIVEN.update(ports)
             return ports
 
     def _sockets(self, stack: ExitStack) -> Iterator[socket.socket]:
