@@ -14,19 +14,11 @@ __all__ = ["launch"]
 #: How often one node may be given fresh ports after another program took one.
 PORT_RETRIES = 3
 #: A node still short of peers this long after its start (and again after each nudge) is
-#: told its peers again: a static dial that fails early is retried by geth only after
-#: ~30 s, which once in a few dozen starts held the whole network back that long.
+#: told its peers again (an admin-peering client; see ``ClientAdapter.add_peer``).
 NUDGE_AFTER = 2.0
-#: A node still short of peers this long after every node answered RPC is restarted:
-#: geth keeps a failed dial in its history for ~35 s and a nudge cannot shorten that,
-#: while a restarted node dials every peer afresh.
-STALLED_AFTER = 4.0
 #: Least time the nodes get to agree on one head once each is past genesis: enough to
 #: see a stalled fork (6 s) and break it.
 CONVERGE_TIMEOUT = 20.0
-#: A node whose RPC has not answered this long after its start is restarted on fresh
-#: ports: geth sometimes hangs instead of exiting when one of its ports is taken.
-HUNG_AFTER = 10.0
 
 
 def launch(chain: Chain, *, timeout: float = 60.0, phases: dict[str, float] | None = None) -> None:
@@ -81,6 +73,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     """
     provider = chain.provider
     expected_peers = len(chain.nodes) - 1 if chain.adapter.has_peers else 0
+    stalled_after = chain.adapter.stalled_peering_restart_after
     retries = dict.fromkeys(range(len(chain.nodes)), 0)
     started = dict.fromkeys(range(len(chain.nodes)), time.monotonic())
     answered: set[int] = set()
@@ -122,9 +115,11 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                     f"{node.name} exited while the network was starting; "
                     f"last 50 lines of its log:\n{provider.logs(node.index, 50)}"
                 )
+            hung_after = chain.adapter.hung_restart_after
             if (
-                node.index not in answered
-                and time.monotonic() - started[node.index] > HUNG_AFTER
+                hung_after is not None
+                and node.index not in answered
+                and time.monotonic() - started[node.index] > hung_after
                 and retries[node.index] < PORT_RETRIES
             ):
                 restart_on_fresh_ports(node.index, kill=True)
@@ -139,8 +134,9 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                     if ready:
                         pass
                     elif (
-                        everyone_up_at is not None
-                        and now - everyone_up_at > STALLED_AFTER
+                        stalled_after is not None
+                        and everyone_up_at is not None
+                        and now - everyone_up_at > stalled_after
                         and retries[node.index] < PORT_RETRIES
                     ):
                         restart_stalled(node.index)

@@ -72,13 +72,25 @@ def test_image_for_version() -> None:
 
 
 def test_core_suite_passes_on_docker(inner: pytest.Pytester, runs_dir: Path) -> None:
+    """The integration suite (tests/test_chain.py and the bus tests) on geth in
+    containers; tests/test_matrix.py runs it on CometBFT."""
     inner.makeconftest((ROOT / "conftest.py").read_text())
-    inner.makepyfile(test_chain=(ROOT / "tests" / "test_chain.py").read_text())
-    result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=4", "-rs")
+    inner.makepyfile(
+        test_chain=(ROOT / "tests" / "test_chain.py").read_text(),
+        test_bus=(ROOT / "tests" / "test_bus.py").read_text(),
+    )
+    result = inner.runpytest_subprocess(
+        "--chain-backend=docker",
+        "--chain-nodes=4",
+        "-rs",
+        # Whole runs of their own (they need this suite's pytester fixtures): not here.
+        "-k",
+        "not TestWholeRuns and not test_the_bus_has_what_wait_for_tx_returned",
+    )
     result.stdout.fnmatch_lines(["*backend docker (requested with --chain-backend=docker*"])
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) >= 15, result.stdout.str()[-3000:]
-    assert set(outcomes) == {"passed"}, result.stdout.str()[-3000:]
+    assert outcomes.get("passed", 0) >= 40, result.stdout.str()[-3000:]
+    assert set(outcomes) <= {"passed", "deselected"}, result.stdout.str()[-3000:]
     assert_nothing_left(runs_dir)
     (run,) = runs_dir.glob("ch-*")
     assert {f"node{i}.log" for i in range(4)} <= {p.name for p in (run / "logs").iterdir()}

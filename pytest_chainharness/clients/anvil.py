@@ -35,6 +35,8 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
     api_ports: tuple[str, ...] = ("rpc",)
     image = ANVIL_IMAGE
     host_binary = False
+    hung_restart_after: float | None = 10.0
+    stalled_peering_restart_after: float | None = None  # one node: no peers
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root

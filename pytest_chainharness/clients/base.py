@@ -191,6 +191,14 @@ class ClientAdapter(Protocol):
     peer_roles: tuple[str, ...]
     #: Project root: where the tools folder (``.tools``) is looked up; None: the default.
     root: Path | None
+    #: At start, a node whose API has not answered this many seconds is restarted on
+    #: fresh ports (geth can hang instead of exiting when a port is taken); None: never,
+    #: the start's timeout reports it.
+    hung_restart_after: float | None
+    #: At start, a node still short of peers this many seconds after every node answered
+    #: is restarted, so it dials afresh (geth keeps a failed dial for ~35 s); None: never
+    #: (a client that redials on its own: a restart would only drop its peers' links).
+    stalled_peering_restart_after: float | None
     #: The docker backend's image when ``--chain-image`` names none.
     image: str
     #: Its containers run the host's binary, mounted (a spec without ``image:``): an

@@ -105,6 +105,8 @@ class GethAdapter(EthereumQueries):
     api_ports: tuple[str, ...] = ("rpc", "ws")
     image = geth_image(DEFAULT_GETH_VERSION)
     host_binary = False
+    hung_restart_after: float | None = 10.0
+    stalled_peering_restart_after: float | None = 4.0
 
     def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
         self._root = root

@@ -53,6 +53,11 @@ class SpecAdapter(NoAdminPeers):
     """Runs the nodes a ``ClientSpec`` describes."""
 
     max_nodes = 32
+    # A team's node is not restarted behind its back while it starts: a slow first
+    # answer or slow peering (CometBFT's redial backoff, 32 nodes on two cores) is the
+    # node's own behaviour, and the start's timeout reports it.
+    hung_restart_after: float | None = None
+    stalled_peering_restart_after: float | None = None
     poa = False
     evm = False
     admin_peering = False
