@@ -335,7 +335,7 @@ class SpecAdapter(NoAdminPeers):
         env = {name: _render_known(value, values) for name, value in self.spec.env.items()}
         # The host's binary at the host's paths gives what the container would; only an
         # image's own binary needs the image.
-        use = place.runner if place.runner is not None and self.spec.image else _on_host
+        use = _on_host if self.host_binary or place.runner is None else place.runner
         try:
             done = use(argv, cwd, env, COMMAND_TIMEOUT)
         except subprocess.TimeoutExpired:
