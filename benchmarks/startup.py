@@ -173,14 +173,24 @@ def cometbft_harness_run(nodes: int, seed: int) -> dict[str, float]:
         )  # fmt: skip
         chain = Chain(testnet, provider, adapter)
         phases: dict[str, float] = {}
+        cpu0 = _children_cpu()
         t0 = time.perf_counter()
-        launch(chain, phases=phases)
-        chain.wait_for_height(2, timeout=30)
+        launch(chain, phases=phases, timeout=240 if nodes > 8 else 60)
+        chain.wait_for_height(2, timeout=60)
         ready = time.perf_counter() - t0
         t1 = time.perf_counter()
         provider.teardown()
         teardown = time.perf_counter() - t1
-    return {"ready_s": ready, "teardown_s": teardown, **phases}
+        # The nodes are reaped by now: their CPU time says whether a start was CPU-bound.
+        cpu = _children_cpu() - cpu0
+    return {"ready_s": ready, "teardown_s": teardown, "node_cpu_s": cpu, **phases}
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def cometbft_by_hand_run(nodes: int) -> dict[str, float]:
@@ -224,7 +234,7 @@ def cometbft_by_hand_run(nodes: int) -> dict[str, float]:
     return {"ready_s": ready, "teardown_s": teardown}
 
 
-def cometbft_main(runs: int) -> int:
+def cometbft_main(runs: int, sizes: list[int]) -> int:
     adapter = get_client("cometbft", root=ROOT)
     ours: list[dict[str, float]] = []
     hand: list[dict[str, float]] = []
@@ -235,7 +245,7 @@ def cometbft_main(runs: int) -> int:
     h = {key: summarize([r[key] for r in ours]) for key in ours[0]}
     b = {key: summarize([r[key] for r in hand]) for key in hand[0]}
     ratio = h["ready_s"]["median"] / b["ready_s"]["median"]
-    result = {
+    result: dict[str, object] = {
         "client": f"cometbft {adapter.version(adapter.find_binary())}",
         "runs": runs,
         "goal": "harness ready within 1.2x of the hand-written script",
@@ -243,7 +253,15 @@ def cometbft_main(runs: int) -> int:
         "by_hand_4": b,
         "ratio_harness_over_hand": ratio,
     }
+    larger: dict[str, dict[str, dict[str, float]]] = {}
+    for n in (n for n in sizes if n != 4):
+        rows = [cometbft_harness_run(n, 9100 + i) for i in range(runs)]
+        larger[str(n)] = {key: summarize([r[key] for r in rows]) for key in rows[0]}
+    if larger:
+        result["harness_larger"] = larger
     print(json.dumps(result, indent=2))
+    if larger:
+        table("larger CometBFT networks on processes (harness only)", larger, runs)
     print(f"\n4 CometBFT nodes on processes, median of {runs} (min-max), peered and height >= 2")
     print(f"{'':>10}  {'ready_s':>18}  {'teardown_s':>18}")
     for name, row in (("harness", h), ("by hand", b)):
@@ -261,7 +279,10 @@ def summarize(values: list[float]) -> dict[str, float]:
 
 
 def table(title: str, sizes: dict[str, dict[str, dict[str, float]]], runs: int) -> None:
-    keys = ["ready_s", "setup", "spawn", "peers", "first_block", "teardown_s", "rss_mb_per_node"]
+    keys = ["ready_s", "setup", "spawn", "peers", "first_block", "teardown_s"]
+    keys += [
+        k for k in ("rss_mb_per_node", "node_cpu_s") if any(k in row for row in sizes.values())
+    ]
     print(f"\n{title}: median of {runs} runs (min-max)")
     print(f"{'N':>3}  " + "  ".join(f"{k:>18}" for k in keys))
     for n, row in sizes.items():
@@ -275,13 +296,16 @@ def table(title: str, sizes: dict[str, dict[str, dict[str, float]]], runs: int) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backend", choices=["process", "docker", "both"], default="both")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 4, 8, 16])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", help="network sizes (geth: 1 4 8 16; cometbft: 4)"
+    )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-compose", action="store_true", help="skip the compose baseline")
     parser.add_argument("--client", choices=["geth", "cometbft"], default="geth")
     args = parser.parse_args()
     if args.client == "cometbft":
-        return cometbft_main(args.runs)
+        return cometbft_main(args.runs, args.sizes or [4])
+    args.sizes = args.sizes or [1, 4, 8, 16]
     adapter = GethAdapter(root=ROOT)
     backends = ["process", "docker"] if args.backend == "both" else [args.backend]
     results: dict[str, object] = {

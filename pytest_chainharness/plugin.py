@@ -185,12 +185,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"chainharness: attached to the network in {s.attach} (not started or stopped)"]
     adapter = get_client(s.client, root=config.rootpath)
     backend, why = resolve_backend(s.backend, s.image, adapter)
-    if backend == "docker":
+    if backend == "docker" and not adapter.host_binary:
         client = f"{adapter.display_name} (image {s.image})"
     else:
         try:
             binary = adapter.find_binary(explicit=s.binary)
-            client = f"{adapter.display_name} {adapter.version(binary)} ({binary})"
+            # A host binary on docker runs mounted into the image: name both.
+            where = f"{binary} on image {s.image}" if backend == "docker" else str(binary)
+            client = f"{adapter.display_name} {adapter.version(binary)} ({where})"
         except ToolNotFound as exc:
             client = f"{s.client} NOT FOUND: {exc}"
     lines = [

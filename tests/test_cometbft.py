@@ -3,6 +3,7 @@ alone (``pytest_chainharness/clients/specs/cometbft.yaml``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -108,15 +109,15 @@ def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path, ba
     result = inner.runpytest_subprocess(
         "--chain-client=cometbft", "--chain-nodes=4", f"--chain-backend={backend}"
     )
-    # Before the start the header names what runs: the binary's version, or the image
-    # (the base image, with the host's binary mounted: the test asks the node itself).
-    shown = "0.38.26" if backend == "process" else "(image chainharness/base:bookworm)"
-    result.stdout.fnmatch_lines([f"chainharness: 4 node(s), client cometbft {shown}*"])
+    # Before the start the header names what runs: the host binary's version, and on
+    # docker the image it is mounted into.
+    on = " on image chainharness/base:bookworm)" if backend == "docker" else ")"
+    result.stdout.fnmatch_lines([f"chainharness: 4 node(s), client cometbft 0.38.26 (/*{on}"])
     result.assert_outcomes(passed=len(RUN.split("def test_")) - 1)
     assert_nothing_left(runs_dir)
 
 
-def test_the_shipped_split_scenario(inner: pytest.Pytester, runs_dir: Path) -> None:
+def test_the_shipped_split_scenario(inner: pytest.Pytester, runs_dir: Path, backend: str) -> None:
     """scenarios/faults/cometbft-split-3-1.yaml: the majority commits while node3 is cut
     off through the link proxies, and node3 catches up after the heal."""
     scenarios = inner.path / "scenarios"
@@ -124,7 +125,11 @@ def test_the_shipped_split_scenario(inner: pytest.Pytester, runs_dir: Path) -> N
     shipped = ROOT / "scenarios" / "faults" / "cometbft-split-3-1.yaml"
     (scenarios / shipped.name).write_text(shipped.read_text())
     result = inner.runpytest_subprocess(
-        "--chain-client=cometbft", "--chain-nodes=4", "scenarios", "-rA"
+        "--chain-client=cometbft",
+        "--chain-nodes=4",
+        f"--chain-backend={backend}",
+        "scenarios",
+        "-rA",
     )
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
@@ -137,6 +142,42 @@ def test_the_shipped_split_scenario(inner: pytest.Pytester, runs_dir: Path) -> N
             "*no lasting fork: not checked: client cometbft reports its head only*",
         ]
     )
+    assert_nothing_left(runs_dir)
+
+
+def test_allure_results_of_a_failing_cometbft_test(inner: pytest.Pytester, runs_dir: Path) -> None:
+    """What a failing geth test attaches, a CometBFT one attaches too: the heads, the bus
+    events, every node's log, the fault steps, and the client in the environment."""
+    pytest.importorskip("allure", reason="allure-pytest is an optional dependency")
+    inner.makepyfile(
+        """
+        def test_height_breaks(chain):
+            chain.nodes[1].stop()
+            chain.nodes[1].start()
+            chain.wait_for_height(2)
+            assert chain.heads()["node0"].number < 0, "head went negative"
+        """
+    )
+    result = inner.runpytest_subprocess(
+        "--chain-client=cometbft", "--chain-nodes=2", "--alluredir=allure"
+    )
+    result.assert_outcomes(failed=1)
+    allure_dir = inner.path / "allure"
+    env = (allure_dir / "environment.properties").read_text()
+    assert "chain.client=cometbft" in env
+    assert "chain.version=0.38.26" in env
+    [failed] = [json.loads(p.read_text()) for p in allure_dir.glob("*-result.json")]
+    assert failed["status"] == "failed"
+    attached = {a["name"]: a["source"] for a in failed["attachments"]}
+    assert {"chainharness heads", "chainharness events"} <= set(attached)
+    for node in ("node0", "node1"):
+        log = (allure_dir / attached[f"{node} log (last 80 lines)"]).read_text()
+        assert "cometbft" in log or "consensus" in log, log[-500:]
+    heads = (allure_dir / attached["chainharness heads"]).read_text()
+    assert "node0" in heads
+    assert "node1" in heads
+    steps = [s["name"] for s in failed.get("steps", [])]
+    assert steps[:2] == ["fault: stop (node1)", "fault: start (node1)"], steps
     assert_nothing_left(runs_dir)
 
 

@@ -120,6 +120,9 @@ def test_the_counter_on_docker_with_the_hosts_script(
         "--chain-backend=docker",
         "--chain-image=chainharness/python:3.11",
     )
+    result.stdout.fnmatch_lines(
+        ["chainharness: 3 node(s), client counter *counter.py on image chainharness/python:3.11)"]
+    )
     result.assert_outcomes(passed=3)
     assert_nothing_left(runs_dir)
 

@@ -35,7 +35,9 @@ from .base import NodeState
 __all__ = ["ToxiproxyLatency"]
 
 
-def _call(api: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def _call(
+    api: str, method: str, path: str, body: dict[str, Any] | list[dict[str, Any]] | None = None
+) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(
         api + path, data=data, method=method, headers={"Content-Type": "application/json"}
