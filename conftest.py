@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from pytest_chainharness._errors import ToolNotFound
-from pytest_chainharness.tools import find_anvil, find_cometbft, find_geth
+from pytest_chainharness.tools import find_anvil, find_cometbft, find_geth, find_solc
 
 ROOT = Path(__file__).resolve().parent
 
@@ -40,6 +40,13 @@ def cometbft_required() -> None:
     missing = _missing(find_cometbft)
     if missing:
         pytest.skip(f"cometbft is not installed on this machine: {missing}")
+
+
+@pytest.fixture(scope="session")
+def solc_required() -> None:
+    missing = _missing(find_solc)
+    if missing:
+        pytest.skip(f"solc is not installed on this machine: {missing}")
 
 
 @pytest.fixture(scope="session")

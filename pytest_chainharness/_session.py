@@ -239,6 +239,7 @@ class ChainSession:
             repair=self.settings.repair,
         )
         chain.repair_listeners.append(self._log_repair)
+        chain.account_source = self.funded_account
         if self.settings.attach is not None:
             _check_alive(chain, self.settings.attach)
         self._connect_bus(record, chain)

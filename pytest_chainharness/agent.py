@@ -15,6 +15,11 @@ beside every node. It publishes, on ``chainharness/<run>/events/<kind>/<node>``:
 - ``peers``  the peer count whenever it changes (count, previous); the latest is retained
   on ``chainharness/<run>/last/peers/<node>``.
 - ``health`` every 2 s: whether the node answers and its height.
+- ``log``    each log of a watched contract (``Chain.watch``, asked on the retained
+  ``chainharness/<run>/control/watch/#`` topics): address, event, args decoded with the
+  ABI, block, block_hash, tx, log_index; published with the block that holds it, so a
+  log of a block a reorg replaced is published again with the block that stays. Once a
+  watch covers everything up to the node's head the agent says so with ``watching``.
 
 All at QoS 1. While the broker is down paho keeps what is published in its queue and
 sends it after reconnecting, so a broker restart loses no event. Every event the agent
@@ -29,6 +34,7 @@ import argparse
 import contextlib
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -98,16 +104,37 @@ class Agent:
             else None
         )
         self._recorded: set[bytes] = set()
-        if self.record is not None:
-            self.client.on_connect = self._subscribe_all
-            self.client.on_message = self._write
+        #: Watched contracts: lower-case address → watch key → the spec from the bus.
+        self.watches: dict[str, dict[str, dict[str, Any]]] = {}
+        self._new_watches: queue.Queue[dict[str, Any]] = queue.Queue()
+        #: (block hash, log index) → block number of each log published (for a while).
+        self._published_logs: dict[tuple[str, int], int] = {}
+        self._decoders: dict[str, dict[str, Any]] = {}
+        # Held while blocks (and their logs) are published, and while a new watch is
+        # backfilled: a block is covered by exactly one of the two.
+        self._blocks_lock = threading.Lock()
+        self.client.on_connect = self._subscribe_all
+        self.client.on_message = self._on_message
 
     # -- bus -------------------------------------------------------------------------------
 
     def _subscribe_all(self, client: mqtt.Client, *_: Any) -> None:
-        client.subscribe(f"chainharness/{self.run}/events/#", qos=1)
+        if self.record is not None:
+            client.subscribe(f"chainharness/{self.run}/events/#", qos=1)
+        if self.args.probe is None:  # an Ethereum node: it has logs to watch
+            client.subscribe(f"chainharness/{self.run}/control/watch/#", qos=1)
 
-    def _write(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        if "/control/watch/" in message.topic:
+            with contextlib.suppress(ValueError):
+                spec = json.loads(message.payload)
+                spec["key"] = message.topic.rsplit("/", 1)[1]
+                self._new_watches.put(spec)
+            return
+        if self.record is not None:
+            self._write(message)
+
+    def _write(self, message: mqtt.MQTTMessage) -> None:
         assert self.record is not None
         # QoS 1 may deliver an event twice around a reconnect: the history has it once.
         key = bytes(message.payload)
@@ -140,6 +167,10 @@ class Agent:
         return rpc_call(self.args.rpc, method, params, timeout=2.0)
 
     def publish_blocks_up_to(self, number: int) -> None:
+        with self._blocks_lock:
+            self._publish_blocks_up_to(number)
+
+    def _publish_blocks_up_to(self, number: int) -> None:
         """Publish every block of the node's chain after the last one published, up to
         ``number``, in order. After a reorg the new branch is published from the fork
         point on, so a block that replaced one already published (and the txs in it) is
@@ -181,12 +212,97 @@ class Agent:
                 payload["replaces"] = replaced
             self.publish("block", payload)
             self.published[height] = block["hash"]
+            if self.watches:
+                self.publish_logs({"blockHash": block["hash"]})
         # The head may be below what we published (a reorg onto a shorter branch, or a
         # rewind to an ancestor). What we published above it is kept only to name what a
         # later block at that height replaces.
         self.last_number = int(head["number"], 16)
         for height in [h for h in self.published if abs(h - self.last_number) > REORG_DEPTH]:
             del self.published[height]
+        if len(self._published_logs) > 4096:
+            old = [k for k, n in self._published_logs.items() if n < self.last_number - REORG_DEPTH]
+            for key in old:
+                del self._published_logs[key]
+
+    # -- watched contracts ---------------------------------------------------------------
+
+    def publish_logs(self, where: dict[str, Any]) -> None:
+        """Publish every watched log the node has ``where`` (a block hash or a range)."""
+        logs = self.rpc("eth_getLogs", [{**where, "address": sorted(self.watches)}])
+        for entry in logs or []:
+            key = (str(entry["blockHash"]), int(entry["logIndex"], 16))
+            if key in self._published_logs or entry.get("removed"):
+                continue
+            event, args = self._decode(entry)
+            wanted = {
+                w.get("only") for w in self.watches.get(entry["address"].lower(), {}).values()
+            }
+            if None not in wanted and event not in wanted:
+                continue
+            self._published_logs[key] = int(entry["blockNumber"], 16)
+            self.publish(
+                "log",
+                {"address": _checksum(entry["address"]), "event": event, "args": args,
+                 "block": int(entry["blockNumber"], 16), "block_hash": entry["blockHash"],
+                 "tx": str(entry["transactionHash"]).lower(), "log_index": key[1]},
+            )  # fmt: skip
+
+    def _decode(self, entry: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
+        """The event's name and arguments, by the watched ABI (None, {} if it has none)."""
+        events = self._decoders.get(entry["address"].lower(), {})
+        topics = entry.get("topics") or []
+        abi = events.get(topics[0].lower()) if topics else None
+        if abi is None:
+            return None, {}
+        # Imported on the first watch only: an agent that watches nothing stays small.
+        from eth_abi.abi import decode
+
+        args: dict[str, Any] = {}
+        indexed = [i for i in abi["inputs"] if i.get("indexed")]
+        plain = [i for i in abi["inputs"] if not i.get("indexed")]
+        for item, topic in zip(indexed, topics[1:], strict=False):
+            raw = bytes.fromhex(topic[2:])
+            dynamic = item["type"] in ("string", "bytes") or item["type"].endswith("]")
+            # An indexed dynamic value is only its hash in the topic.
+            args[item["name"]] = topic if dynamic else decode([_abi_type(item)], raw)[0]
+        data = bytes.fromhex(str(entry.get("data", "0x"))[2:])
+        values = decode([_abi_type(i) for i in plain], data) if plain else ()
+        args.update({i["name"]: v for i, v in zip(plain, values, strict=True)})
+        types = {i["name"]: str(i["type"]) for i in abi["inputs"]}
+        return str(abi["name"]), {k: _jsonable(v, types[k]) for k, v in args.items()}
+
+    def add_new_watches(self) -> None:
+        """Take on watches the bus asked for: publish the logs up to the head, then say so."""
+        while True:
+            try:
+                spec = self._new_watches.get_nowait()
+            except queue.Empty:
+                return
+            from eth_utils.abi import event_abi_to_log_topic
+
+            address = str(spec["address"]).lower()
+            decoders = self._decoders.setdefault(address, {})
+            for abi in spec.get("events", []):
+                if not abi.get("anonymous"):
+                    decoders["0x" + event_abi_to_log_topic(abi).hex()] = abi
+            with self._blocks_lock:
+                self.watches.setdefault(address, {})[spec["key"]] = spec
+                if self.last_number >= int(spec.get("from_block", 0)):
+                    with contextlib.suppress(RPCError):
+                        self.publish_logs(
+                            {"fromBlock": hex(int(spec.get("from_block", 0))),
+                             "toBlock": hex(self.last_number)}
+                        )  # fmt: skip
+                self.publish(
+                    "watching",
+                    {"address": address, "only": spec.get("only"), "up_to": self.last_number},
+                )
+
+    def watch_contracts(self) -> None:
+        while not self.stop.is_set():
+            self.add_new_watches()
+            self.stop.wait(0.05)
 
     def follow_heads(self) -> None:
         while not self.stop.is_set():
@@ -289,6 +405,8 @@ class Agent:
             threading.Thread(target=follow, daemon=True),
             threading.Thread(target=self.watch_peers_and_health, daemon=True),
         ]
+        if self.args.probe is None:
+            threads.append(threading.Thread(target=self.watch_contracts, daemon=True))
         for thread in threads:
             thread.start()
         try:
@@ -299,6 +417,33 @@ class Agent:
                     self.stop.set()
         finally:
             self.client.loop_stop()
+
+
+def _abi_type(item: dict[str, Any]) -> str:
+    """The canonical type of an ABI input (tuples spelled out)."""
+    kind = str(item["type"])
+    if kind.startswith("tuple"):
+        inner = ",".join(_abi_type(c) for c in item.get("components", []))
+        return f"({inner}){kind[5:]}"
+    return kind
+
+
+def _checksum(address: str) -> str:
+    from eth_utils.address import to_checksum_address
+
+    return str(to_checksum_address(address))
+
+
+def _jsonable(value: Any, kind: str = "") -> Any:
+    """A decoded ABI value as JSON: bytes as 0x-hex, addresses checksummed as web3 has them."""
+    if isinstance(value, bytes):
+        return "0x" + value.hex()
+    if isinstance(value, (list, tuple)):
+        inner = kind[: kind.rindex("[")] if kind.endswith("]") else ""
+        return [_jsonable(v, inner) for v in value]
+    if kind == "address" and isinstance(value, str):
+        return _checksum(value)
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,6 +158,12 @@ class SyncBus:
         topic = f"chainharness/{self.run_id}/events/{kind}/{node or '-'}"
         self._pub.publish(topic, json.dumps(event.to_dict()), qos=1)
 
+    def request_watch(self, key: str, spec: dict[str, Any]) -> None:
+        """Ask every node's agent to publish a contract's logs (``Chain.watch``). Retained,
+        so an agent that connects later (a restarted node's) watches it too."""
+        topic = f"chainharness/{self.run_id}/control/watch/{key}"
+        self._pub.publish(topic, json.dumps(spec), qos=1, retain=True)
+
     def register_kind(self, kind: str) -> None:
         """Declare a custom event kind that another process will publish, so ``wait_for``
         accepts it before the first one arrives."""

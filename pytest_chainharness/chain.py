@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from eth_account.signers.local import LocalAccount
@@ -29,6 +31,8 @@ from .clients.base import ClientAdapter, Head
 from .providers.base import NodeState, Provider
 
 if TYPE_CHECKING:
+    from web3.contract import Contract
+
     from .bus import SyncBus
     from .upgrade import UpgradeResult
 
@@ -214,6 +218,10 @@ class Chain:
         self.repairs: list[str] = []
         #: Told of every repair (the session appends it to the run's repair log).
         self.repair_listeners: list[Callable[[str], None]] = []
+        #: Hands out a fresh funded account (the session's); deploys default to one.
+        self.account_source: Callable[[], LocalAccount] | None = None
+        #: Contracts ``deploy`` made: lower-case address → the block it is in.
+        self.deployed: dict[str, int] = {}
 
     def attach_bus(self, bus: SyncBus) -> None:
         """Make ``bus`` the chain's view of events, so the two never disagree: waits wake
@@ -538,6 +546,20 @@ class Chain:
         Nonces are tracked per sender across calls, whichever node each one goes to.
         """
         self._require_evm("transfer")
+        fields = {"to": Web3.to_checksum_address(to), "value": value_wei, "gas": 21_000}
+        return self.send_signed(sender, fields, node=node)
+
+    def send_signed(
+        self,
+        sender: LocalAccount,
+        fields: dict[str, Any],
+        *,
+        node: int | str | Node | None = None,
+    ) -> HexBytes:
+        """Sign a type-2 transaction with ``fields`` (``to``, ``value``, ``data``, ``gas``)
+        locally, with the next nonce and fees that get it into the next block, and send
+        it to node 0 (or ``node``); publish a ``tx`` event; return its hash."""
+        self._require_evm("send_signed")
         node = self._entry_node() if node is None else self.node(node)
         w3 = node.w3
         with self._nonce_lock:
@@ -549,23 +571,73 @@ class Chain:
         tx: dict[str, Any] = {
             "chainId": self.chain_id,
             "nonce": nonce,
-            "to": Web3.to_checksum_address(to),
-            "value": value_wei,
-            "gas": 21_000,
+            "value": 0,
             "maxFeePerGas": 2 * base_fee + tip,
             "maxPriorityFeePerGas": tip,
             "type": 2,
+            **fields,
         }
         signed = sender.sign_transaction(tx)
         tx_hash = HexBytes(w3.eth.send_raw_transaction(signed.raw_transaction))
         if self.bus is not None:
             self.bus.publish(
                 "tx",
-                {"hash": tx_hash.to_0x_hex(), "from": sender.address, "to": tx["to"],
-                 "nonce": nonce, "value": value_wei},
+                {"hash": tx_hash.to_0x_hex(), "from": sender.address, "to": tx.get("to"),
+                 "nonce": nonce, "value": tx["value"]},
                 node=node.name,
             )  # fmt: skip
         return tx_hash
+
+    def fresh_account(self) -> LocalAccount:
+        """A funded account no other test of the run has (the session's), else the first
+        of this process's genesis accounts."""
+        self._require_evm("fresh_account")
+        if self.account_source is not None:
+            return self.account_source()
+        if not self.accounts:
+            raise ChainHarnessError("this chain has no funded account to hand out")
+        return self.accounts[0]
+
+    # -- contracts -------------------------------------------------------------------------
+
+    def deploy(
+        self,
+        artifact: str | os.PathLike[str] | Mapping[str, Any],
+        *args: Any,
+        sender: LocalAccount | None = None,
+        node: int | str | Node | None = None,
+        timeout: float = 30.0,
+    ) -> Contract:
+        """Deploy a Foundry or Hardhat artifact (a path) or an ``{abi, bytecode}`` dict
+        with constructor ``args``; return web3's ``Contract``, bound to node 0, once its
+        code is on every running node. ``sender`` defaults to a fresh funded account.
+
+        Bytecode the chain cannot run, wrong arguments and a reverting constructor are
+        errors before anything is sent (see ``contracts``)."""
+        from . import contracts
+
+        self._require_evm("deploy")
+        entry = self._entry_node() if node is None else self.node(node)
+        return contracts.deploy(self, artifact, args, sender=sender, node=entry, timeout=timeout)
+
+    def compile(self, path: str | os.PathLike[str], name: str | None = None) -> dict[str, Any]:
+        """Compile a Solidity file with the pinned solc for this chain's EVM version;
+        ``{"abi", "bytecode", "name", "evm_version"}`` of contract ``name`` (default: the
+        one named like the file, or the file's only contract)."""
+        from .solc import compile_contract
+
+        self._require_evm("compile")
+        evm = self.adapter.evm_version(self._entry_node()._spec)
+        return compile_contract(Path(path), name, evm_version=evm)
+
+    def watch(self, contract: Contract, event: str | None = None, *, timeout: float = 30.0) -> None:
+        """Have every node's agent publish ``contract``'s logs (one ``event``, or all) as
+        ``log`` events from its deploy block on (or from now), after reorgs too; return
+        once every running node's agent does."""
+        from . import contracts
+
+        self._require_evm("watch")
+        contracts.watch(self, contract, event, timeout=timeout)
 
     # -- partitions ------------------------------------------------------------------------
 

@@ -30,10 +30,14 @@ export CHAINHARNESS_TOOLS="$PWD/.tools"
 tools=(geth toxiproxy cometbft)
 .venv/bin/python -m pytest_chainharness.tools install geth toxiproxy cometbft --dest .tools
 if command -v npm >/dev/null; then
-  .venv/bin/python -m pytest_chainharness.tools install anvil --dest .tools
-  tools+=(anvil)
+  .venv/bin/python -m pytest_chainharness.tools install anvil solc --dest .tools
+  tools+=(anvil solc)
+  # The contracts example's OpenZeppelin sources (node_modules is not committed).
+  if [ ! -d examples/contracts/node_modules/@openzeppelin ]; then
+    npm install --no-audit --no-fund --ignore-scripts --prefix examples/contracts >/dev/null
+  fi
 else
-  echo "setup: npm not found: anvil is not installed and the anvil tests will be skipped" >&2
+  echo "setup: npm not found: anvil and solc are not installed; their tests will be skipped" >&2
 fi
 
 # mosquitto: the event bus's broker on the process backend.

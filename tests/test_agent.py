@@ -271,3 +271,73 @@ def test_a_probed_node_publishes_each_new_head_and_what_replaced_what(tmp_path: 
         {"number": 2, "hash": "a2", "txs": []},
         {"number": 4, "hash": "b4", "txs": []},
     ]
+
+
+# -- watched contracts' logs -----------------------------------------------------------------
+
+CONTRACT = "0x" + "c0" * 20
+BY = "0x" + "ab" * 20
+BUMPED = {
+    "type": "event", "name": "Bumped", "anonymous": False,
+    "inputs": [{"name": "by", "type": "address", "indexed": True},
+               {"name": "count", "type": "uint256", "indexed": False}],
+}  # fmt: skip
+
+
+class LoggingNode(ScriptedNode):
+    """A scripted node whose transactions each emit one Bumped(by, 7) log."""
+
+    def rpc(self, method: str, params: list[Any] | None = None) -> Any:
+        if method != "eth_getLogs":
+            return super().rpc(method, params)
+        from eth_utils.abi import event_abi_to_log_topic
+
+        assert params is not None
+        where = params[0]
+        assert where["address"] == [CONTRACT]
+        if "blockHash" in where:
+            hashes = [where["blockHash"]]
+        else:
+            first, last = int(where["fromBlock"], 16), int(where["toBlock"], 16)
+            hashes = self.canonical[first : last + 1]
+        topic = "0x" + event_abi_to_log_topic(BUMPED).hex()  # type: ignore[arg-type]
+        return [
+            {"address": CONTRACT, "topics": [topic, "0x" + "00" * 12 + BY[2:]],
+             "data": "0x" + (7).to_bytes(32, "big").hex(), "blockHash": h,
+             "blockNumber": self.blocks[h]["number"], "transactionHash": tx, "logIndex": "0x0"}
+            for h in hashes
+            for tx in self.blocks[h]["transactions"]
+        ]  # fmt: skip
+
+
+class EveryKindAgent(RecordingAgent):
+    def publish(self, kind: str, payload: dict[str, Any]) -> None:
+        self.events.append({"kind": kind, **payload})
+
+
+def test_a_log_of_a_replaced_block_is_published_again_with_the_block_that_stays(
+    tmp_path: Path,
+) -> None:
+    node = LoggingNode()
+    args = argparse.Namespace(
+        run="r", node="node0", broker="127.0.0.1:1", user=None, password=None,
+        record=None, own=str(tmp_path / "own.jsonl"), probe=None,
+    )  # fmt: skip
+    agent = EveryKindAgent(args, node)
+    advance(node, agent, "a", 0, 3, txs=("0xbefore",))  # a log before the watch
+    agent._new_watches.put(
+        {"key": "w", "address": CONTRACT, "events": [BUMPED], "only": None, "from_block": 0}
+    )
+    agent.add_new_watches()
+    advance(node, agent, "a", 3, 2, txs=("0xt1",))
+    advance(node, agent, "b", 3, 2, txs=("0xt1",))  # the same tx, in a block of branch b
+    logs = [(e["block"], e["block_hash"], e["tx"]) for e in agent.events if e["kind"] == "log"]
+    assert logs == [(1, "0xa-1", "0xbefore"), (4, "0xa-4", "0xt1"), (4, "0xb-4", "0xt1")]
+    first = next(e for e in agent.events if e["kind"] == "log")
+    from eth_utils.address import to_checksum_address
+
+    assert first["event"] == "Bumped"
+    assert first["args"] == {"by": to_checksum_address(BY), "count": 7}
+    watching = [e for e in agent.events if e["kind"] == "watching"]
+    assert watching == [{"kind": "watching", "address": CONTRACT, "only": None, "up_to": 3}]
+    agent.own.close()

@@ -11,7 +11,14 @@ from .._rpc import RPCError, rpc_call
 from .._testnet import NodeSpec
 from .base import Head, Placement
 
-__all__ = ["EthereumQueries"]
+__all__ = ["EVM_VERSIONS", "EthereumQueries"]
+
+#: solc's EVM version names, oldest first.
+EVM_VERSIONS = (
+    "homestead", "tangerineWhistle", "spuriousDragon", "byzantium", "constantinople",
+    "petersburg", "istanbul", "berlin", "london", "paris", "shanghai", "cancun", "prague",
+    "osaka",
+)  # fmt: skip
 
 
 class EthereumQueries:

@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .._rpc import rpc_call
 from .._testnet import NodeSpec, Testnet
 from ..images import ANVIL_IMAGE
 from ..tools import binary_version, find_anvil
-from ._evm import EthereumQueries
+from ._evm import EVM_VERSIONS, EthereumQueries
 from .base import Helper, NoAdminPeers, Placement, Repairer
 from .geth import genesis
 
@@ -115,6 +116,16 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
 
     def repairer(self, chain: Chain) -> Repairer | None:
         return None  # one node: nothing to stall against
+
+    def evm_version(self, node: NodeSpec) -> str:
+        # anvil runs its newest fork by default; it names it ("Prague", "Osaka", or a
+        # blob-parameter fork such as "Bpo1" that changes no opcode after Osaka).
+        info = rpc_call(node.rpc_url, "anvil_nodeInfo", timeout=5.0)
+        fork = str(info.get("hardFork", "")).lower()
+        for name in EVM_VERSIONS:
+            if name.lower() == fork:
+                return name
+        return EVM_VERSIONS[-1]
 
     def ws_url(self, node: NodeSpec) -> str:
         return f"ws://{node.host}:{node.ports['rpc']}"

@@ -331,6 +331,11 @@ class ClientAdapter(Protocol):
         """How many peers the node has (asked only when ``has_peers``)."""
         ...
 
+    def evm_version(self, node: NodeSpec) -> str:
+        """The EVM version (solc's name) the chain runs: what ``compile`` targets and
+        ``deploy`` checks bytecode against (``UnsupportedAction`` for a non-EVM client)."""
+        ...
+
     def block_hashes(self, node: NodeSpec, first: int, last: int) -> dict[int, str] | None:
         """The hash of each block ``first..last`` on the node (scenarios' fork check);
         None when the client tells only its head."""

@@ -291,6 +291,11 @@ class GethAdapter(EthereumQueries):
             )
         ]
 
+    def evm_version(self, node: NodeSpec) -> str:
+        # The genesis enables every fork up to London and none after (see _FORKS):
+        # solc calls that EVM "paris" (London's opcodes, DIFFICULTY read as PREVRANDAO).
+        return "paris"
+
     def repairer(self, chain: Chain) -> Repairer | None:
         from .clique import CliqueUnstall
 

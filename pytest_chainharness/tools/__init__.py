@@ -5,6 +5,7 @@ Binaries live in a tools folder, never in the repository; every version is pinne
     <tools>/geth/<version>/geth          built from the Go module proxy
     <tools>/anvil/node_modules/...       npm package @foundry-rs/anvil (native binary)
     <tools>/toxiproxy/<version>/server   toxiproxy (latency faults), Go module proxy
+    <tools>/solc/<version>/node_modules/solc   solc (solcjs) from npm, runs under node
 
 The tools folder is ``$CHAINHARNESS_TOOLS``, else ``.tools`` in the project root when it
 exists, else ``~/.cache/pytest-chainharness/tools``. Install, then check, with::
@@ -38,6 +39,7 @@ __all__ = [
     "DOCTOR_TOOLS",
     "GETH_VERSIONS",
     "INSTALL_COMMAND",
+    "SOLC_VERSION",
     "TOXIPROXY_VERSION",
     "anvil_native_path",
     "binary_version",
@@ -46,11 +48,13 @@ __all__ = [
     "find_cometbft",
     "find_geth",
     "find_mosquitto",
+    "find_solc",
     "find_toxiproxy",
     "geth_versions_installed",
     "install_anvil",
     "install_cometbft",
     "install_geth",
+    "install_solc",
     "install_toxiproxy",
     "tools_dir",
     "version_key",
@@ -68,6 +72,8 @@ TOXIPROXY_VERSION = "2.12.0"
 ANVIL_VERSION = "1.7.1"
 #: CometBFT with its built-in kvstore app: the first client that is not geth (a spec file).
 COMETBFT_VERSION = "0.38.26"
+#: solc, the Solidity compiler, as npm's solcjs (compiles offline; no native build here).
+SOLC_VERSION = "0.8.37"
 
 
 def tools_dir(root: Path | None = None) -> Path:
@@ -340,6 +346,51 @@ def install_anvil(*, dest: Path | None = None, version: str = ANVIL_VERSION) -> 
     return binary
 
 
+def _solc_script(root: Path | None = None) -> Path:
+    return tools_dir(root) / "solc" / SOLC_VERSION / "node_modules" / "solc" / "solc.js"
+
+
+def find_solc(root: Path | None = None) -> list[str]:
+    """The argv that runs the pinned solcjs (``node …/solc.js``)."""
+    script = _solc_script(root)
+    node = shutil.which("node")
+    if script.is_file() and node is not None:
+        return [node, str(script)]
+    why = "node is not on PATH" if script.is_file() else f"solc {SOLC_VERSION} was not found"
+    raise ToolNotFound(
+        f"{why}. Install it with: {INSTALL_COMMAND} solc   (npm package solc@{SOLC_VERSION}; "
+        "needs npm and node)"
+    )
+
+
+def _solc_node(root: Path | None = None) -> Path:
+    return Path(find_solc(root)[0])  # doctor runs node with the script as its argument
+
+
+def install_solc(*, dest: Path | None = None) -> list[str]:
+    """Install solcjs ``SOLC_VERSION`` from npm into ``dest/solc/<version>``."""
+    prefix = (dest or tools_dir()) / "solc" / SOLC_VERSION
+    script = prefix / "node_modules" / "solc" / "solc.js"
+    node = shutil.which("node")
+    if node is None:
+        raise ToolNotFound("solc (solcjs) needs node on PATH")
+    if _reports(Path(node), [str(script), "--version"], f"{SOLC_VERSION}+commit"):
+        print(f"solc {SOLC_VERSION}: already installed at {script}")
+        return [node, str(script)]
+    if shutil.which("npm") is None:
+        raise ToolNotFound("installing solc needs npm on PATH")
+    prefix.mkdir(parents=True, exist_ok=True)
+    print(f"solc {SOLC_VERSION}: installing solc@{SOLC_VERSION} into {prefix}", flush=True)
+    _run_install(
+        ["npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--prefix",
+         str(prefix), f"solc@{SOLC_VERSION}"],
+        what=f"solc {SOLC_VERSION}",
+    )  # fmt: skip
+    if not _reports(Path(node), [str(script), "--version"], f"{SOLC_VERSION}+commit"):
+        raise ToolNotFound(f"npm installed solc@{SOLC_VERSION} but {script} does not run")
+    return [node, str(script)]
+
+
 # -- doctor ---------------------------------------------------------------------------------
 
 
@@ -397,6 +448,15 @@ def _checks(root: Path | None) -> list[Check]:
     )
     checks.append(
         Check(
+            "solc",
+            functools.partial(_solc_node, root=root),
+            (str(_solc_script(root)), "--version"),
+            f"{SOLC_VERSION}+commit",
+            f"{INSTALL_COMMAND} solc",
+        )
+    )
+    checks.append(
+        Check(
             "mosquitto",
             find_mosquitto,
             ("-h",),
@@ -408,7 +468,7 @@ def _checks(root: Path | None) -> list[Check]:
 
 
 #: What ``doctor`` checks by default: everything scripts/setup.sh installs.
-DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "cometbft", "mosquitto")
+DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "cometbft", "solc", "mosquitto")
 
 
 def doctor(

@@ -20,11 +20,12 @@ from . import (
     install_anvil,
     install_cometbft,
     install_geth,
+    install_solc,
     install_toxiproxy,
     tools_dir,
 )
 
-INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft")
+INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft", "solc")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_toxiproxy(dest=dest)
             if "cometbft" in args.what:
                 install_cometbft(dest=dest)
+            if "solc" in args.what:
+                install_solc(dest=dest)
             return 0
         if args.command == "doctor":
             unknown = sorted(set(args.what) - set(DOCTOR_TOOLS))
