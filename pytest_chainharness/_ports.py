@@ -33,6 +33,8 @@ class PortAllocator:
 
     def take(self, count: int) -> list[int]:
         """Return ``count`` distinct ports that were free a moment ago."""
+        if count <= 0:
+            return []  # the loop below stops only on a port taken (a 1-node network has no links)
         with _LOCK, ExitStack() as stack:
             ports: list[int] = []
             for sock in self._sockets(stack):

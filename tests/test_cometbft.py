@@ -117,6 +117,24 @@ def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path, ba
     assert_nothing_left(runs_dir)
 
 
+ONE = """
+def test_one_node_makes_blocks_alone(chain, bus):
+    chain.wait_for_height(3)
+    bus.wait_for("block", lambda e: e.payload["number"] >= 3, nodes="all")
+    height = chain.heads()["node0"].number
+    chain.nodes[0].restart()
+    chain.wait_for_height(height + 2)
+"""
+
+
+def test_a_single_node_network(inner: pytest.Pytester, runs_dir: Path) -> None:
+    """The 1 of 1..32: no peers, so no peer links either."""
+    inner.makepyfile(test_one=ONE)
+    result = inner.runpytest_subprocess("--chain-client=cometbft", "--chain-nodes=1")
+    result.assert_outcomes(passed=1)
+    assert_nothing_left(runs_dir)
+
+
 def test_the_shipped_split_scenario(inner: pytest.Pytester, runs_dir: Path, backend: str) -> None:
     """scenarios/faults/cometbft-split-3-1.yaml: the majority commits while node3 is cut
     off through the link proxies, and node3 catches up after the heal."""

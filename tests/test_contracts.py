@@ -217,6 +217,19 @@ def test_compile_deploy_call_and_watch(chain, bus, funded_account):
     logs = bus.wait_for("log", lambda e: e.payload["tx"] == tx.to_0x_hex(), nodes="all")
     assert [e.payload["args"]["count"] for e in logs] == [2] * len(chain.nodes)
     assert counter.functions.count().call() == 2
+
+def test_every_artifact_format_on_every_node(chain, tmp_path):
+    built = chain.compile(SOURCE, "Counter")
+    foundry = tmp_path / "foundry.json"
+    code = {{"object": built["bytecode"]}}
+    foundry.write_text(json.dumps({{"abi": built["abi"], "bytecode": code}}))
+    hardhat = tmp_path / "hardhat.json"
+    hardhat.write_text(json.dumps({{"_format": "hh-sol-artifact-1", "contractName": "Counter",
+                                    "abi": built["abi"], "bytecode": built["bytecode"]}}))
+    for artifact in (foundry, hardhat, built):
+        counter = chain.deploy(artifact, 5)
+        assert all(node.w3.eth.get_code(counter.address) for node in chain.nodes)
+        assert counter.functions.count().call() == 5
 """
 
 
@@ -240,7 +253,7 @@ def test_deploy_and_watch_on_anvil_and_docker(
     request.getfixturevalue("anvil_required" if where == "anvil" else "docker_required")
     inner.makepyfile(test_it=INNER)
     result = inner.runpytest_subprocess(*options, "-s")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines([f"*EVM {evm}*"])
     assert_nothing_left(runs_dir)
 

@@ -97,3 +97,11 @@ def test_two_allocators_never_hand_out_one_port() -> None:
     second = PortAllocator().take(2000)
     assert len(set(first)) == len(set(second)) == 2000
     assert not set(first) & set(second)
+
+
+def test_no_ports_asked_none_given() -> None:
+    """A 1-node network has no peer links: asking for 0 ports used to open sockets until
+    the process ran out of files."""
+    from pytest_chainharness._ports import PortAllocator
+
+    assert PortAllocator().take(0) == []
