@@ -45,7 +45,7 @@ SPEC_SUFFIXES = (".yaml", ".yml")
 _NETWORK = frozenset({"nodes", "network_dir", "seed"})
 _NAMED = _NETWORK | {"index", "name"}
 _NODE = _NAMED | {"home", "host", "bind"}
-_PEERING = frozenset({"peer", "peers", "all_peers", "dial_peers"})
+_PEERING = frozenset({"peer", "peers", "all_peers"})
 #: What the probes (ready, head, peers, metrics) know: they are asked from the test
 #: process and the agents, which know a node by its address only.
 _PROBE = frozenset({"index", "name", "host"})

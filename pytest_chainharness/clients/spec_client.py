@@ -6,7 +6,6 @@ What the spec says, in the order the harness does it (process backend)::
     node_init      once per node, in its home         + {index} {name} {home} {host} {bind} {port.X}
     node_id        per node, its output is {id}
     files, start   at every start                     + {id} {peer} {peers} {all_peers}
-                                                        {dial_peers}
 
 Heads, peer counts and readiness are the spec's HTTP probes; the node agents follow the
 head probe. ``{peers}`` are rendered at each start, so a node restarted after another
@@ -316,10 +315,6 @@ class SpecAdapter(NoAdminPeers):
                     own["id"] = theirs["id"]
         own["peers"] = ",".join(p for i, p in enumerate(peers) if i != node.index)
         own["all_peers"] = ",".join(peers)
-        # One dialer per pair of nodes (the higher index dials the lower): two nodes
-        # that dial each other at the same moment can each drop the other's connection
-        # as a duplicate and never redial (CometBFT does; seen on 32-node starts).
-        own["dial_peers"] = ",".join(peers[: node.index])
         return own
 
     def _argv(self, template: Sequence[str], binary: str, values: dict[str, str]) -> list[str]:
