@@ -210,10 +210,12 @@ class Agent:
             replaced = self.published.get(height)
             if replaced is not None and replaced != block["hash"]:
                 payload["replaces"] = replaced
+            # Asked before the block counts as published: a node that stops answering
+            # here has the block (and its logs) done again at the next head, not skipped.
+            logs = self.watched_logs({"blockHash": block["hash"]}) if self.watches else []
             self.publish("block", payload)
             self.published[height] = block["hash"]
-            if self.watches:
-                self.publish_logs({"blockHash": block["hash"]})
+            self.publish_logs(logs)
         # The head may be below what we published (a reorg onto a shorter branch, or a
         # rewind to an ancestor). What we published above it is kept only to name what a
         # later block at that height replaces.
@@ -227,10 +229,14 @@ class Agent:
 
     # -- watched contracts ---------------------------------------------------------------
 
-    def publish_logs(self, where: dict[str, Any]) -> None:
-        """Publish every watched log the node has ``where`` (a block hash or a range)."""
-        logs = self.rpc("eth_getLogs", [{**where, "address": sorted(self.watches)}])
-        for entry in logs or []:
+    def watched_logs(self, where: dict[str, Any]) -> list[dict[str, Any]]:
+        """The node's logs of watched contracts ``where`` (a block hash or a range)."""
+        query = {"address": sorted(self.watches), **where}
+        return list(self.rpc("eth_getLogs", [query]) or [])
+
+    def publish_logs(self, logs: list[dict[str, Any]]) -> None:
+        """Publish each of ``logs`` not published yet that a watch asks for."""
+        for entry in logs:
             key = (str(entry["blockHash"]), int(entry["logIndex"], 16))
             if key in self._published_logs or entry.get("removed"):
                 continue
@@ -286,14 +292,26 @@ class Agent:
             for abi in spec.get("events", []):
                 if not abi.get("anonymous"):
                     decoders["0x" + event_abi_to_log_topic(abi).hex()] = abi
+            first = int(spec.get("from_block", 0))
             with self._blocks_lock:
+                try:
+                    earlier = (
+                        self.watched_logs(
+                            {
+                                "address": [address],
+                                "fromBlock": hex(first),
+                                "toBlock": hex(self.last_number),
+                            }
+                        )
+                        if self.last_number >= first
+                        else []
+                    )
+                except RPCError:
+                    # Not "watching" before the earlier logs are out: try again shortly.
+                    self._new_watches.put(spec)
+                    return
                 self.watches.setdefault(address, {})[spec["key"]] = spec
-                if self.last_number >= int(spec.get("from_block", 0)):
-                    with contextlib.suppress(RPCError):
-                        self.publish_logs(
-                            {"fromBlock": hex(int(spec.get("from_block", 0))),
-                             "toBlock": hex(self.last_number)}
-                        )  # fmt: skip
+                self.publish_logs(earlier)
                 self.publish(
                     "watching",
                     {"address": address, "only": spec.get("only"), "up_to": self.last_number},

@@ -628,7 +628,7 @@ class Chain:
 
         self._require_evm("compile")
         evm = self.adapter.evm_version(self._entry_node()._spec)
-        return compile_contract(Path(path), name, evm_version=evm)
+        return compile_contract(Path(path), name, evm_version=evm, root=self.adapter.root)
 
     def watch(self, contract: Contract, event: str | None = None, *, timeout: float = 30.0) -> None:
         """Have every node's agent publish ``contract``'s logs (one ``event``, or all) as

@@ -20,8 +20,11 @@ __all__ = ["compile_contract"]
 TIMEOUT = 180.0
 
 
-def compile_contract(path: Path, name: str | None, *, evm_version: str) -> dict[str, Any]:
-    """``{"name", "abi", "bytecode", "evm_version"}`` of contract ``name`` in ``path``.
+def compile_contract(
+    path: Path, name: str | None, *, evm_version: str, root: Path | None = None
+) -> dict[str, Any]:
+    """``{"name", "abi", "bytecode", "evm_version"}`` of contract ``name`` in ``path``,
+    with the solc of ``root``'s tools folder (the project's, as for every tool).
 
     ``ValueError`` with solc's messages when the source does not compile, or when
     ``name`` is not one of its contracts (or is needed and not given).
@@ -29,7 +32,7 @@ def compile_contract(path: Path, name: str | None, *, evm_version: str) -> dict[
     source = path.resolve()
     if not source.is_file():
         raise FileNotFoundError(f"Solidity source {path} does not exist")
-    argv = find_solc(Path.cwd())  # a project's own .tools folder, as for every tool
+    argv = find_solc(root if root is not None else Path.cwd())
     modules = [p / "node_modules" for p in (source.parent, *source.parent.parents)]
     includes = [str(m) for m in modules if m.is_dir()]
     request = {

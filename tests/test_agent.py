@@ -341,3 +341,34 @@ def test_a_log_of_a_replaced_block_is_published_again_with_the_block_that_stays(
     watching = [e for e in agent.events if e["kind"] == "watching"]
     assert watching == [{"kind": "watching", "address": CONTRACT, "only": None, "up_to": 3}]
     agent.own.close()
+
+
+def test_no_watching_before_the_earlier_logs_are_out(tmp_path: Path) -> None:
+    """A node that does not answer the backfill must not get a ``watching`` said for it:
+    that would tell the test every earlier log is on the bus."""
+    node = LoggingNode()
+    args = argparse.Namespace(
+        run="r", node="node0", broker="127.0.0.1:1", user=None, password=None,
+        record=None, own=str(tmp_path / "own.jsonl"), probe=None,
+    )  # fmt: skip
+    agent = EveryKindAgent(args, node)
+    advance(node, agent, "a", 0, 2, txs=("0xearly",))
+    answer = node.rpc
+    down = True
+
+    def flaky(method: str, params: list[Any] | None = None) -> Any:
+        if down and method == "eth_getLogs":
+            raise RPCError("node not answering")
+        return answer(method, params)
+
+    agent.node_rpc = flaky
+    agent._new_watches.put(
+        {"key": "w", "address": CONTRACT, "events": [BUMPED], "only": None, "from_block": 0}
+    )
+    agent.add_new_watches()
+    assert [e["kind"] for e in agent.events if e["kind"] != "block"] == []
+    down = False
+    agent.add_new_watches()
+    kinds = [(e["kind"], e.get("tx")) for e in agent.events if e["kind"] != "block"]
+    assert kinds == [("log", "0xearly"), ("watching", None)]
+    agent.own.close()
