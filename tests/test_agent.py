@@ -315,15 +315,19 @@ class EveryKindAgent(RecordingAgent):
         self.events.append({"kind": kind, **payload})
 
 
-def test_a_log_of_a_replaced_block_is_published_again_with_the_block_that_stays(
-    tmp_path: Path,
-) -> None:
-    node = LoggingNode()
+def logging_agent(node: LoggingNode, tmp_path: Path) -> EveryKindAgent:
     args = argparse.Namespace(
         run="r", node="node0", broker="127.0.0.1:1", user=None, password=None,
         record=None, own=str(tmp_path / "own.jsonl"), probe=None,
     )  # fmt: skip
-    agent = EveryKindAgent(args, node)
+    return EveryKindAgent(args, node)
+
+
+def test_a_log_of_a_replaced_block_is_published_again_with_the_block_that_stays(
+    tmp_path: Path,
+) -> None:
+    node = LoggingNode()
+    agent = logging_agent(node, tmp_path)
     advance(node, agent, "a", 0, 3, txs=("0xbefore",))  # a log before the watch
     agent._new_watches.put(
         {"key": "w", "address": CONTRACT, "events": [BUMPED], "only": None, "from_block": 0}
@@ -347,11 +351,7 @@ def test_no_watching_before_the_earlier_logs_are_out(tmp_path: Path) -> None:
     """A node that does not answer the backfill must not get a ``watching`` said for it:
     that would tell the test every earlier log is on the bus."""
     node = LoggingNode()
-    args = argparse.Namespace(
-        run="r", node="node0", broker="127.0.0.1:1", user=None, password=None,
-        record=None, own=str(tmp_path / "own.jsonl"), probe=None,
-    )  # fmt: skip
-    agent = EveryKindAgent(args, node)
+    agent = logging_agent(node, tmp_path)
     advance(node, agent, "a", 0, 2, txs=("0xearly",))
     answer = node.rpc
     down = True
