@@ -52,6 +52,17 @@ KEEP_RUNS = 5
 SESSION_KEY = pytest.StashKey["ChainSession"]()
 
 
+#: Every repair of the run, one JSON line each, from any of its processes.
+REPAIR_LOG = "repairs.jsonl"
+
+
+def log_repair(run_dir: Path, what: str) -> None:
+    # Appends of one short line are atomic, so every process of the run (and the start)
+    # writes here, and the owner counts them for the verdict.
+    with (run_dir / REPAIR_LOG).open("a") as log:
+        log.write(json.dumps({"ts": time.time(), "pid": os.getpid(), "what": what}) + "\n")
+
+
 def runs_root() -> Path:
     """``$CHAINHARNESS_RUNS``, else a folder per user in the temp folder (one shared by
     all users would be writable by all of them, or by its first user only)."""
@@ -390,20 +401,13 @@ class ChainSession:
     def network_record(self) -> dict[str, Any] | None:
         return self._read()
 
-    @property
-    def _repair_log(self) -> Path:
-        return self.run.run_dir / "repairs.jsonl"
-
     def _log_repair(self, what: str) -> None:
-        # One line per repair from any process of the run (appends of one short line are
-        # atomic), so the owner can count them for the verdict.
-        with self._repair_log.open("a") as log:
-            log.write(json.dumps({"ts": time.time(), "pid": os.getpid(), "what": what}) + "\n")
+        log_repair(self.run.run_dir, what)
 
     def repairs(self) -> list[str]:
-        """Every repair any process of the run made, oldest first."""
+        """Every repair any process of the run made, oldest first (the start's too)."""
         try:
-            lines = self._repair_log.read_text().splitlines()
+            lines = (self.run.run_dir / REPAIR_LOG).read_text().splitlines()
         except FileNotFoundError:
             return []
         return [json.loads(line)["what"] for line in lines if line.strip()]
@@ -573,7 +577,8 @@ def start_network(
         keep_provider(provider)
     if before_launch is not None:
         before_launch(provider)
-    chain = Chain(testnet, provider, adapter)
+    chain = Chain(testnet, provider, adapter, repair=settings.repair)
+    chain.repair_listeners.append(lambda what: log_repair(run_dir, what))
     launch(chain, timeout=settings.start_timeout)
     record: dict[str, Any] = {"status": "up", "backend": provider.name}
     try:

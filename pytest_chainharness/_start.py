@@ -14,7 +14,8 @@ __all__ = ["launch"]
 #: How often one node may be given fresh ports after another program took one.
 PORT_RETRIES = 3
 #: A node still short of peers this long after its start (and again after each nudge) is
-#: told its peers again (an admin-peering client; see ``ClientAdapter.add_peer``).
+#: told its peers again (an admin-peering client; see ``ClientAdapter.add_peer``; other
+#: clients' repairer may redial, see ``clients/_redial.py``).
 NUDGE_AFTER = 2.0
 #: Least time the nodes get to agree on one head once each is past genesis: enough to
 #: see a stalled fork (6 s) and break it.
@@ -80,6 +81,9 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     #: The last error each node's probe gave: a head path the answer lacks says so here.
     errors: dict[int, str] = {}
     nudged = dict(started)
+    #: Each node's last peer count, and when it last changed.
+    counts: dict[int, int] = {}
+    moved = dict(started)
     # When every node last answered RPC: only then is a missing peer a stalled dial.
     everyone_up_at: float | None = None
 
@@ -96,7 +100,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
         retries[index] += 1
         provider.kill(index)
         provider.start(index)
-        started[index] = nudged[index] = time.monotonic()
+        started[index] = nudged[index] = moved[index] = time.monotonic()
         answered.discard(index)
 
     while True:
@@ -128,20 +132,26 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
             try:
                 if phase == "peers":
                     chain.adapter.check_ready(node._spec)  # a spec's ready probe first
-                    ready = node.peer_count() >= expected_peers
+                    count = node.peer_count()
+                    ready = count >= expected_peers
                     answered.add(node.index)
                     now = time.monotonic()
+                    if counts.get(node.index) != count:
+                        counts[node.index], moved[node.index] = count, now
                     if ready:
                         pass
                     elif (
                         stalled_after is not None
                         and everyone_up_at is not None
                         and now - everyone_up_at > stalled_after
+                        # Still gaining peers: its dials are landing, a restart would only
+                        # drop them (32 CometBFT nodes take a minute to peer).
+                        and now - moved[node.index] > stalled_after
                         and retries[node.index] < PORT_RETRIES
                     ):
                         restart_stalled(node.index)
                         everyone_up_at = None
-                    elif now - nudged[node.index] > NUDGE_AFTER:
+                    elif chain.adapter.admin_peering and now - nudged[node.index] > NUDGE_AFTER:
                         nudged[node.index] = now
                         provider.add_peers(node.index)
                 else:
@@ -152,6 +162,10 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
                 errors[node.index] = str(exc)
                 ready = False
             all_ready = all_ready and ready
+        if phase == "peers" and not all_ready:
+            # A client's repair for peering it cannot finish alone (a spec's redial);
+            # the later waits tick it too.
+            chain.tick_repair()
         if len(answered) < len(chain.nodes):
             everyone_up_at = None
         elif everyone_up_at is None:

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -21,6 +22,7 @@ from eth_account.signers.local import LocalAccount
 from eth_typing import HexStr
 from hexbytes import HexBytes
 from web3 import Web3
+from web3.exceptions import TransactionNotFound
 from web3.middleware import ExtraDataToPOAMiddleware
 from web3.types import TxReceipt
 
@@ -222,6 +224,8 @@ class Chain:
         self.account_source: Callable[[], LocalAccount] | None = None
         #: Contracts ``deploy`` made: lower-case address → the block it is in.
         self.deployed: dict[str, int] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     def attach_bus(self, bus: SyncBus) -> None:
         """Make ``bus`` the chain's view of events, so the two never disagree: waits wake
@@ -235,7 +239,8 @@ class Chain:
             )
         )
 
-    def _tick_repair(self) -> None:
+    def tick_repair(self) -> None:
+        """Let the client's repairer look once (every wait does; so does the start)."""
         if self.repairer is None:
             return
         done = self.repairer.tick()
@@ -322,13 +327,24 @@ class Chain:
 
     def heads(self) -> dict[str, Head]:
         """Node name → head of every running node (nodes that fail to answer are left out)."""
-        heads = {}
-        for node in self.running_nodes():
-            try:
-                heads[node.name] = node.head()
-            except RPCError:
-                continue
-        return heads
+        return {
+            name: head
+            for name, head in self._read_heads(self.running_nodes()).items()
+            if isinstance(head, Head)
+        }
+
+    def _read_heads(self, nodes: Sequence[Node]) -> dict[str, Head | RPCError]:
+        """Every node's head, asked of all at once: one after the other, 32 busy nodes
+        took longer to answer than a block takes, so no look ever saw them agree."""
+        if len(nodes) < 2:
+            return {node.name: _head_or_error(node) for node in nodes}
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=len(self.nodes), thread_name_prefix="chainharness-heads"
+                )
+            pool = self._pool
+        return dict(zip((n.name for n in nodes), pool.map(_head_or_error, nodes), strict=True))
 
     def status_table(self) -> str:
         """One line per node: state, height, head hash, peers."""
@@ -378,7 +394,7 @@ class Chain:
                         return result
             except RPCError as exc:
                 last_error = exc
-            self._tick_repair()
+            self.tick_repair()
             if time.monotonic() >= deadline:
                 detail = f"\nlast error: {last_error}" if last_error else ""
                 if lagging:
@@ -441,7 +457,10 @@ class Chain:
         def check() -> Head | None:
             running = self.running_nodes()
             heads.clear()
-            heads.update((n.name, n.head()) for n in running)
+            for name, head in self._read_heads(running).items():
+                if isinstance(head, RPCError):
+                    raise head
+                heads[name] = head
             if not running:
                 return None
             distinct = set(heads.values())
@@ -472,14 +491,17 @@ class Chain:
 
         def check() -> dict[str, TxReceipt] | None:
             blocks.clear()
-            selected = self._select(nodes)
-            for node in selected:
-                if node._rpc("eth_getTransactionReceipt", [hex_hash]) is None:
+            receipts: dict[str, TxReceipt] = {}
+            for node in self._select(nodes):
+                try:
+                    found = node.w3.eth.get_transaction_receipt(HexStr(hex_hash))
+                except TransactionNotFound:
+                    # Not yet, or no longer: a reorg can take it out between two looks.
                     return None
-            receipts = {
-                node.name: node.w3.eth.get_transaction_receipt(HexStr(hex_hash))
-                for node in selected
-            }
+                receipt = _canonical_receipt(node, found, hex_hash)
+                if receipt is None:
+                    return None
+                receipts[node.name] = receipt
             for name, receipt in receipts.items():
                 blocks[name] = (int(receipt["blockNumber"]), receipt["blockHash"].to_0x_hex())
             if not receipts or len({block for _, block in blocks.values()}) != 1:
@@ -780,6 +802,46 @@ class Chain:
             return True
 
         self._poll(f"{len(self.nodes)} nodes to be ready (peers, height >= 1)", check, timeout)
+
+
+#: How far from where a stale receipt says, in blocks, the canonical chain is searched.
+RECEIPT_SEARCH = 64
+
+
+def _canonical_receipt(node: Node, receipt: TxReceipt, tx_hash: str) -> TxReceipt | None:
+    """``receipt`` if its block is on the node's canonical chain, else the receipt from
+    the canonical block that holds the transaction (None: none does yet).
+
+    geth 1.13.11 and later can answer eth_getTransactionReceipt from a block that a
+    reorg replaced, for good, when the transaction is in both branches: its lookup cache
+    keeps the old entry (go-ethereum#28885, #29261). A wait then never saw one block.
+    """
+    number = int(receipt["blockNumber"])
+    block = node._rpc("eth_getBlockByNumber", [hex(number), False])
+    if block is not None and block["hash"] == receipt["blockHash"].to_0x_hex():
+        return receipt
+    head = node.head().number
+    wanted = tx_hash.lower()
+    # Nearest heights first: a reorg most often moves a transaction by a block or two.
+    around = sorted(
+        range(max(1, number - RECEIPT_SEARCH), min(head, number + RECEIPT_SEARCH) + 1),
+        key=lambda n: abs(n - number),
+    )
+    for height in around:
+        block = node._rpc("eth_getBlockByNumber", [hex(height), False])
+        if block is None or wanted not in (str(t).lower() for t in block["transactions"]):
+            continue
+        for found in node.w3.eth.get_block_receipts(height):
+            if found["transactionHash"].to_0x_hex().lower() == wanted:
+                return found
+    return None
+
+
+def _head_or_error(node: Node) -> Head | RPCError:
+    try:
+        return node.head()
+    except RPCError as exc:
+        return exc
 
 
 def _blocks(heads: dict[str, Head]) -> dict[str, tuple[int, str]]:

@@ -4,6 +4,7 @@ the tests marked ``geth_only`` are skipped saying so."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ import time
 import pytest
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
+from web3.exceptions import TransactionNotFound
 
 from pytest_chainharness import (
     Chain,
@@ -264,6 +266,58 @@ def test_a_stalled_half_is_handed_the_kept_branch(
     chain.wait_converged(timeout=60)
     receipts = chain.wait_for_tx(tx, timeout=60)
     assert len({r["blockHash"] for r in receipts.values()}) == 1, receipts
+
+
+def _signer_of(node: Node, number: int) -> str:
+    return str(node._admin("clique_getSigner", [hex(number)])).lower()
+
+
+@geth_only
+@pytest.mark.disruptive
+def test_a_transaction_in_both_branches_has_the_receipt_of_the_canonical_one(
+    chain: Chain, funded_account: LocalAccount
+) -> None:
+    # A fork whose two branches both hold one transaction, made on purpose: once it is
+    # in block B on every node, a lone node is split off, rewound below B and seals the
+    # transaction in a block of its own; the majority goes on, and after the heal the
+    # lone node takes its branch, where the transaction sits below the new head. The
+    # shape of a soak run whose wait_for_tx stood 60 s with every node on one head: geth
+    # 1.13.11+ can go on answering eth_getTransactionReceipt with a dropped block (its
+    # lookup cache, go-ethereum#28885), so a receipt counts only from a canonical block;
+    # and a receipt that a reorg took away between two looks must not end the wait.
+    tx = chain.transfer(funded_account, Account.create().address, 1)
+    block = chain.wait_for_tx(tx, timeout=30)["node0"]
+    height = int(block["blockNumber"])
+    chain.wait_for_height(height + 1, timeout=30)  # two signed blocks below, at least
+    # The lone node seals again at B's height: it must not have signed the two before.
+    recent = {_signer_of(chain.nodes[0], n) for n in (height - 1, height - 2) if n >= 1}
+    lone = next(
+        n
+        for n in reversed(chain.nodes)
+        if n.signer
+        and Account.from_key(n._spec.identity["signer_key"]).address.lower() not in recent
+    )
+    rest = [n.index for n in chain.nodes if n is not lone]
+    raw = chain.nodes[0]._rpc("eth_getRawTransactionByHash", [tx.to_0x_hex()])
+    with chain.partition(rest, [lone.index]):
+        lone._admin("miner_stop")
+        lone._admin("debug_setHead", [hex(height - 1)])
+        lone._rpc("eth_sendRawTransaction", [raw])
+        chain.provider.start_sealing([lone.index])
+        # Asked while its own block holds it: this is what the lookup cache keeps.
+        own = None
+        deadline = time.monotonic() + 10 * chain.testnet.period + 5
+        while own is None and time.monotonic() < deadline:
+            with contextlib.suppress(TransactionNotFound):
+                own = lone.w3.eth.get_transaction_receipt(tx)
+            time.sleep(0.2)
+        assert own is not None, f"{lone.name} did not seal the transaction again"
+        assert own["blockHash"] != block["blockHash"]  # two branches
+        chain.wait_for_height(height + 3, nodes=rest, timeout=30)
+    receipts = chain.wait_for_tx(tx, timeout=60)
+    assert {r["blockHash"] for r in receipts.values()} == {block["blockHash"]}
+    for node in chain.nodes:
+        assert node.w3.eth.get_block(height)["hash"] == block["blockHash"], node.name
 
 
 @geth_only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import textwrap
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_chainharness.clients.spec import ClientSpecError, load_spec, render
+from pytest_chainharness.clients.spec import ClientSpecError, load_spec, render, request_body
 
 #: The API's example, every key used.
 EXAMPLE = """\
@@ -83,7 +84,32 @@ def test_a_jsonrpc_head_is_a_post_with_a_call(folder: Path) -> None:
     )
     spec = load_spec(write(folder, text))
     assert spec.head.method == "POST"
-    assert spec.head.body == '{"jsonrpc": "2.0", "id": 1, "method": "status", "params": []}'
+    assert request_body(spec.head, {}) == (
+        '{"jsonrpc": "2.0", "id": 1, "method": "status", "params": []}'
+    )
+
+
+#: CometBFT's, on the API example.
+REDIAL = """redial:
+  http: "http://{host}:{port.rpc}"
+  jsonrpc: dial_peers
+  params: {peers: ["{target}"], persistent: true}
+"""
+
+
+def test_a_jsonrpc_body_keeps_its_own_braces_and_fills_its_strings(folder: Path) -> None:
+    # The JSON's closing "}}" once read as an escaped brace, and the node got half a body.
+    spec = load_spec(write(folder, EXAMPLE + REDIAL))
+    assert spec.redial is not None
+    body = request_body(spec.redial, {"target": "abc@127.0.0.1:26656"})
+    assert body is not None
+    assert json.loads(body) == {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "dial_peers",
+        "params": {"peers": ["abc@127.0.0.1:26656"], "persistent": True},
+    }
+    assert render(spec.redial.url, {"host": "127.0.0.1", "port.rpc": "1"}) == "http://127.0.0.1:1"
 
 
 def test_render_fills_placeholders_and_keeps_escaped_braces() -> None:
@@ -179,6 +205,21 @@ def test_not_a_spec(folder: Path, text: str, line: int, message: str) -> None:
             "dotted path",
         ),
         ('metrics: "http', 'metrics: "ftp', 27, "metrics", "not an http(s) URL"),
+        # A JSON body's strings are templates too; redial dials what peer and peers say.
+        (
+            "metrics:",
+            REDIAL.replace("{target}", "{home}") + "metrics:",
+            30,
+            "redial.params.peers[0]",
+            "{home} is not known here",
+        ),
+        (
+            'peers:\n  http: "http://{host}:{port.rpc}/net_info"\n  count: result.n_peers\n',
+            REDIAL,
+            25,
+            "redial",
+            "needs peers too",
+        ),
     ],
 )
 def test_bad_spec_names_file_line_and_key(
@@ -208,7 +249,11 @@ def test_a_binary_that_is_not_executable(folder: Path) -> None:
         load_spec(path)
 
 
-def test_the_binary_is_found_in_the_tools_folder(tmp_path: Path) -> None:
+def test_the_binary_is_found_in_the_tools_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The project's own tools folder, not one the environment names.
+    monkeypatch.delenv("CHAINHARNESS_TOOLS", raising=False)
     for version in ("0.9.0", "0.10.1"):
         binary = tmp_path / ".tools" / "toolchain" / version / "toolchain"
         binary.parent.mkdir(parents=True)

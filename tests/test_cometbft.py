@@ -91,6 +91,14 @@ def test_rolling_upgrade_to_another_binary_and_back(chain, tmp_path):
         chain.nodes[0].upgrade(str(tmp_path / "missing"))
 
 
+def test_the_spec_redial_is_one_the_node_accepts(chain):
+    # What the redial repair sends (clients/_redial.py): dial_peers, on the unsafe RPC.
+    node = chain.nodes[0]
+    chain.adapter.redial(chain.testnet, node._spec, chain.provider._place(0))
+    chain.wait_ready(timeout=30)
+    assert node.peer_count() == 3
+
+
 def test_ethereum_calls_name_the_client(chain):
     with pytest.raises(UnsupportedAction, match="client cometbft is not an Ethereum chain"):
         chain.nodes[0].w3
@@ -125,6 +133,51 @@ def test_one_node_makes_blocks_alone(chain, bus):
     chain.nodes[0].restart()
     chain.wait_for_height(height + 2)
 """
+
+
+LOST_PAIR = """
+from pytest_chainharness.clients.spec_client import SpecAdapter
+
+
+class LostPair(SpecAdapter):
+    \"\"\"node0 and node1 are not told of each other: where CometBFT leaves a pair whose
+    simultaneous dials it dropped at both ends (neither redials).\"\"\"
+
+    def _full_values(self, testnet, node, place):
+        values = super()._full_values(testnet, node, place)
+        if node.index in (0, 1):
+            other = self._addresses(testnet, node, place, dict(values))[1 - node.index]
+            values["peers"] = ",".join(p for p in values["peers"].split(",") if p != other)
+        return values
+"""
+
+REDIALLED = """
+import json
+
+
+def test_the_lost_pair_was_redialled(chain):
+    assert chain.nodes[0].peer_count() == 3 and chain.nodes[1].peer_count() == 3
+    # The start's repairs are the run's like any other (the verdict counts them).
+    log = chain.provider.run_dir / "repairs.jsonl"
+    (repair,) = [json.loads(line)["what"] for line in log.read_text().splitlines()]
+    assert repair.startswith("redial: node") and "(2 of 3 for " in repair, repair
+"""
+
+
+def test_a_pair_cometbft_gave_up_on_is_redialled_at_start(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    spec = inner.path / "lost-pair.yaml"
+    shipped = ROOT / "pytest_chainharness" / "clients" / "specs" / "cometbft.yaml"
+    spec.write_text(shipped.read_text() + "adapter: lost_pair:LostPair\n")
+    (inner.path / "lost_pair.py").write_text(LOST_PAIR)
+    inner.makepyfile(test_redial=REDIALLED)
+    result = inner.runpytest_subprocess(
+        f"--chain-client={spec}", "--chain-nodes=4", "--gate=build", "--gate-report=v.json"
+    )
+    result.assert_outcomes(passed=1)
+    assert json.loads((inner.path / "v.json").read_text())["chain"]["repairs"] == 1
+    assert_nothing_left(runs_dir)
 
 
 def test_a_single_node_network(inner: pytest.Pytester, runs_dir: Path) -> None:

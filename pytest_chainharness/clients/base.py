@@ -152,6 +152,9 @@ class NoAdminPeers:
     def remove_peer(self, admin_url: str, address: str) -> None:
         raise self._no_admin_api()
 
+    def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
+        return None  # it dials the peers its command line names, or has none
+
     def _no_admin_api(self) -> UnsupportedAction:
         name = getattr(self, "display_name", type(self).__name__)
         return UnsupportedAction(f"client {name} has no admin API for peers")
@@ -195,9 +198,10 @@ class ClientAdapter(Protocol):
     #: fresh ports (geth can hang instead of exiting when a port is taken); None: never,
     #: the start's timeout reports it.
     hung_restart_after: float | None
-    #: At start, a node still short of peers this many seconds after every node answered
-    #: is restarted, so it dials afresh (geth keeps a failed dial for ~35 s); None: never
-    #: (a client that redials on its own: a restart would only drop its peers' links).
+    #: At start, a node still short of peers this many seconds after every node answered,
+    #: its peer count unchanged as long, is restarted, so it dials afresh (geth keeps a
+    #: failed dial for ~35 s); None: never (a client that redials on its own: a restart
+    #: would only drop its peers' links).
     stalled_peering_restart_after: float | None
     #: The docker backend's image when ``--chain-image`` names none.
     image: str
@@ -297,6 +301,12 @@ class ClientAdapter(Protocol):
 
     def remove_peer(self, admin_url: str, address: str) -> None:
         """Make the node drop that peer and not redial it (``admin_peering`` only)."""
+        ...
+
+    def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
+        """Make a running node dial every peer it was started with (``place``: as it
+        was started), for a client without ``admin_peering``; ``RPCError`` when it does
+        not answer."""
         ...
 
     def connected_peers(self, admin_url: str) -> set[str]:

@@ -237,6 +237,9 @@ class GethAdapter(EthereumQueries):
     def peer_id(self, node: NodeSpec) -> str:
         return node_id(node)
 
+    def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
+        return None  # admin peering: the provider asks add_peer for each peer instead
+
     def add_peer(self, admin_url: str, address: str) -> None:
         rpc_call(admin_url, "admin_addPeer", [address])
 

@@ -10,7 +10,7 @@ What is checked: YAML and duplicate keys; required keys (``client``, ``binary``,
 ``ports``, ``start``, ``head``) and no unknown ones; the type of every value; every
 placeholder exists, is known where it is used (``{id}`` only once ``node_id`` made one,
 nothing per-node in ``network_init``) and names a declared port; probes (``ready``,
-``head``, ``peers``) have one kind and the paths they read; ``stop_signal`` is a signal;
+``head``, ``peers``, ``redial``) have one kind and the paths they read; ``stop_signal`` is a signal;
 ``files`` are TOML, JSON or YAML; the binary exists and is executable.
 """
 
@@ -37,6 +37,7 @@ __all__ = [
     "is_spec_path",
     "load_spec",
     "render",
+    "request_body",
 ]
 
 SPEC_SUFFIXES = (".yaml", ".yml")
@@ -70,8 +71,11 @@ class Probe:
 
     url: str
     method: str = "GET"
-    #: Request body (a string, or JSON for a mapping; a JSON-RPC call for ``jsonrpc``).
+    #: Request body given as a string (a template).
     body: str | None = None
+    #: Request body given as JSON (a mapping or list; a JSON-RPC call for ``jsonrpc``):
+    #: its strings are the templates, so the JSON's own braces stay as they are.
+    payload: Any = None
     #: Dotted paths into the JSON answer, by what they read (``height``, ``hash``, ``count``).
     paths: dict[str, str] = field(default_factory=dict)
 
@@ -98,6 +102,9 @@ class ClientSpec:
     #: node is ready once its head probe answers.
     ready: tuple[str, Any] | None = None
     peers: Probe | None = None
+    #: Asked once per peer (``{target}``) of a node that has stayed short of peers: the
+    #: client's own redial gave up (CometBFT: both ends of a simultaneous dial dropped).
+    redial: Probe | None = None
     metrics: str | None = None
     #: ``module:Class`` of a Python adapter for what YAML cannot say.
     adapter: str | None = None
@@ -205,6 +212,7 @@ class _Checker:
         if method not in ("GET", "POST"):
             raise self.error(_yaml.value_line(data, "method", line), f"{key}.method", "GET or POST")
         body: str | None = None
+        payload: Any = None
         if "jsonrpc" in data:
             if "body" in data:
                 raise self.error(
@@ -220,7 +228,8 @@ class _Checker:
                 raise self.error(
                     _yaml.value_line(data, "params", line), f"{key}.params", "a list or a mapping"
                 )
-            body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": rpc, "params": params})
+            self.templates(params, _yaml.value_line(data, "params", line), f"{key}.params", known)
+            payload = {"jsonrpc": "2.0", "id": 1, "method": rpc, "params": params}
             method = "POST"
         elif "params" in data:
             raise self.error(
@@ -229,7 +238,8 @@ class _Checker:
         elif "body" in data:
             raw = data["body"]
             if isinstance(raw, dict | list):
-                body = json.dumps(raw)
+                self.templates(raw, _yaml.value_line(data, "body", line), f"{key}.body", known)
+                payload = raw
             else:
                 body = self.string(raw, _yaml.value_line(data, "body", line), f"{key}.body", known)
         paths: dict[str, str] = {}
@@ -248,13 +258,24 @@ class _Checker:
                     f"expected a dotted path like result.height, got {path!r}",
                 )
             paths[read] = path
-        return Probe(url=url, method=method, body=body, paths=paths)
+        return Probe(url=url, method=method, body=body, payload=payload, paths=paths)
+
+    def templates(self, value: Any, line: int, key: str, known: frozenset[str]) -> None:
+        """Check the placeholders of every string in a JSON body."""
+        if isinstance(value, str):
+            self.string(value, line, key, known)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                self.templates(item, line, f"{key}.{name}", known)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                self.templates(item, line, f"{key}[{i}]", known)
 
 
 _KEYS = (
     "client", "binary", "image", "version", "ports", "network_init", "home", "node_init",
     "files", "node_id", "peer", "start", "env", "stop_signal", "ready", "head", "peers",
-    "metrics", "adapter",
+    "metrics", "adapter", "redial",
 )  # fmt: skip
 _REQUIRED = ("client", "binary", "ports", "start", "head")
 
@@ -347,6 +368,11 @@ def load_spec(path: Path, *, root: Path | None = None, check_binary: bool = True
             if "peers" in data
             else None
         ),
+        redial=(
+            check.probe(data["redial"], line("redial"), "redial", _PROBE | {"target"}, ())
+            if "redial" in data
+            else None
+        ),
         metrics=(
             _url(check, data["metrics"], line("metrics"), "metrics", _PROBE)
             if "metrics" in data
@@ -355,6 +381,12 @@ def load_spec(path: Path, *, root: Path | None = None, check_binary: bool = True
         adapter=_adapter(check, data, line("adapter")),
         binary_line=line("binary"),
     )
+    if spec.redial is not None:
+        # The harness redials a node that its peer count shows short, at the address
+        # the node dials each peer on: it needs both.
+        for needed in ("peer", "peers"):
+            if needed not in data:
+                raise check.error(line("redial"), "redial", f"needs {needed} too")
     if check_binary:
         find_spec_binary(spec, root=root)
     return spec
@@ -410,6 +442,23 @@ def render(template: str, values: dict[str, str]) -> str:
         return values[match.group(1)]
 
     return _PLACEHOLDER.sub(fill, template)
+
+
+def request_body(probe: Probe, values: dict[str, str]) -> str | None:
+    """The body ``probe`` sends, filled with ``values`` (None: it sends none)."""
+    if probe.payload is not None:
+        return json.dumps(_fill_tree(probe.payload, values))
+    return render(probe.body, values) if probe.body is not None else None
+
+
+def _fill_tree(value: Any, values: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return render(value, values)
+    if isinstance(value, dict):
+        return {name: _fill_tree(item, values) for name, item in value.items()}
+    if isinstance(value, list):
+        return [_fill_tree(item, values) for item in value]
+    return value
 
 
 # -- the keys that are more than a string ----------------------------------------------

@@ -33,8 +33,9 @@ from .._errors import NetworkStartError, ToolNotFound, UnsupportedAction
 from .._rpc import RPCError, dig, http_json
 from .._testnet import NodeSpec, Testnet
 from ._files import edit_file
+from ._redial import PeerRedial
 from .base import Head, Helper, NoAdminPeers, Placement, Repairer, Route
-from .spec import ClientSpec, Probe, find_spec_binary, render
+from .spec import ClientSpec, Probe, find_spec_binary, render, request_body
 
 if TYPE_CHECKING:
     from ..chain import Chain
@@ -45,6 +46,8 @@ __all__ = ["SpecAdapter"]
 COMMAND_TIMEOUT = 120.0
 #: A spec client's ports inside its container: role i listens on CONTAINER_PORT_BASE + i.
 CONTAINER_PORT_BASE = 30000
+#: Seconds a short node's peer count stands before its spec's ``redial`` is asked.
+REDIAL_AFTER = 15.0
 _ID_FILE = ".chainharness-id"
 _NETWORK_LOCK = threading.Lock()
 
@@ -55,9 +58,9 @@ class SpecAdapter(NoAdminPeers):
     max_nodes = 32
     # A team's node is not restarted behind its back while it starts: a slow first
     # answer or slow peering (CometBFT's redial backoff, 32 nodes on two cores) is the
-    # node's own behaviour, and the start's timeout reports it.
+    # node's own behaviour, and the start's timeout reports it. Only a spec that says
+    # how to redial has its stalled nodes restarted (see __init__).
     hung_restart_after: float | None = None
-    stalled_peering_restart_after: float | None = None
     poa = False
     evm = False
     admin_peering = False
@@ -79,6 +82,17 @@ class SpecAdapter(NoAdminPeers):
         #: Without an ``image:`` the node runs the host's binary on the harness base image.
         self.image = spec.image or _base_image()
         self.host_binary = spec.image is None
+        #: A spec that says how to redial: once a short node's peer count stood this
+        #: long (longer than CometBFT's own redial interval, 5-8 s, so it only catches
+        #: a pair that client gave up on).
+        self.redial_after: float | None = REDIAL_AFTER if spec.redial is not None else None
+        #: At start, a node whose peer count stood this long after a redial is restarted:
+        #: CometBFT can keep a connection its peer set has lost (two connections of one
+        #: pair, and the wrong one removed), and its peer rejects every redial as a
+        #: duplicate until the orphan is gone.
+        self.stalled_peering_restart_after: float | None = (
+            2 * REDIAL_AFTER if spec.redial is not None else None
+        )
 
     # -- binary ----------------------------------------------------------------------------
 
@@ -206,7 +220,19 @@ class SpecAdapter(NoAdminPeers):
         return []
 
     def repairer(self, chain: Chain) -> Repairer | None:
-        return None
+        if self.redial_after is None or not self.has_peers:
+            return None
+        return PeerRedial(chain, self.redial_after)
+
+    def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
+        probe = self.spec.redial
+        if probe is None:
+            return
+        values = self._probe_values(node)
+        for target in self._peer_list(testnet, node, place):
+            values["target"] = target
+            body = request_body(probe, values)
+            http_json(render(probe.url, values), method=probe.method, body=body)
 
     def ws_url(self, node: NodeSpec) -> str:
         port = node.ports.get("ws")
@@ -266,7 +292,7 @@ class SpecAdapter(NoAdminPeers):
 
     def _ask(self, probe: Probe, node: NodeSpec) -> Any:
         values = self._probe_values(node)
-        body = render(probe.body, values) if probe.body is not None else None
+        body = request_body(probe, values)
         return http_json(render(probe.url, values), method=probe.method, body=body)
 
     # -- placeholders ----------------------------------------------------------------------
@@ -294,8 +320,24 @@ class SpecAdapter(NoAdminPeers):
         return values
 
     def _full_values(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
-        nodes_dir = Path(place.datadir).parent
         own = self._node_values(testnet, node, place)
+        peers = self._addresses(testnet, node, place, own)
+        own["peers"] = ",".join(p for i, p in enumerate(peers) if i != node.index)
+        own["all_peers"] = ",".join(peers)
+        return own
+
+    def _peer_list(self, testnet: Testnet, node: NodeSpec, place: Placement) -> list[str]:
+        """Where ``node`` dials each other node (its ``{peers}``, one by one)."""
+        own = self._node_values(testnet, node, place)
+        peers = self._addresses(testnet, node, place, own)
+        return [p for i, p in enumerate(peers) if i != node.index and p]
+
+    def _addresses(
+        self, testnet: Testnet, node: NodeSpec, place: Placement, own: dict[str, str]
+    ) -> list[str]:
+        """Every node's ``peer`` address as ``node`` dials it, by index; sets ``own``'s
+        ``{peer}`` and ``{id}``."""
+        nodes_dir = Path(place.datadir).parent
         peers: list[str] = []
         for other in testnet.nodes:
             theirs = dict(own)
@@ -313,9 +355,7 @@ class SpecAdapter(NoAdminPeers):
                 own["peer"] = peer
                 if "id" in theirs:
                     own["id"] = theirs["id"]
-        own["peers"] = ",".join(p for i, p in enumerate(peers) if i != node.index)
-        own["all_peers"] = ",".join(peers)
-        return own
+        return peers
 
     def _argv(self, template: Sequence[str], binary: str, values: dict[str, str]) -> list[str]:
         argv = [render(part, values) for part in template]
@@ -393,7 +433,7 @@ def _rendered(probe: Probe, values: dict[str, str]) -> dict[str, Any]:
     return {
         "url": render(probe.url, values),
         "method": probe.method,
-        "body": render(probe.body, values) if probe.body is not None else None,
+        "body": request_body(probe, values),
         "paths": dict(probe.paths),
     }
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from .._errors import UnsupportedAction
 from .._rpc import RPCError
 from .._testnet import Testnet
-from ..clients.base import ClientAdapter
+from ..clients.base import ClientAdapter, Placement
 from ._state import RunState
 from .base import NodeState
 
@@ -36,6 +36,10 @@ class AdminPeering:
         raise NotImplementedError
 
     def admin_url(self, index: int) -> str:
+        raise NotImplementedError
+
+    def _place(self, index: int) -> Placement:
+        """The node's placement as it is started now (its peers' routes included)."""
         raise NotImplementedError
 
     def partitioned(self) -> list[list[int]] | None:
@@ -105,7 +109,11 @@ class AdminPeering:
     def add_peers(self, index: int) -> None:
         """Ask a node to dial every other node now (adding a known peer does nothing)."""
         if not self.adapter.admin_peering:
-            return  # the client dials the peers its command line names
+            if self.adapter.has_peers and self.state(index) is NodeState.RUNNING:
+                # It may stop meanwhile; its next start dials its peers anyway.
+                with contextlib.suppress(RPCError):
+                    self.adapter.redial(self.testnet, self.testnet.nodes[index], self._place(index))
+            return
         for other in self.testnet.nodes:
             if other.index != index:
                 self._peer(index, True, self.enode(other.index))
