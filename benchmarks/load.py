@@ -116,7 +116,7 @@ def one_run(backend: str, seed: int, seconds: float, users: int, period: int) ->
                 testnet.nodes[0].rpc_url, testnet.accounts(5, 6)[0].key, testnet.chain_id, seconds
             )
             hashes: dict[str, float] = base.pop("hashes")  # type: ignore[assignment]
-            included, incl, _ = _inclusion(
+            included, incl, _, _ = _inclusion(
                 {h.lower(): t for h, t in hashes.items()}, run_dir / "logs", period
             )
             return {

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
+    from ._load import LoadResult
     from ._session import ChainSession
     from .chain import Chain
 
@@ -92,6 +93,17 @@ class AllurePlugin:
 
         if step not in chain.action_listeners:
             chain.action_listeners.append(step)
+
+    def attach_load(self, result: LoadResult) -> None:
+        """Locust's own HTML report of a load run, on the test that ran it."""
+        import allure
+
+        if result.html_report is not None and result.html_report.is_file():
+            allure.attach.file(  # type: ignore[no-untyped-call]
+                str(result.html_report),
+                name="locust report",
+                attachment_type=allure.attachment_type.HTML,
+            )
 
     # -- hooks -----------------------------------------------------------------------------
 

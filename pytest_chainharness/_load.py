@@ -12,12 +12,13 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,11 @@ class LoadResult:
     inclusion_ms: list[float] = field(default_factory=list)
     inclusion_all_ms: list[float] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
+    #: (sent at, in a block on node0 at or None), Unix seconds, one per sent transaction,
+    #: oldest first: the run report's tx/s and inclusion pictures.
+    timeline: list[tuple[float, float | None]] = field(default_factory=list)
+    #: Locust's own HTML report of the run (in the run's folder).
+    html_report: Path | None = None
     #: Locust processes that sent transactions.
     senders: int = 0
     spec: LoadSpec | None = None
@@ -370,7 +376,8 @@ def run_load(
             sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless",
             "-u", str(spec.users), "-r", f"{spec.spawn_rate:g}", "-t", f"{spec.run_time:g}s",
             "--stop-timeout", "3", "--only-summary", "--json-file", str(stats_file.with_suffix("")),
-            "--exit-code-on-error", "0", *PROFILES[spec.profile],
+            "--exit-code-on-error", "0", "--html", str(folder / "locust.html"),
+            *PROFILES[spec.profile],
         ]  # fmt: skip
         if spec.processes > 1:
             argv += ["--processes", str(spec.processes)]
@@ -394,8 +401,14 @@ def run_load(
         entries = json.loads(stats_file.read_text())
         sent = _read_sent(folder)
         senders = sum(1 for path in folder.glob("sent.*") if path.stat().st_size)
+        html = folder / "locust.html"
+        kept: Path | None = None
+        if workdir is not None and html.exists():
+            kept = workdir / f"locust-{folder.name.removeprefix('chainharness-load-')}.html"
+            shutil.copyfile(html, kept)
     result = _result(spec, entries, sent, events_dir, period, log_text)
     result.senders = senders
+    result.html_report = kept
     return result
 
 
@@ -437,7 +450,7 @@ def _result(
     requests = sum(s.requests for s in methods.values())
     failures = sum(s.failures for s in methods.values())
     duration = max(last - first, 1e-9) if requests else spec.run_time
-    included, inclusion, inclusion_all = _inclusion(sent, events_dir, period)
+    included, inclusion, inclusion_all, node0 = _inclusion(sent, events_dir, period)
     return LoadResult(
         requests=requests,
         failures=failures,
@@ -449,6 +462,7 @@ def _result(
         inclusion_ms=inclusion,
         inclusion_all_ms=inclusion_all,
         errors=errors,
+        timeline=sorted((at, node0.get(tx)) for tx, at in sent.items()),
         spec=spec,
         log=log,
     )
@@ -456,13 +470,14 @@ def _result(
 
 def _inclusion(
     sent: dict[str, float], events_dir: Path | None, period: float
-) -> tuple[int, list[float], list[float]]:
-    """Included count and latencies, from the agents' block events (every node's own file)."""
+) -> tuple[int, list[float], list[float], dict[str, float]]:
+    """Included count and latencies, from the agents' block events (every node's own
+    file), and when each transaction landed on node0."""
     if not sent or events_dir is None:
-        return 0, [], []
+        return 0, [], [], {}
     files = sorted(events_dir.glob("events-node*.jsonl"))
     if not files:
-        return 0, [], []
+        return 0, [], [], {}
     # Transactions still in flight when locust stopped: give them a few blocks.
     deadline = time.time() + 3 * period + 3
     while True:
@@ -477,7 +492,7 @@ def _inclusion(
         times = [found.get(tx) for found in seen.values()]
         if len(times) == len(files) and all(t is not None for t in times):
             everywhere.append((max(t for t in times if t is not None) - at) * 1000)
-    return len(node0), inclusion, sorted(everywhere)
+    return len(node0), inclusion, sorted(everywhere), node0
 
 
 def _seen_in_blocks(files: Sequence[Path], wanted: set[str]) -> dict[str, dict[str, float]]:
@@ -517,10 +532,18 @@ def _seen_in_blocks(files: Sequence[Path], wanted: set[str]) -> dict[str, dict[s
 class LoadTestRunner:
     """What the ``load_test`` fixture returns: call it to run a load test."""
 
-    def __init__(self, session: Any, slos: list[Slo], report: Any = None) -> None:
+    def __init__(
+        self,
+        session: Any,
+        slos: list[Slo],
+        report: Any = None,
+        on_result: Callable[[LoadResult], None] | None = None,
+    ) -> None:
         self._session = session
         self._slos = list(slos)
         self._report = report
+        #: Told every result before its SLOs are checked (the run report, allure).
+        self._on_result = on_result
         self.results: list[LoadResult] = []
 
     def __call__(
@@ -558,6 +581,8 @@ class LoadTestRunner:
             workdir=session.run.run_dir,
         )
         self.results.append(result)
+        if self._on_result is not None:
+            self._on_result(result)
         if self._report is not None:
             self._report(f"load: {spec.users} users, {spec.profile}, {spec.run_time:g}s\n{result}")
         broken = check_slos(result, slos)

@@ -58,6 +58,8 @@ class Settings:
     keep_logs: bool = False
     #: Let the client's repair act on stalls it cannot leave alone (--chain-repair).
     repair: bool = True
+    #: Where the run report goes (--chain-report); None: no report.
+    report: Path | None = None
 
 
 # (dest/ini name, flag, help, ini type, default)
@@ -125,6 +127,14 @@ _OPTIONS: list[tuple[str, str, str, str, Any]] = [
         "--chain-repair",
         "on|off: let the client's repair break stalls it cannot leave on its own (geth: the "
         "Clique deadlock after a heal); off shows the raw behaviour (default on)",
+        "string",
+        None,
+    ),
+    (
+        "chain_report",
+        "--chain-report",
+        "write the run report to DIR: index.html with every test's pictures (heights, "
+        "peers and faults over time; load tx/s, inclusion latency, txpool)",
         "string",
         None,
     ),
@@ -327,7 +337,24 @@ def read_settings(config: pytest.Config) -> Settings:
         bus=bus,
         keep_logs=_flag(config, "chain_keep_logs"),
         repair=_on_off(config, "chain_repair", default=True),
+        report=_report_dir(config),
     )
+
+
+def _report_dir(config: pytest.Config) -> Path | None:
+    """The report's folder, checked now: a report that cannot be written is a usage
+    error before any node starts, not a loss found after an hour of tests."""
+    path = _path(config, "chain_report", must_exist=False)
+    if path is None:
+        return None
+    _, where = _raw(config, "chain_report")
+    from ._report import check_report_dir
+
+    try:
+        check_report_dir(path)
+    except OSError as exc:
+        raise pytest.UsageError(f"{where}={path}: cannot write the report there: {exc}") from None
+    return path
 
 
 def _check_binary(value: str, where: str) -> None:

@@ -27,6 +27,7 @@ from web3.middleware import ExtraDataToPOAMiddleware
 from web3.types import TxReceipt
 
 from ._errors import ChainHarnessError, ChainTimeout, UnsupportedAction
+from ._metrics import scrape
 from ._rpc import RPCError, rpc_call
 from ._testnet import NodeSpec, Testnet
 from .clients.base import ClientAdapter, Head
@@ -180,6 +181,19 @@ class Node:
         if not self._chain.adapter.has_peers:
             return 0
         return self._chain.adapter.peer_count(self._spec)
+
+    def metrics(self, *, timeout: float = 2.0) -> dict[str, float]:
+        """The node's Prometheus metrics, named as Prometheus writes them (geth:
+        ``chain_head_block``, ``p2p_peers``, ``txpool_pending``; a labelled sample as
+        ``name{label="value"}``). ``UnsupportedAction`` for a client without metrics,
+        ``RPCError`` when the endpoint does not answer."""
+        url = self._chain.adapter.metrics_url(self._spec)
+        if url is None:
+            raise UnsupportedAction(
+                f"{self._chain.adapter.display_name} serves no Prometheus metrics"
+                " (a client spec names them with metrics:)"
+            )
+        return scrape(url, timeout=timeout)
 
 
 class Chain:

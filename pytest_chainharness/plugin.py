@@ -21,8 +21,9 @@ from ._gate import (
     read_gate_settings,
     withhold_key,
 )
-from ._load import LoadTestRunner, Slo, parse_slo
+from ._load import LoadResult, LoadTestRunner, Slo, parse_slo
 from ._options import add_options, read_settings
+from ._report import ReportPlugin
 from ._runlogs import keep_run_logs, kept_logs_dir
 from ._session import SESSION_KEY, ChainSession, RunInfo
 from .chain import Chain
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 _SESSION_KEY = SESSION_KEY
 _ALLURE_KEY = pytest.StashKey[AllurePlugin | None]()
 _SLO_KEY = pytest.StashKey[list[Slo]]()
+_REPORT_KEY = pytest.StashKey[ReportPlugin | None]()
 #: How many repairs the chain had made when the test started.
 _REPAIRS_KEY = pytest.StashKey[int]()
 
@@ -103,6 +105,11 @@ def pytest_configure(config: pytest.Config) -> None:
         )
         config.pluginmanager.register(reporter, "chainharness-allure")
     config.stash[_ALLURE_KEY] = reporter
+    run_report = None
+    if settings.report is not None:
+        run_report = ReportPlugin(config, session, settings.report, attach=reporter is not None)
+        config.pluginmanager.register(run_report, "chainharness-report")
+    config.stash[_REPORT_KEY] = run_report
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(_XdistHooks(session), "chainharness-xdist")
 
@@ -282,12 +289,16 @@ def _session(request: pytest.FixtureRequest) -> ChainSession:
 def chain(request: pytest.FixtureRequest) -> Chain:
     """The running network, started on first use and shared by all xdist workers."""
     reporter = request.config.stash[_ALLURE_KEY]
+    run_report = request.config.stash[_REPORT_KEY]
     try:
         if reporter is None:
-            return _session(request).chain()
-        with reporter.network_step():
             started = _session(request).chain()
-        reporter.watch(started)
+        else:
+            with reporter.network_step():
+                started = _session(request).chain()
+            reporter.watch(started)
+        if run_report is not None:
+            run_report.recorder.watch(started)
         return started
     except ChainHarnessError as exc:
         failure = f"{type(exc).__name__}: {exc}"
@@ -356,7 +367,15 @@ def load_test(chain: Chain, request: pytest.FixtureRequest) -> LoadTestRunner:
     def report(text: str) -> None:
         request.node.add_report_section("call", "load", text)
 
-    return LoadTestRunner(_session(request), request.config.stash[_SLO_KEY], report)
+    def on_result(result: LoadResult) -> None:
+        run_report = request.config.stash[_REPORT_KEY]
+        if run_report is not None:
+            run_report.on_load(result)
+        allure_plugin = request.config.stash[_ALLURE_KEY]
+        if allure_plugin is not None:
+            allure_plugin.attach_load(result)
+
+    return LoadTestRunner(_session(request), request.config.stash[_SLO_KEY], report, on_result)
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with the package and its dev tools,
 # a Docker engine with the local images (scripts/docker.sh, chainharness images build),
-# geth v1.13.15 and v1.13.14, toxiproxy 2.12.0 and cometbft 0.38.26 built from the Go
-# module proxy, anvil 1.7.1 and solc 0.8.37 from npm — all pinned, into git-ignored
-# folders (.venv/, and .tools/ or $CHAINHARNESS_TOOLS when set). Re-running
-# skips what is already there; it ends by running every tool (tools doctor), so a broken
-# install fails here, with one line per broken tool.
+# Debian's mosquitto and chromium, geth v1.13.15 and v1.13.14, toxiproxy 2.12.0 and
+# cometbft 0.38.26 built from the Go module proxy, anvil 1.7.1 and solc 0.8.37 from
+# npm — all pinned, into git-ignored folders (.venv/, and .tools/ or $CHAINHARNESS_TOOLS
+# when set). Re-running skips what is already there; it ends by running every tool
+# (tools doctor), so a broken install fails here, with one line per broken tool.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -42,18 +42,29 @@ else
   echo "setup: npm not found: anvil and solc are not installed; their tests will be skipped" >&2
 fi
 
+# Debian packages, as root only: apt_install PACKAGE WHAT-SKIPS-WITHOUT-IT.
+apt_install() {
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing $1"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null \
+      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null; }
+  else
+    echo "setup: $1 is missing and cannot be installed here: $2" >&2
+  fi
+}
+
 # mosquitto: the event bus's broker on the process backend.
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing mosquitto"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto >/dev/null; }
-  else
-    echo "setup: mosquitto is missing and cannot be installed here: the bus tests will skip" >&2
-  fi
+  apt_install mosquitto "the bus tests will skip"
 fi
 if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
   tools+=(mosquitto)
+fi
+
+# Debian's chromium: the run report's browser check (tests/test_report.py) renders the
+# report in it headless; playwright drives it, no browser is downloaded.
+if ! command -v chromium >/dev/null 2>&1; then
+  apt_install chromium "the report's browser check will skip"
 fi
 
 # A Docker engine and the local images for the docker backend. Machines where no engine

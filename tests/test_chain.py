@@ -571,9 +571,9 @@ class TestExposure:
     def test_listeners_are_on_loopback_only(self, chain: Chain) -> None:
         listening = _listening_tcp()
         for spec in chain.testnet.nodes:
-            # On docker only the RPC ports are published on the host (p2p and authrpc stay
+            # On docker only the API ports are published on the host (p2p and authrpc stay
             # in the run's own network); on processes every listener is the host's.
-            ports = [spec.ports["rpc"], spec.ports["ws"]]
+            ports = [spec.ports["rpc"], spec.ports["ws"], spec.ports["metrics"]]
             if chain.backend == "process":
                 ports += [spec.ports["p2p"], spec.ports["authrpc"]]
             for port in ports:

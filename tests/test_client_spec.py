@@ -205,6 +205,20 @@ def test_not_a_spec(folder: Path, text: str, line: int, message: str) -> None:
             "dotted path",
         ),
         ('metrics: "http', 'metrics: "ftp', 27, "metrics", "not an http(s) URL"),
+        (
+            'metrics: "http://{host}:{port.rpc}/metrics"',
+            'metrics: {http: "http://{host}:{port.rpc}/metrics", txpool: "mem pool"}',
+            27,
+            "metrics.txpool",
+            "not a Prometheus metric name",
+        ),
+        (
+            'metrics: "http://{host}:{port.rpc}/metrics"',
+            'metrics: {url: "http://{host}:{port.rpc}/metrics"}',
+            27,
+            "metrics",
+            "unknown key(s): url",
+        ),
         # A JSON body's strings are templates too; redial dials what peer and peers say.
         (
             "metrics:",
@@ -232,6 +246,19 @@ def test_bad_spec_names_file_line_and_key(
     text = str(info.value)
     assert text.startswith(f"{path}:{line}: {key}: "), text
     assert message in text, text
+
+
+def test_metrics_with_a_txpool_gauge(folder: Path) -> None:
+    path = write(
+        folder,
+        EXAMPLE.replace(
+            'metrics: "http://{host}:{port.rpc}/metrics"',
+            'metrics:\n  http: "http://{host}:{port.rpc}/metrics"\n  txpool: chain_mempool_size',
+        ),
+    )
+    spec = load_spec(path)
+    assert spec.metrics == "http://{host}:{port.rpc}/metrics"
+    assert spec.txpool_metric == "chain_mempool_size"
 
 
 def test_a_missing_binary(folder: Path) -> None:

@@ -128,6 +128,11 @@ def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path, ba
 ONE = """
 def test_one_node_makes_blocks_alone(chain, bus):
     chain.wait_for_height(3)
+    # The spec's metrics: CometBFT labels each one with the chain id.
+    metrics = chain.nodes[0].metrics()
+    heights = [v for k, v in metrics.items() if k.startswith("cometbft_consensus_height{")]
+    assert heights and heights[0] >= 3, sorted(metrics)[:20]
+    assert any(k.startswith("cometbft_mempool_size{") for k in metrics)
     bus.wait_for("block", lambda e: e.payload["number"] >= 3, nodes="all")
     height = chain.heads()["node0"].number
     chain.nodes[0].restart()

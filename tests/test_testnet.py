@@ -26,8 +26,8 @@ def test_other_seed_other_keys() -> None:
 def test_ports_are_distinct_and_loopback() -> None:
     net = build_testnet(nodes=8, client="geth", period=1, seed=5, accounts=1)
     ports = [p for n in net.nodes for p in n.ports.values()]
-    assert all(set(n.ports) == {"rpc", "ws", "p2p", "authrpc"} for n in net.nodes)
-    assert len(set(ports)) == len(ports) == 32
+    assert all(set(n.ports) == {"rpc", "ws", "p2p", "authrpc", "metrics"} for n in net.nodes)
+    assert len(set(ports)) == len(ports) == 40
     assert all(n.rpc_url.startswith("http://127.0.0.1:") for n in net.nodes)
 
 
@@ -50,7 +50,7 @@ def test_the_testnet_carries_a_clients_identity_without_reading_it() -> None:
     network for a signer."""
     net = build_testnet(nodes=3, client="cometbft", period=1, seed=4, accounts=1)
     assert [n.identity for n in net.nodes] == [{}, {}, {}]
-    assert [set(n.ports) for n in net.nodes] == [{"p2p", "rpc"}] * 3
+    assert [set(n.ports) for n in net.nodes] == [{"p2p", "rpc", "metrics"}] * 3
     assert type(net).from_dict(net.to_dict()).to_dict() == net.to_dict()
 
 

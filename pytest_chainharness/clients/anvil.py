@@ -34,6 +34,7 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
     # One listener: WebSocket is served on the HTTP port.
     port_roles: tuple[str, ...] = ("rpc",)
     api_ports: tuple[str, ...] = ("rpc",)
+    txpool_metric: str | None = None
     image = ANVIL_IMAGE
     host_binary = False
     hung_restart_after: float | None = 10.0
@@ -129,6 +130,9 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
 
     def ws_url(self, node: NodeSpec) -> str:
         return f"ws://{node.host}:{node.ports['rpc']}"
+
+    def metrics_url(self, node: NodeSpec) -> str | None:
+        return None  # anvil serves no Prometheus metrics
 
     def port_conflict(self, log_text: str) -> bool:
         return "Address already in use" in log_text or "address already in use" in log_text

@@ -205,6 +205,9 @@ class ClientAdapter(Protocol):
     stalled_peering_restart_after: float | None
     #: The docker backend's image when ``--chain-image`` names none.
     image: str
+    #: The metric (as ``metrics_url`` names it) counting a node's pending transactions:
+    #: the run report's txpool picture; None: the client has no such metric.
+    txpool_metric: str | None
     #: Its containers run the host's binary, mounted (a spec without ``image:``): an
     #: upgrade on docker swaps that binary, not the image, and ``--chain-backend=auto``
     #: leaves the client on the host.
@@ -339,6 +342,11 @@ class ClientAdapter(Protocol):
 
     def peer_count(self, node: NodeSpec) -> int:
         """How many peers the node has (asked only when ``has_peers``)."""
+        ...
+
+    def metrics_url(self, node: NodeSpec) -> str | None:
+        """Where the node serves Prometheus text, as the test process reaches it (the
+        node's published ``ports``); None: the client serves no metrics."""
         ...
 
     def evm_version(self, node: NodeSpec) -> str:

@@ -101,8 +101,9 @@ class GethAdapter(EthereumQueries):
     max_nodes = 64
     poa = True
     has_peers = True
-    port_roles: tuple[str, ...] = ("rpc", "ws", "p2p", "authrpc")
-    api_ports: tuple[str, ...] = ("rpc", "ws")
+    port_roles: tuple[str, ...] = ("rpc", "ws", "p2p", "authrpc", "metrics")
+    api_ports: tuple[str, ...] = ("rpc", "ws", "metrics")
+    txpool_metric: str | None = "txpool_pending"
     image = geth_image(DEFAULT_GETH_VERSION)
     host_binary = False
     hung_restart_after: float | None = 10.0
@@ -143,7 +144,7 @@ class GethAdapter(EthereumQueries):
         _write_config(datadir, _listen_addr(datadir), peers)
 
     def container_ports(self) -> dict[str, int]:
-        return {"rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551}
+        return {"rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551, "metrics": 6060}
 
     def container_binary(self, binary: Path | None) -> str:
         return "geth"
@@ -182,6 +183,12 @@ class GethAdapter(EthereumQueries):
             # by which other containers of the run reach it.
             "--http.vhosts",
             f"localhost,127.0.0.1,{node.name}",
+            # Its own listener, beside the RPC ones: /debug/metrics/prometheus.
+            "--metrics",
+            "--metrics.addr",
+            place.listen,
+            "--metrics.port",
+            str(place.ports["metrics"]),
             "--ws",
             "--ws.addr",
             place.listen,
@@ -306,6 +313,9 @@ class GethAdapter(EthereumQueries):
 
     def ws_url(self, node: NodeSpec) -> str:
         return f"ws://{node.host}:{node.ports['ws']}"
+
+    def metrics_url(self, node: NodeSpec) -> str | None:
+        return f"http://{node.host}:{node.ports['metrics']}/debug/metrics/prometheus"
 
     def port_conflict(self, log_text: str) -> bool:
         return "address already in use" in log_text

@@ -54,6 +54,7 @@ _PLACEHOLDER = re.compile(r"\{\{|\}\}|\{([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_-
 _PORT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _DOTTED = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _FILE_FORMATS = (".toml", ".json", ".yaml", ".yml")
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _ADAPTER = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
@@ -105,7 +106,10 @@ class ClientSpec:
     #: Asked once per peer (``{target}``) of a node that has stayed short of peers: the
     #: client's own redial gave up (CometBFT: both ends of a simultaneous dial dropped).
     redial: Probe | None = None
+    #: Where the node serves Prometheus text (``Node.metrics``, the run report).
     metrics: str | None = None
+    #: The metric in it that counts the node's pending transactions (``metrics.txpool``).
+    txpool_metric: str | None = None
     #: ``module:Class`` of a Python adapter for what YAML cannot say.
     adapter: str | None = None
     #: How to install the binary (a built-in spec's hint; not a spec key).
@@ -373,11 +377,7 @@ def load_spec(path: Path, *, root: Path | None = None, check_binary: bool = True
             if "redial" in data
             else None
         ),
-        metrics=(
-            _url(check, data["metrics"], line("metrics"), "metrics", _PROBE)
-            if "metrics" in data
-            else None
-        ),
+        **_metrics(check, data, line("metrics")),
         adapter=_adapter(check, data, line("adapter")),
         binary_line=line("binary"),
     )
@@ -547,6 +547,30 @@ def _url(check: _Checker, value: Any, line: int, key: str, known: frozenset[str]
     if not url.startswith(("http://", "https://")):
         raise check.error(line, key, "not an http(s) URL")
     return url
+
+
+def _metrics(check: _Checker, data: dict[str, Any], line: int) -> dict[str, str | None]:
+    """``metrics: URL``, or ``metrics: {http: URL, txpool: METRIC}``."""
+    if "metrics" not in data:
+        return {"metrics": None, "txpool_metric": None}
+    value = data["metrics"]
+    if not isinstance(value, dict):
+        return {"metrics": _url(check, value, line, "metrics", _PROBE), "txpool_metric": None}
+    unknown = sorted(set(value) - {"http", "txpool"})
+    if unknown or "http" not in value:
+        raise check.error(
+            line,
+            "metrics",
+            "expected a URL or {http: URL, txpool: METRIC_NAME}"
+            + (f"; unknown key(s): {', '.join(map(str, unknown))}" if unknown else ""),
+        )
+    txpool = value.get("txpool")
+    if txpool is not None and (not isinstance(txpool, str) or not _METRIC_NAME.match(txpool)):
+        raise check.error(line, "metrics.txpool", f"not a Prometheus metric name: {txpool!r}")
+    return {
+        "metrics": _url(check, value["http"], line, "metrics.http", _PROBE),
+        "txpool_metric": txpool,
+    }
 
 
 def _adapter(check: _Checker, data: dict[str, Any], line: int) -> str | None:

@@ -79,6 +79,7 @@ class SpecAdapter(NoAdminPeers):
             dict.fromkeys(re.findall(r"\{port\.([a-z][a-z0-9_]*)\}", spec.peer or ""))
         )
         self.display_name = spec.client
+        self.txpool_metric: str | None = spec.txpool_metric
         #: Without an ``image:`` the node runs the host's binary on the harness base image.
         self.image = spec.image or _base_image()
         self.host_binary = spec.image is None
@@ -233,6 +234,11 @@ class SpecAdapter(NoAdminPeers):
             values["target"] = target
             body = request_body(probe, values)
             http_json(render(probe.url, values), method=probe.method, body=body)
+
+    def metrics_url(self, node: NodeSpec) -> str | None:
+        if self.spec.metrics is None:
+            return None
+        return render(self.spec.metrics, self._probe_values(node))
 
     def ws_url(self, node: NodeSpec) -> str:
         port = node.ports.get("ws")
