@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -66,6 +66,7 @@ class ReportRecorder:
         self._watch_lock = threading.Lock()
         self._test: str | None = None
         self._phase = ""
+        self._sampled = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watched: Chain | None = None
@@ -79,11 +80,14 @@ class ReportRecorder:
 
     # -- what the hooks tell -------------------------------------------------------------
 
-    def phase_started(self, nodeid: str, when: str) -> None:
+    def phase_started(self, nodeid: str, when: str, *, sampled: bool = True) -> None:
+        """``sampled``: the test uses the network (a test that does not is listed in the
+        report, not drawn, however long it runs beside a running network)."""
         with self._lock:
             if when == "setup":
                 self.current = []
             self._test, self._phase = nodeid, when
+            self._sampled = sampled
         self._write({"kind": "phase", "test": nodeid, "when": when, "t0": time.time()})
         if self._thread is None:
             self._thread = threading.Thread(
@@ -150,8 +154,8 @@ class ReportRecorder:
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY):
             with self._lock:
-                test, phase = self._test, self._phase
-            if test is None:
+                test, phase, sampled = self._test, self._phase, self._sampled
+            if test is None or not sampled:
                 continue
             chain = self._chain_of()
             if chain is None:
@@ -260,8 +264,11 @@ class ReportPlugin:
         directory: Path,
         *,
         attach: bool,
+        uses_network: Callable[[pytest.Item], bool],
     ) -> None:
         self.config = config
+        #: Whether a test uses the network: only those are sampled and drawn.
+        self.uses_network = uses_network
         self.session = session
         self.directory = directory
         #: Attach each test's pictures to its allure result (drawn as it ends).
@@ -276,17 +283,17 @@ class ReportPlugin:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Any:
-        self.recorder.phase_started(item.nodeid, "setup")
+        self.recorder.phase_started(item.nodeid, "setup", sampled=self.uses_network(item))
         return (yield)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        self.recorder.phase_started(item.nodeid, "call")
+        self.recorder.phase_started(item.nodeid, "call", sampled=self.uses_network(item))
         return (yield)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Any:
-        self.recorder.phase_started(item.nodeid, "teardown")
+        self.recorder.phase_started(item.nodeid, "teardown", sampled=self.uses_network(item))
         return (yield)
 
     @pytest.hookimpl(wrapper=True)

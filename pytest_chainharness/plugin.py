@@ -107,7 +107,13 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_ALLURE_KEY] = reporter
     run_report = None
     if settings.report is not None:
-        run_report = ReportPlugin(config, session, settings.report, attach=reporter is not None)
+        run_report = ReportPlugin(
+            config,
+            session,
+            settings.report,
+            attach=reporter is not None,
+            uses_network=_uses_network,
+        )
         config.pluginmanager.register(run_report, "chainharness-report")
     config.stash[_REPORT_KEY] = run_report
     if config.pluginmanager.hasplugin("xdist"):
@@ -254,6 +260,7 @@ def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Col
 
 
 def _uses_network(item: pytest.Item) -> bool:
+    # The fixture closure: load_test, bus, w3 and funded_account all bring chain.
     names = getattr(item, "fixturenames", ())
     return "chain" in names or item.get_closest_marker("disruptive") is not None
 

@@ -24,6 +24,10 @@ def test_heads_waits_bus_and_faults(chain, bus):
     chain.wait_for_height(3)
     head = chain.wait_converged()
     assert len(head.hash) == 64  # CometBFT block hashes: hex, no 0x
+    # The spec's metrics port is reached like the RPC (published on docker); the start
+    # waited for every peer.
+    metrics = chain.nodes[0].metrics()
+    assert [v for k, v in metrics.items() if k.startswith("cometbft_p2p_peers{")] == [3.0]
     events = bus.wait_for("block", lambda e: e.payload["number"] >= head.number, nodes="all")
     assert {e.node for e in events} == {"node0", "node1", "node2", "node3"}
     assert {e.payload["count"] for e in bus.wait_for("peers", nodes="all")} == {3}
@@ -36,7 +40,7 @@ def test_heads_waits_bus_and_faults(chain, bus):
     assert again.number >= head.number + 3
     node3.restart()
     chain.wait_converged(timeout=60)
-    assert set(chain.nodes[0].ports) == {"p2p", "rpc"}
+    assert set(chain.nodes[0].ports) == {"p2p", "rpc", "metrics"}
     assert "0.38.26" in chain.nodes[0].client_version
 
 
