@@ -38,7 +38,8 @@ __all__ = ["METRICS_EVERY", "SAMPLE_EVERY", "ReportPlugin", "ReportRecorder", "c
 
 #: Heights and peers: twice a second is finer than a block (1 s at the fastest).
 SAMPLE_EVERY = 0.5
-#: A metrics scrape is a few hundred kB of text to parse per geth node: once a second.
+#: A metrics scrape is a few hundred kB of text to parse per geth node: once a second
+#: while a load test runs (the txpool picture), once per phase otherwise.
 METRICS_EVERY = 1.0
 #: A node's probe must not hold the sampler: a paused node answers nothing at all.
 PROBE_TIMEOUT = 1.0
@@ -67,6 +68,8 @@ class ReportRecorder:
         self._test: str | None = None
         self._phase = ""
         self._sampled = False
+        self._load = False
+        self._phase_scraped = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._watched: Chain | None = None
@@ -80,14 +83,19 @@ class ReportRecorder:
 
     # -- what the hooks tell -------------------------------------------------------------
 
-    def phase_started(self, nodeid: str, when: str, *, sampled: bool = True) -> None:
+    def phase_started(
+        self, nodeid: str, when: str, *, sampled: bool = True, load: bool = False
+    ) -> None:
         """``sampled``: the test uses the network (a test that does not is listed in the
-        report, not drawn, however long it runs beside a running network)."""
+        report, not drawn, however long it runs beside a running network). ``load``: it
+        runs load, so the txpool is scraped every ``METRICS_EVERY``, not once a phase."""
         with self._lock:
             if when == "setup":
                 self.current = []
             self._test, self._phase = nodeid, when
             self._sampled = sampled
+            self._load = load
+            self._phase_scraped = False
         self._write({"kind": "phase", "test": nodeid, "when": when, "t0": time.time()})
         if self._thread is None:
             self._thread = threading.Thread(
@@ -168,9 +176,16 @@ class ReportRecorder:
     def _sample(self, chain: Chain, test: str, phase: str) -> None:
         self.watch(chain)
         now = time.time()
-        scrape = now - self._last_metrics >= METRICS_EVERY
-        if scrape:
-            self._last_metrics = now
+        with self._lock:
+            # Only load tests draw the txpool over time; scraping every node each second
+            # in every test made the suite slower (benchmarks/report.py).
+            if self._load:
+                scrape = now - self._last_metrics >= METRICS_EVERY
+            else:
+                scrape = not self._phase_scraped
+            if scrape:
+                self._last_metrics = now
+                self._phase_scraped = True
         assert self._pool is not None
         futures: dict[str, Future[dict[str, Any]]] = {}
         for node in chain.nodes:
@@ -278,22 +293,26 @@ class ReportPlugin:
         self.written: Path | None = None
         self.error: str | None = None
 
+    def _started(self, item: pytest.Item, when: str) -> None:
+        load = "load_test" in getattr(item, "fixturenames", ())
+        self.recorder.phase_started(item.nodeid, when, sampled=self.uses_network(item), load=load)
+
     def on_load(self, result: LoadResult) -> None:
         self.recorder.load(result, result.html_report)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Any:
-        self.recorder.phase_started(item.nodeid, "setup", sampled=self.uses_network(item))
+        self._started(item, "setup")
         return (yield)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        self.recorder.phase_started(item.nodeid, "call", sampled=self.uses_network(item))
+        self._started(item, "call")
         return (yield)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> Any:
-        self.recorder.phase_started(item.nodeid, "teardown", sampled=self.uses_network(item))
+        self._started(item, "teardown")
         return (yield)
 
     @pytest.hookimpl(wrapper=True)
