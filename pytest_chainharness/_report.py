@@ -141,8 +141,6 @@ class ReportRecorder:
                 "kind": "load",
                 "test": self._test,
                 "timeline": result.timeline,
-                "users": result.spec.users if result.spec else None,
-                "duration_s": result.duration_s,
                 "summary": str(result),
                 "html": str(html) if html is not None else None,
             }
@@ -290,8 +288,6 @@ class ReportPlugin:
         self.attach = attach
         self.data_dir = session.run.run_dir / "report"
         self.recorder = ReportRecorder(self.data_dir, lambda: session.current_chain)
-        self.written: Path | None = None
-        self.error: str | None = None
 
     def _started(self, item: pytest.Item, when: str) -> None:
         load = "load_test" in getattr(item, "fixturenames", ())
@@ -362,10 +358,12 @@ class ReportPlugin:
         gate = self.config.pluginmanager.get_plugin("chainharness-gate")
         verdict = getattr(gate, "verdict", None)
         try:
-            self.written = write_report(self.directory, self.data_dir, summary, verdict=verdict)
+            write_report(self.directory, self.data_dir, summary, verdict=verdict)
         except Exception as exc:  # a report that fails must not hide the run's outcome
-            self.error = f"{type(exc).__name__}: {exc}"
-            print(f"chainharness: the run report was not written: {self.error}", file=sys.stderr)
+            print(
+                f"chainharness: the run report was not written: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+            )
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         # The page is written after this summary (after the verdict): name where it goes.
