@@ -9,6 +9,14 @@ import pytest
 from pytest_chainharness._errors import ToolNotFound
 from pytest_chainharness.tools import find_anvil, find_cometbft, find_geth, find_solc
 
+
+def find_geth_pos(root: Path | None = None) -> Path:
+    """geth-pos's binaries, as the adapter looks them up (ToolNotFound names the install)."""
+    from pytest_chainharness.clients.geth_pos import GethPosAdapter
+
+    return GethPosAdapter(root=root).find_binary()
+
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -43,6 +51,13 @@ def cometbft_required() -> None:
 
 
 @pytest.fixture(scope="session")
+def geth_pos_required() -> None:
+    missing = _missing(find_geth_pos)
+    if missing:
+        pytest.skip(f"geth-pos is not installed on this machine: {missing}")
+
+
+@pytest.fixture(scope="session")
 def solc_required() -> None:
     missing = _missing(find_solc)
     if missing:
@@ -52,9 +67,14 @@ def solc_required() -> None:
 @pytest.fixture(scope="session")
 def client_required(request: pytest.FixtureRequest) -> None:
     """Skip, saying how to install it, when the run's client (``--chain-client``; the
-    integration suite runs on geth and CometBFT) is not installed."""
+    integration suite runs on geth, geth-pos and CometBFT) is not installed."""
     client = str(request.config.getoption("chain_client") or "geth")
-    find = {"geth": find_geth, "anvil": find_anvil, "cometbft": find_cometbft}.get(client)
+    find = {
+        "geth": find_geth,
+        "geth-pos": find_geth_pos,
+        "anvil": find_anvil,
+        "cometbft": find_cometbft,
+    }.get(client)
     missing = _missing(find) if find is not None else None
     if missing:
         pytest.skip(f"{client} is not installed on this machine: {missing}")

@@ -3,10 +3,16 @@
     .venv/bin/python benchmarks/startup.py [--backend process|docker|both]
                                            [--sizes 1 4 8 16] [--runs 5] [--no-compose]
     .venv/bin/python benchmarks/startup.py --client cometbft [--runs 5]
+    .venv/bin/python benchmarks/startup.py --client geth-pos [--runs 3]
 
 ``--client cometbft``: 4 CometBFT nodes on processes until every node has 3 peers and a
 height >= 2, started by the harness (its spec file) and, interleaved in the same run, by
 the hand-written script ``benchmarks/cometbft_by_hand.sh`` (the baseline).
+
+``--client geth-pos``: 4 geth + prysm nodes on processes, started by the harness and,
+interleaved in the same run, by the hand-written ``benchmarks/geth_pos_by_hand.sh``:
+ready (every node peered, every geth at block >= 1, genesis included), the first
+finalized block on every node, and memory per node (geth + beacon + validator).
 
 With the docker backend, the same run also times the baseline a user would write by
 hand: a docker-compose file for the same 4 geth nodes, same image and same datadirs,
@@ -24,12 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 from pytest_chainharness import build_testnet
@@ -274,6 +282,151 @@ def cometbft_main(runs: int, sizes: list[int]) -> int:
     return 0
 
 
+def tree_rss_mb(pid: int) -> float:
+    """RSS of a process and all its descendants (a geth-pos node's supervisor and parts)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += rss_mb(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            todo += [int(c) for c in task.read_text().split()]
+    return total
+
+
+def _finalized(rpc: str) -> bool:
+    try:
+        block = rpc_call(rpc, "eth_getBlockByNumber", ["finalized", False], timeout=2.0)
+    except RPCError:
+        return False
+    return bool(block) and int(block["number"], 16) > 0
+
+
+def _wait_finalized(rpcs: list[str], t0: float, timeout: float = 240.0) -> float:
+    pending = set(rpcs)
+    while pending:
+        pending = {rpc for rpc in pending if not _finalized(rpc)}
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError(f"no finalized block on {sorted(pending)} in {timeout:g}s")
+        time.sleep(0.25)
+    return time.perf_counter() - t0
+
+
+def pos_harness_run(nodes: int, seed: int) -> dict[str, float]:
+    adapter = get_client("geth-pos", root=ROOT)
+    with tempfile.TemporaryDirectory(prefix="chainharness-bench-") as tmp:
+        testnet = build_testnet(
+            nodes=nodes, client="geth-pos", period=2, seed=seed, accounts=512, adapter=adapter
+        )
+        provider = ProcessProvider(
+            testnet, adapter, run_dir=Path(tmp), run_id=f"bench-{seed}",
+            binary=adapter.find_binary(),
+        )  # fmt: skip
+        phases: dict[str, float] = {}
+        try:
+            t0 = time.perf_counter()
+            launch(Chain(testnet, provider, adapter), phases=phases, timeout=120)
+            ready = time.perf_counter() - t0
+            finalized = _wait_finalized([n.rpc_url for n in testnet.nodes], t0)
+            rss = [tree_rss_mb(int(e["pid"])) for e in provider.shared.load()["nodes"].values()]
+        finally:
+            t1 = time.perf_counter()
+            provider.teardown()
+            teardown = time.perf_counter() - t1
+    return {
+        "ready_s": ready, "first_finalized_s": finalized, "teardown_s": teardown,
+        "rss_mb_per_node": max(rss), **phases,
+    }  # fmt: skip
+
+
+def pos_by_hand_run(nodes: int) -> dict[str, float]:
+    import signal
+
+    from pytest_chainharness._ports import PortAllocator
+    from pytest_chainharness._proc import kill_pids
+    from pytest_chainharness.tools import find_prysm
+
+    geth = get_client("geth-pos", root=ROOT).find_binary()
+    prysm = find_prysm("beacon-chain", ROOT).parent
+    # One free port, then the 20-port block after it per node (the script's layout).
+    base = PortAllocator().take(1)[0]
+    with tempfile.TemporaryDirectory(prefix="chainharness-bench-hand-") as tmp:
+        t0 = time.perf_counter()
+        # Its own process group: on a timeout everything it started goes with it.
+        script = subprocess.Popen(
+            ["bash", str(ROOT / "benchmarks" / "geth_pos_by_hand.sh"), str(geth), str(prysm),
+             tmp, str(nodes), str(base)],
+            stdout=subprocess.PIPE, text=True, start_new_session=True,
+        )  # fmt: skip
+        try:
+            out, _ = script.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(script.pid, signal.SIGKILL)
+            raise
+        pids = [int(p) for p in out.split()]
+        try:
+            rpcs = [f"http://127.0.0.1:{base + 20 * i}" for i in range(nodes)]
+            beacons = [f"http://127.0.0.1:{base + 20 * i + 6}" for i in range(nodes)]
+            deadline = time.monotonic() + 120
+            pending = set(range(nodes))
+            while pending:
+                for i in list(pending):
+                    try:
+                        height = int(rpc_call(rpcs[i], "eth_blockNumber", timeout=2.0), 16)
+                        peers = int(rpc_call(rpcs[i], "net_peerCount", timeout=2.0), 16)
+                        with urllib.request.urlopen(
+                            f"{beacons[i]}/eth/v1/node/peer_count", timeout=2.0
+                        ) as reply:
+                            cl_peers = int(json.loads(reply.read())["data"]["connected"])
+                    except (RPCError, OSError, ValueError):
+                        continue
+                    if height >= 1 and min(peers, cl_peers) >= 1:
+                        pending.discard(i)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"by-hand geth-pos network not ready: {sorted(pending)}")
+                time.sleep(0.05)
+            ready = time.perf_counter() - t0
+            finalized = _wait_finalized(rpcs, t0)
+            # Three processes per node, in the order the script started them.
+            rss = [sum(rss_mb(p) for p in pids[3 * i : 3 * i + 3]) for i in range(nodes)]
+        finally:
+            t1 = time.perf_counter()
+            kill_pids(pids, sig=signal.SIGTERM, timeout=15)
+            teardown = time.perf_counter() - t1
+    return {
+        "ready_s": ready, "first_finalized_s": finalized, "teardown_s": teardown,
+        "rss_mb_per_node": max(rss),
+    }  # fmt: skip
+
+
+def pos_main(runs: int) -> int:
+    adapter = get_client("geth-pos", root=ROOT)
+    ours: list[dict[str, float]] = []
+    hand: list[dict[str, float]] = []
+    for i in range(runs):
+        ours.append(pos_harness_run(4, 9500 + i))
+        hand.append(pos_by_hand_run(4))
+    h = {key: summarize([r[key] for r in ours]) for key in ours[0]}
+    b = {key: summarize([r[key] for r in hand]) for key in hand[0]}
+    result = {
+        "client": f"geth-pos (geth {adapter.version(adapter.find_binary())}, prysm v7.0.0)",
+        "runs": runs,
+        "goals": {"ready_s": 15.0, "first_finalized_s": 60.0},
+        "harness_4": h,
+        "by_hand_4": b,
+        "ratio_harness_over_hand": {k: h[k]["median"] / b[k]["median"] for k in b},
+    }
+    print(json.dumps(result, indent=2))
+    keys = ["ready_s", "first_finalized_s", "teardown_s", "rss_mb_per_node"]
+    print(f"\n4 geth-pos nodes on processes, 2 s slots, median of {runs} (min-max)")
+    print(f"{'':>10}  " + "  ".join(f"{k:>20}" for k in keys))
+    for name, row in (("harness", h), ("by hand", b)):
+        cells = [f"{row[k]['median']:.1f} ({row[k]['min']:.1f}-{row[k]['max']:.1f})" for k in keys]
+        print(f"{name:>10}  " + "  ".join(f"{c:>20}" for c in cells))
+    ratios = result["ratio_harness_over_hand"]
+    print("harness / by hand: " + ", ".join(f"{k} x{v:.2f}" for k, v in ratios.items()))  # type: ignore[attr-defined]
+    return 0
+
+
 def summarize(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -301,8 +454,10 @@ def main() -> int:
     )
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-compose", action="store_true", help="skip the compose baseline")
-    parser.add_argument("--client", choices=["geth", "cometbft"], default="geth")
+    parser.add_argument("--client", choices=["geth", "cometbft", "geth-pos"], default="geth")
     args = parser.parse_args()
+    if args.client == "geth-pos":
+        return pos_main(args.runs)
     if args.client == "cometbft":
         return cometbft_main(args.runs, args.sizes or [4])
     args.sizes = args.sizes or [1, 4, 8, 16]

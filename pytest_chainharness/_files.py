@@ -16,7 +16,9 @@ from typing import Any
 __all__ = ["SECRET_KEYS", "STATE_FILES", "redact", "redact_file", "write_private"]
 
 #: Keys of the state files whose values are secrets.
-SECRET_KEYS = frozenset({"node_key", "signer_key", "password", "private_key", "key"})
+SECRET_KEYS = frozenset(
+    {"node_key", "signer_key", "beacon_key", "jwt_secret", "password", "private_key", "key"}
+)
 #: A run folder's state files (the session's, then each provider's).
 STATE_FILES = ("network.json", "process-state.json", "docker-state.json")
 

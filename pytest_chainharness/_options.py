@@ -266,6 +266,12 @@ def read_settings(config: pytest.Config) -> Settings:
     backend = str(backend or "auto")
     if backend not in BACKENDS:
         raise pytest.UsageError(f"{where}={backend!r}: choose one of: {', '.join(BACKENDS)}")
+    runs_on = getattr(clients.get(client), "backends", BACKENDS)
+    if backend != "auto" and backend not in runs_on:
+        raise pytest.UsageError(
+            f"{where}={backend}: the {client} client runs on the "
+            f"{' and '.join(b for b in runs_on if b != 'auto')} backend only"
+        )
     if backend == "docker" and not _attaching(config):
         from ._docker import engine_status
 

@@ -81,6 +81,8 @@ class Agent:
         self.stop = threading.Event()
         self.last_number = -1
         self.published: dict[int, str] = {}
+        #: The height of the first head this agent published (-1 before it).
+        self.first_number = -1
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"{self.run}-agent-{self.node}",
@@ -185,11 +187,26 @@ class Agent:
         while True:
             block = branch[-1]
             height = int(block["number"], 16)
-            if height <= self.last_number and self.published.get(height) == block["hash"]:
-                branch.pop()  # the head we already published: nothing new
+            if self.published.get(height) == block["hash"] and (
+                height <= self.last_number
+                or self.published.get(height - 1) in (None, block["parentHash"])
+            ):
+                # Published before, and so was its parent: nothing new from here on.
+                # Also above our last head: a node that rewound to an ancestor (geth
+                # restarted after a SIGKILL, its head pointer older than its blocks)
+                # imports the same blocks again, which are not news. (A block above
+                # the head whose parent another branch replaced since is news again.)
+                branch.pop()
                 break
             if height == 0 or self.last_number < 0:
                 break  # the first block this agent sees
+            if height <= self.first_number and height not in self.published:
+                # Older than the first head this agent published (a restarted node that
+                # rewound further back): history it never announced, not news.
+                if len(branch) == 1:
+                    return
+                branch.pop()
+                break
             if height - 1 <= self.last_number:
                 below = self.published.get(height - 1)
                 if below is None or below == block["parentHash"]:
@@ -215,6 +232,8 @@ class Agent:
             logs = self.watched_logs({"blockHash": block["hash"]}) if self.watches else []
             self.publish("block", payload)
             self.published[height] = block["hash"]
+            if self.first_number < 0:
+                self.first_number = height
             self.publish_logs(logs)
         # The head may be below what we published (a reorg onto a shorter branch, or a
         # rewind to an ancestor). What we published above it is kept only to name what a

@@ -28,7 +28,7 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ._errors import ToolNotFound
-from .tools import ANVIL_VERSION, find_anvil, geth_versions_installed
+from .tools import ANVIL_VERSION, find_anvil, geth_versions_installed, version_key
 
 __all__ = [
     "ANVIL_IMAGE",
@@ -192,10 +192,16 @@ def build_images(
     return built
 
 
+def _clique_geths(root: Path | None) -> dict[str, Path]:
+    """The installed geths the geth image is for: the Clique ones (v1.14+ refuses Clique;
+    geth-pos's geth 1.17 runs on the process backend only so far)."""
+    return {v: b for v, b in geth_versions_installed(root).items() if version_key(v) < (1, 14)}
+
+
 def _build_geth_images(root: Path | None, force: bool, done: Callable[[str], None]) -> None:
     from ._docker import image_exists
 
-    geths = geth_versions_installed(root)
+    geths = _clique_geths(root)
     if not geths:
         raise ToolNotFound(
             "no geth is installed to put into an image: "
@@ -243,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "list":
         tags = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE, ANVIL_IMAGE]
-        tags += [geth_image(v) for v in geth_versions_installed(Path.cwd())]
+        tags += [geth_image(v) for v in _clique_geths(Path.cwd())]
         for tag in tags:
             print(f"{tag:36} {'present' if image_exists(tag) else 'missing'}")
         return 0

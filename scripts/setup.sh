@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent set-up for a fresh machine: a virtualenv with the package and its dev tools,
 # a Docker engine with the local images (scripts/docker.sh, chainharness images build),
-# Debian's mosquitto and chromium, geth v1.13.15 and v1.13.14, toxiproxy 2.12.0 and
-# cometbft 0.38.26 built from the Go module proxy, anvil 1.7.1 and solc 0.8.37 from
-# npm — all pinned, into git-ignored folders (.venv/, and .tools/ or $CHAINHARNESS_TOOLS
+# Debian's mosquitto and chromium, geth v1.13.15 and v1.13.14, toxiproxy 2.12.0,
+# cometbft 0.38.26 and geth-pos (geth v1.17.10 and prysm v7.0.0) built from the Go module
+# proxy, anvil 1.7.1 and solc 0.8.37 from npm — all pinned, into git-ignored folders (.venv/, and .tools/ or $CHAINHARNESS_TOOLS
 # when set). Re-running skips what is already there; it ends by running every tool
 # (tools doctor), so a broken install fails here, with one line per broken tool.
 set -euo pipefail
@@ -29,8 +29,8 @@ fi
 
 # A tools folder named by the caller is where the runs will look: install there too.
 export CHAINHARNESS_TOOLS="${CHAINHARNESS_TOOLS:-$PWD/.tools}"
-tools=(geth toxiproxy cometbft)
-.venv/bin/python -m pytest_chainharness.tools install geth toxiproxy cometbft --dest "$CHAINHARNESS_TOOLS"
+tools=(geth toxiproxy cometbft geth-pos)
+.venv/bin/python -m pytest_chainharness.tools install geth toxiproxy cometbft geth-pos --dest "$CHAINHARNESS_TOOLS"
 if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil solc --dest "$CHAINHARNESS_TOOLS"
   tools+=(anvil solc)

@@ -166,6 +166,47 @@ def test_a_rewind_to_an_ancestor_then_new_blocks(node: ScriptedNode, agent: Reco
     assert agent.events[-1]["replaces"] == "0xa-4"
 
 
+def test_the_same_blocks_again_after_a_rewind_are_not_news(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    """geth-pos: geth killed at block 10 restarts at 7 (its head pointer was older than its
+    blocks) and imports 8..10 again; the agent published a step back to 8 without
+    ``replaces``, which looked like a reorg that named nothing."""
+    advance(node, agent, "a", 0, 1)
+    advance(node, agent, "a", 1, 9)
+    node.rewind(7)
+    agent.publish_blocks_up_to(node.head)
+    assert agent.last_number == 7
+    # The same 8..10 again (already published), then one new block.
+    node.canonical += [f"0xa-{h}" for h in range(8, 11)]
+    agent.publish_blocks_up_to(9)
+    agent.publish_blocks_up_to(10)
+    advance(node, agent, "a", 10, 1)
+    assert published(agent) == [(h, f"0xa-{h}") for h in range(1, 12)]
+
+
+def test_a_rewind_below_the_first_head_it_saw_is_not_news(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    """The integration suite on geth-pos: the agent first saw block 2; node3, killed at 7,
+    restarted at block 1, and the agent announced block 1 after 7, a step back that named
+    nothing."""
+    node.extend("a", 0, 2)
+    agent.publish_blocks_up_to(node.head)  # its first head: 2
+    advance(node, agent, "a", 2, 5)
+    node.rewind(1)
+    agent.publish_blocks_up_to(node.head)
+    node.canonical += [f"0xa-{h}" for h in range(2, 8)]
+    for height in range(2, 8):
+        agent.publish_blocks_up_to(height)
+    advance(node, agent, "a", 7, 1)
+    assert published(agent) == [(h, f"0xa-{h}") for h in range(2, 9)]
+    # A reorg deeper than the first head still publishes its branch down to there.
+    advance(node, agent, "b", 1, 9)
+    assert [e["hash"] for e in agent.events[7:]] == [f"0xb-{h}" for h in range(2, 11)]
+    assert agent.events[7]["replaces"] == "0xa-2"
+
+
 def test_a_block_gone_while_walking_back_is_retried_on_the_next_head(
     node: ScriptedNode, agent: RecordingAgent
 ) -> None:

@@ -24,6 +24,7 @@ from pytest_chainharness.bus import BarrierTimeout, merge_history
 #: Needs what only geth has here (an EVM, Clique, two installed versions); the other
 #: tests run on every client (tests/test_matrix.py runs this module on CometBFT).
 geth_only = pytest.mark.chain(client="geth")
+ethereum = pytest.mark.chain(client=("geth", "geth-pos"))
 pytestmark = pytest.mark.usefixtures("client_required", "mosquitto_required")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +34,7 @@ def block_numbers(events: list[Event]) -> list[int]:
     return [int(e.payload["number"]) for e in events]
 
 
-@geth_only
+@ethereum
 def test_transfer_seen_on_every_node_via_the_bus(
     chain: Chain, bus: SyncBus, funded_account: LocalAccount
 ) -> None:
@@ -344,7 +345,7 @@ def test_the_bus_has_what_wait_for_tx_returned(
     result.assert_outcomes(passed=1)
 
 
-@geth_only
+@ethereum
 def test_agent_exits_once_the_run_is_gone(chain: Chain, bus: SyncBus, tmp_path: Path) -> None:
     from pytest_chainharness.agent import script_path
 

@@ -29,10 +29,12 @@ from pytest_chainharness.clients.clique import CliqueUnstall
 #: Needs what only geth has here (an EVM, Clique, two installed versions); the other
 #: tests run on every client (tests/test_matrix.py runs this module on CometBFT).
 geth_only = pytest.mark.chain(client="geth")
+#: What any Ethereum client of the harness runs (transfers, accounts, receipts).
+ethereum = pytest.mark.chain(client=("geth", "geth-pos"))
 pytestmark = pytest.mark.usefixtures("client_required")
 
 
-@geth_only
+@ethereum
 def test_transfer_is_in_a_block_on_every_node(chain: Chain, funded_account: LocalAccount) -> None:
     tx = chain.transfer(funded_account, chain.accounts[1].address, 12345)
     receipts = chain.wait_for_tx(tx)
@@ -41,7 +43,7 @@ def test_transfer_is_in_a_block_on_every_node(chain: Chain, funded_account: Loca
     assert all(r["status"] == 1 for r in receipts.values())
 
 
-@geth_only
+@ethereum
 def test_transfer_to_another_node_shares_the_nonce_count(
     chain: Chain, funded_account: LocalAccount
 ) -> None:
@@ -64,7 +66,7 @@ def test_nodes_converge_on_one_head(chain: Chain) -> None:
 _HANDED_OUT: list[str] = []
 
 
-@geth_only
+@ethereum
 @pytest.mark.parametrize("attempt", range(3))
 def test_funded_accounts_are_fresh_and_funded(
     chain: Chain, funded_account: LocalAccount, attempt: int
@@ -77,7 +79,7 @@ def test_funded_accounts_are_fresh_and_funded(
     assert funded_account.address not in {a.address for a in chain.accounts}
 
 
-@geth_only
+@ethereum
 def test_several_transfers_from_one_account_keep_nonces(
     chain: Chain, funded_account: LocalAccount
 ) -> None:
@@ -429,7 +431,7 @@ class TestOneViewWithTheBus:
     ahead of the agents' block events by 10-20 ms, so a test that looked at the bus right
     after a wait did not find the block)."""
 
-    @geth_only
+    @ethereum
     def test_waits_hold_until_the_bus_has_the_blocks(
         self, chain: Chain, funded_account: LocalAccount
     ) -> None:

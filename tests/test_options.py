@@ -39,7 +39,9 @@ class TestUsageErrors:
         inner.makepyfile(PASSING)
         result = inner.runpytest("--chain-client=besu")
         assert result.ret == pytest.ExitCode.USAGE_ERROR
-        result.stderr.fnmatch_lines(["*--chain-client='besu'*unknown client*geth, anvil*"])
+        result.stderr.fnmatch_lines(
+            ["*--chain-client='besu'*unknown client*geth, geth-pos, anvil*"]
+        )
 
     def test_anvil_is_single_node(self, inner: pytest.Pytester) -> None:
         inner.makepyfile(PASSING)

@@ -17,6 +17,7 @@ from .._errors import ChainHarnessError
 from .anvil import AnvilAdapter
 from .base import ClientAdapter
 from .geth import GethAdapter
+from .geth_pos import GethPosAdapter
 from .spec import is_spec_path, load_spec
 
 __all__ = [
@@ -26,13 +27,15 @@ __all__ = [
     "AnvilAdapter",
     "ClientAdapter",
     "GethAdapter",
+    "GethPosAdapter",
     "available_clients",
     "get_client",
 ]
 
 #: Built-in clients by name.
-CLIENTS: dict[str, type[GethAdapter] | type[AnvilAdapter]] = {
+CLIENTS: dict[str, type[GethAdapter] | type[GethPosAdapter] | type[AnvilAdapter]] = {
     "geth": GethAdapter,
+    "geth-pos": GethPosAdapter,
     "anvil": AnvilAdapter,
 }
 #: Built-in clients that are spec files shipped with the package, and their install command.

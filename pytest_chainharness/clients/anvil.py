@@ -28,6 +28,7 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
     evm = True
     admin_peering = False
     peer_roles: tuple[str, ...] = ()
+    own_host_roles: tuple[str, ...] = ()
     max_nodes = 1
     poa = False
     has_peers = False

@@ -114,6 +114,13 @@ class Placement:
     peer_routes: dict[int, Route] = field(default_factory=dict)
     #: Runs the client's set-up commands; None: on this host.
     runner: CommandRunner | None = None
+    #: The address the listeners of ``ClientAdapter.own_host_roles`` bind to: one this
+    #: node alone has (on a shared host, a loopback address of its own), else ``listen``.
+    own_host: str = ""
+    #: CIDRs of the other nodes' own addresses. A client that learns its peers'
+    #: addresses by itself (libp2p's identify) must refuse to dial them, so it reaches
+    #: its peers only through ``peer_routes`` (links a partition can cut).
+    refuse: tuple[str, ...] = ()
 
     @classmethod
     def local(
@@ -125,6 +132,8 @@ class Placement:
         ipc_path: str = "",
         peers: tuple[str, ...] = (),
         peer_routes: dict[int, Route] | None = None,
+        own_host: str = "",
+        refuse: tuple[str, ...] = (),
     ) -> Placement:
         return cls(
             datadir=str(datadir),
@@ -135,6 +144,8 @@ class Placement:
             peers=peers,
             peer_routes=dict(peer_routes or {}),
             ipc_path=ipc_path,
+            own_host=own_host or node.host,
+            refuse=refuse,
         )
 
 
@@ -165,6 +176,12 @@ class NoAdminPeers:
     def seals(self, node: NodeSpec) -> bool:
         return False  # it produces blocks on its own, from the start
 
+    def finalized(self, node: NodeSpec) -> Head | None:
+        name = getattr(self, "display_name", type(self).__name__)
+        raise UnsupportedAction(
+            f"client {name} has no finality to wait for (geth-pos has: --chain-client=geth-pos)"
+        )
+
 
 @runtime_checkable
 class ClientAdapter(Protocol):
@@ -192,6 +209,10 @@ class ClientAdapter(Protocol):
     stop_signal: signal.Signals
     #: The port roles a peer address names (what a link proxy must carry).
     peer_roles: tuple[str, ...]
+    #: Roles whose listener binds ``Placement.own_host`` (the link proxies' upstream
+    #: there too): a client whose nodes would otherwise dial each other directly at the
+    #: addresses they learn, past the links. () for most clients.
+    own_host_roles: tuple[str, ...]
     #: Project root: where the tools folder (``.tools``) is looked up; None: the default.
     root: Path | None
     #: At start, a node whose API has not answered this many seconds is restarted on
@@ -347,6 +368,11 @@ class ClientAdapter(Protocol):
     def metrics_url(self, node: NodeSpec) -> str | None:
         """Where the node serves Prometheus text, as the test process reaches it (the
         node's published ``ports``); None: the client serves no metrics."""
+        ...
+
+    def finalized(self, node: NodeSpec) -> Head | None:
+        """The node's finalized block, None before its first one; ``UnsupportedAction``
+        for a client without finality (``chain.wait_finalized``)."""
         ...
 
     def evm_version(self, node: NodeSpec) -> str:

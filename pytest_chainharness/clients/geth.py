@@ -11,18 +11,27 @@ from typing import TYPE_CHECKING, Any
 from eth_account import Account
 from eth_keys.datatypes import PrivateKey
 
+from .._errors import UnsupportedAction
 from .._rpc import rpc_call
 from .._testnet import NodeSpec, Testnet, derive_key
 from ..images import geth_image
 from ..tools import DEFAULT_GETH_VERSION, binary_version, find_geth
 from . import clique_signer
 from ._evm import EthereumQueries
-from .base import Helper, Placement, Repairer
+from .base import Head, Helper, Placement, Repairer
 
 if TYPE_CHECKING:
     from ..chain import Chain
 
-__all__ = ["GethAdapter", "genesis", "is_signer", "node_id", "signer_address", "signers"]
+__all__ = [
+    "GethAdapter",
+    "GethEndpoints",
+    "genesis",
+    "is_signer",
+    "node_id",
+    "signer_address",
+    "signers",
+]
 
 # Everything up to London at block 0 and nothing later: Shanghai and later forks need the
 # merge, which a Clique network never reaches (contracts compile for EVM "paris").
@@ -91,13 +100,33 @@ def genesis(testnet: Testnet) -> dict[str, Any]:
     }
 
 
-class GethAdapter(EthereumQueries):
+class GethEndpoints(EthereumQueries):
+    """What every geth answers the same way, Clique or proof of stake: its WebSocket and
+    metrics endpoints, its peer list over the admin channel, a taken port in its log."""
+
+    def ws_url(self, node: NodeSpec) -> str:
+        return f"ws://{node.host}:{node.ports['ws']}"
+
+    def metrics_url(self, node: NodeSpec) -> str | None:
+        return f"http://{node.host}:{node.ports['metrics']}/debug/metrics/prometheus"
+
+    def port_conflict(self, log_text: str) -> bool:
+        return "address already in use" in log_text
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        # "enode://<public key>@host:port": the key is the node id (``node_id``).
+        peers = rpc_call(admin_url, "admin_peers", []) or []
+        return {str(p.get("enode", "")).removeprefix("enode://").split("@")[0] for p in peers}
+
+
+class GethAdapter(GethEndpoints):
     """Runs geth nodes as Clique signers peered through static nodes."""
 
     name = "geth"
     evm = True
     admin_peering = True
     peer_roles: tuple[str, ...] = ("p2p",)
+    own_host_roles: tuple[str, ...] = ()
     max_nodes = 64
     poa = True
     has_peers = True
@@ -254,11 +283,6 @@ class GethAdapter(EthereumQueries):
         # Also drops the static dial, so the node does not redial it.
         rpc_call(admin_url, "admin_removePeer", [address])
 
-    def connected_peers(self, admin_url: str) -> set[str]:
-        # "enode://<public key>@host:port": the key is the node id (``node_id``).
-        peers = rpc_call(admin_url, "admin_peers", []) or []
-        return {str(p.get("enode", "")).removeprefix("enode://").split("@")[0] for p in peers}
-
     def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
         count = nodes if signers is None else signers
         if not 1 <= count <= nodes:
@@ -301,6 +325,13 @@ class GethAdapter(EthereumQueries):
             )
         ]
 
+    def finalized(self, node: NodeSpec) -> Head | None:
+        raise UnsupportedAction(
+            "client geth (Clique) has no finality to wait for: every block is final once "
+            "sealed, and reorgs happen only between signers (proof of stake: "
+            "--chain-client=geth-pos)"
+        )
+
     def evm_version(self, node: NodeSpec) -> str:
         # The genesis enables every fork up to London and none after (see _FORKS):
         # solc calls that EVM "paris" (London's opcodes, DIFFICULTY read as PREVRANDAO).
@@ -310,15 +341,6 @@ class GethAdapter(EthereumQueries):
         from .clique import CliqueUnstall
 
         return CliqueUnstall(chain)
-
-    def ws_url(self, node: NodeSpec) -> str:
-        return f"ws://{node.host}:{node.ports['ws']}"
-
-    def metrics_url(self, node: NodeSpec) -> str | None:
-        return f"http://{node.host}:{node.ports['metrics']}/debug/metrics/prometheus"
-
-    def port_conflict(self, log_text: str) -> bool:
-        return "address already in use" in log_text
 
 
 def _signer_socket(node: NodeSpec) -> str:

@@ -64,6 +64,7 @@ class SpecAdapter(NoAdminPeers):
     poa = False
     evm = False
     admin_peering = False
+    own_host_roles: tuple[str, ...] = ()
 
     def __init__(self, spec: ClientSpec, root: Path | None = None, name: str = "") -> None:
         self.spec = spec

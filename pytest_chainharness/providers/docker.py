@@ -197,6 +197,12 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
             peer_routes=routes,
             runner=lambda argv, cwd, env, timeout: self._run_once(index, argv, cwd, env, timeout),
+            own_host=self.ip(index),
+            refuse=tuple(
+                f"{self.ip(other.index)}/32"
+                for other in self.testnet.nodes
+                if self.adapter.own_host_roles and other.index != index
+            ),
         )
 
     def ports(self, index: int) -> dict[str, int]:

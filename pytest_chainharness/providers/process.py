@@ -108,6 +108,12 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
             peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
             peer_routes=self.link_routes(index) if self.proxied_links() else {},
+            own_host=_own_host(index) if self.adapter.own_host_roles else "",
+            refuse=tuple(
+                f"{_own_host(other.index)}/32"
+                for other in self.testnet.nodes
+                if self.adapter.own_host_roles and other.index != index
+            ),
         )
 
     def ports(self, index: int) -> dict[str, int]:
@@ -307,7 +313,8 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
 
     def _upstream(self, index: int, role: str) -> str:
         node = self.testnet.nodes[index]
-        return f"{node.host}:{node.ports[role]}"
+        host = _own_host(index) if role in self.adapter.own_host_roles else node.host
+        return f"{host}:{node.ports[role]}"
 
     # -- teardown and attach ---------------------------------------------------------------
 
@@ -345,3 +352,8 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         )
         provider.shared.refresh()
         return provider
+
+
+def _own_host(index: int) -> str:
+    """Node ``index``'s own loopback address (Linux answers on all of 127.0.0.0/8)."""
+    return f"127.0.1.{index + 1}"

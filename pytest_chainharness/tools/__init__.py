@@ -6,6 +6,7 @@ Binaries live in a tools folder, never in the repository; every version is pinne
     <tools>/anvil/node_modules/...       npm package @foundry-rs/anvil (native binary)
     <tools>/toxiproxy/<version>/server   toxiproxy (latency faults), Go module proxy
     <tools>/solc/<version>/node_modules/solc   solc (solcjs) from npm, runs under node
+    <tools>/prysm/<version>/beacon-chain|validator|prysmctl   prysm (geth-pos), Go proxy
 
 The tools folder is ``$CHAINHARNESS_TOOLS``, else ``.tools`` in the project root when it
 exists, else ``~/.cache/pytest-chainharness/tools``. Install, then check, with::
@@ -20,6 +21,7 @@ runpy warning about a module found in ``sys.modules`` before execution).
 from __future__ import annotations
 
 import functools
+import json
 import os
 import platform
 import re
@@ -39,6 +41,9 @@ __all__ = [
     "DOCTOR_TOOLS",
     "GETH_VERSIONS",
     "INSTALL_COMMAND",
+    "POS_GETH_VERSION",
+    "PRYSM_BINARIES",
+    "PRYSM_VERSION",
     "SOLC_VERSION",
     "TOXIPROXY_VERSION",
     "anvil_native_path",
@@ -48,12 +53,15 @@ __all__ = [
     "find_cometbft",
     "find_geth",
     "find_mosquitto",
+    "find_prysm",
     "find_solc",
     "find_toxiproxy",
     "geth_versions_installed",
     "install_anvil",
     "install_cometbft",
     "install_geth",
+    "install_geth_pos",
+    "install_prysm",
     "install_solc",
     "install_toxiproxy",
     "tools_dir",
@@ -74,6 +82,12 @@ ANVIL_VERSION = "1.7.1"
 COMETBFT_VERSION = "0.38.26"
 #: solc, the Solidity compiler, as npm's solcjs (compiles offline; no native build here).
 SOLC_VERSION = "0.8.37"
+#: geth-pos: a current geth (proof of stake only) and the prysm release it runs beside.
+POS_GETH_VERSION = "1.17.10"
+PRYSM_VERSION = "7.0.0"
+#: What a geth-pos node runs besides geth, and the genesis tool.
+PRYSM_BINARIES = ("beacon-chain", "validator", "prysmctl")
+_PRYSM_MODULE = "github.com/OffchainLabs/prysm/v7"
 
 
 def tools_dir(root: Path | None = None) -> Path:
@@ -299,6 +313,86 @@ def install_cometbft(*, dest: Path | None = None) -> Path:
     )
 
 
+def install_prysm(*, dest: Path | None = None) -> list[Path]:
+    """Build prysm's beacon node, validator client and prysmctl into
+    ``dest/prysm/<version>/``.
+
+    ``go install pkg@version`` refuses prysm: its go.mod has a ``replace``. So the build
+    runs in a small wrapper module that requires prysm, repeats that ``replace`` and
+    starts from prysm's own go.sum (without it one checksum lookup fails here).
+    """
+    folder = (dest or tools_dir()) / "prysm" / PRYSM_VERSION
+    binaries = [folder / name for name in PRYSM_BINARIES]
+    if all(_prysm_reports(b) for b in binaries):
+        print(f"prysm {PRYSM_VERSION}: already installed in {folder}")
+        return binaries
+    if shutil.which("go") is None:
+        raise ToolNotFound(f"building prysm {PRYSM_VERSION} needs Go (>= 1.25) on PATH")
+    print(f"prysm {PRYSM_VERSION}: building into {folder} (a few minutes the first time)")
+    src = folder / "build"
+    shutil.rmtree(src, ignore_errors=True)
+    src.mkdir(parents=True)
+    module = f"{_PRYSM_MODULE}@v{PRYSM_VERSION}"
+    found = subprocess.run(
+        ["go", "mod", "download", "-json", module],
+        capture_output=True, text=True, cwd=src, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    if found.returncode != 0:
+        tail = (found.stdout + found.stderr).strip()[-2000:]
+        raise ToolNotFound(f"installing prysm failed: `go mod download {module}`:\n{tail}")
+    upstream = Path(json.loads(found.stdout)["Dir"])
+    replaces = [
+        line.strip()
+        for line in (upstream / "go.mod").read_text().splitlines()
+        if line.startswith("replace ")
+    ]
+    (src / "go.mod").write_text(
+        "module chainharness.local/prysm-build\n\ngo 1.25\n\n"
+        f"require {_PRYSM_MODULE} v{PRYSM_VERSION}\n\n" + "\n".join(replaces) + "\n"
+    )
+    (src / "go.sum").write_bytes((upstream / "go.sum").read_bytes())
+    imports = "".join(f'\t_ "{_PRYSM_MODULE}/cmd/{name}"\n' for name in PRYSM_BINARIES)
+    (src / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n")
+    env = {**os.environ, "GOFLAGS": "-mod=mod"}
+    _run_install(["go", "mod", "tidy"], what=f"prysm {PRYSM_VERSION}", env=env, cwd=src)
+    # Without these the binaries call themselves "Prysm/Unknown/Local build".
+    stamp = f"{_PRYSM_MODULE}/runtime/version"
+    ldflags = f"-X {stamp}.gitTag=v{PRYSM_VERSION} -X {stamp}.gitCommit=v{PRYSM_VERSION}"
+    _run_install(
+        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(folder) + "/",
+         *(f"{_PRYSM_MODULE}/cmd/{name}" for name in PRYSM_BINARIES)],
+        what=f"prysm {PRYSM_VERSION}", env=env, cwd=src,
+    )  # fmt: skip
+    shutil.rmtree(src, ignore_errors=True)
+    broken = [b.name for b in binaries if not _prysm_reports(b)]
+    if broken:
+        raise ToolNotFound(f"built prysm into {folder} but {', '.join(broken)} does not run")
+    return binaries
+
+
+def _prysm_reports(binary: Path) -> bool:
+    if binary.name == "prysmctl":  # it has no --version; its help names it
+        return _reports(binary, ["--help"], "prysmctl")
+    return _reports(binary, ["--version"], f"Prysm/v{PRYSM_VERSION}")
+
+
+def find_prysm(name: str, root: Path | None = None) -> Path:
+    """One of prysm's binaries (``PRYSM_BINARIES``) from the tools folder."""
+    built = tools_dir(root) / "prysm" / PRYSM_VERSION / name
+    if built.is_file() and os.access(built, os.X_OK):
+        return built
+    raise ToolNotFound(
+        f"prysm {PRYSM_VERSION}'s {name} was not found at {built}. Install geth-pos with: "
+        f"{INSTALL_COMMAND} geth-pos   (builds geth {POS_GETH_VERSION} and prysm "
+        f"{PRYSM_VERSION} from the Go module proxy; needs Go)"
+    )
+
+
+def install_geth_pos(*, dest: Path | None = None) -> list[Path]:
+    """Everything ``--chain-client=geth-pos`` runs: geth ``POS_GETH_VERSION`` and prysm."""
+    return install_geth([POS_GETH_VERSION], dest=dest) + install_prysm(dest=dest)
+
+
 def find_cometbft(root: Path | None = None) -> Path:
     built = tools_dir(root) / "cometbft" / COMETBFT_VERSION / "cometbft"
     if built.is_file() and os.access(built, os.X_OK):
@@ -457,6 +551,25 @@ def _checks(root: Path | None) -> list[Check]:
     )
     checks.append(
         Check(
+            f"geth-pos geth {POS_GETH_VERSION}",
+            functools.partial(find_geth, version=POS_GETH_VERSION, root=root),
+            ("version",),
+            f"Version: {POS_GETH_VERSION}",
+            f"{INSTALL_COMMAND} geth-pos",
+        )
+    )
+    checks += [
+        Check(
+            f"geth-pos {name}",
+            functools.partial(find_prysm, name, root),
+            ("--help",) if name == "prysmctl" else ("--version",),
+            "prysmctl" if name == "prysmctl" else f"Prysm/v{PRYSM_VERSION}",
+            f"{INSTALL_COMMAND} geth-pos",
+        )
+        for name in PRYSM_BINARIES
+    ]
+    checks.append(
+        Check(
             "mosquitto",
             find_mosquitto,
             ("-h",),
@@ -468,7 +581,7 @@ def _checks(root: Path | None) -> list[Check]:
 
 
 #: What ``doctor`` checks by default: everything scripts/setup.sh installs.
-DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "cometbft", "solc", "mosquitto")
+DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "cometbft", "geth-pos", "solc", "mosquitto")
 
 
 def doctor(
@@ -549,10 +662,16 @@ def _reports(binary: Path, argv: Sequence[str], text: str, timeout: float = 30.0
         return False
 
 
-def _run_install(argv: Sequence[str], *, what: str, env: dict[str, str] | None = None) -> None:
+def _run_install(
+    argv: Sequence[str],
+    *,
+    what: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+) -> None:
     """Run a build or install step; a failure is a ToolNotFound with the output's tail."""
     result = subprocess.run(
-        list(argv), env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL
+        list(argv), env=env, cwd=cwd, capture_output=True, text=True, stdin=subprocess.DEVNULL
     )
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-20:])

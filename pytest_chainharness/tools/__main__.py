@@ -20,12 +20,13 @@ from . import (
     install_anvil,
     install_cometbft,
     install_geth,
+    install_geth_pos,
     install_solc,
     install_toxiproxy,
     tools_dir,
 )
 
-INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft", "solc")
+INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft", "solc", "geth-pos")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -68,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_cometbft(dest=dest)
             if "solc" in args.what:
                 install_solc(dest=dest)
+            if "geth-pos" in args.what:
+                install_geth_pos(dest=dest)
             return 0
         if args.command == "doctor":
             unknown = sorted(set(args.what) - set(DOCTOR_TOOLS))

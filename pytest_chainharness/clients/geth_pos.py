@@ -1,0 +1,522 @@
+"""Proof of stake: per node a current geth, a prysm beacon node and a validator client.
+
+The three run under one supervisor (``pos_node``), so for the providers a node is one
+process tree, as for every other client: kill, pause and stop reach all of its parts.
+
+The network's genesis is made once, by the tools the chain's own developers use for
+devnets: geth's ``--dev`` genesis (its system contracts), then ``prysmctl testnet
+generate-genesis``, which writes the beacon state and puts the genesis time into the EL
+genesis. Prague/Electra are active from genesis, so contracts from a current solc run as
+compiled. Validators are prysm's deterministic interop keys, ``VALIDATORS_PER_NODE`` on
+each validating node.
+
+Nodes peer twice: geth with geth (transactions; sync) and beacon node with beacon node
+(blocks, attestations). Neither has an admin API the harness could drop a beacon peer
+with, so every link goes through the harness's proxies on the process backend (see
+``providers/_links.py``), both the ``p2p`` and the ``beacon_p2p`` ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eth_account import Account
+from eth_keys.datatypes import PrivateKey
+
+from .._errors import ChainHarnessError, NetworkStartError, UnsupportedAction
+from .._rpc import RPCError, rpc_call
+from .._testnet import NodeSpec, Testnet, derive_key
+from ..tools import (
+    POS_GETH_VERSION,
+    PRYSM_VERSION,
+    binary_version,
+    find_geth,
+    find_prysm,
+)
+from .base import Head, Helper, Placement, Repairer, Route
+from .geth import GethEndpoints, node_id
+
+if TYPE_CHECKING:
+    from ..chain import Chain
+
+__all__ = [
+    "MIN_SLOT_SECONDS",
+    "VALIDATORS_PER_NODE",
+    "GethPosAdapter",
+    "beacon_peer_id",
+    "slot_seconds",
+]
+
+#: Interop validators each validating node runs.
+VALIDATORS_PER_NODE = 8
+#: Slots per epoch: prysm's e2e networks use 6 (mainnet: 32), so finality comes
+#: after a few seconds' worth of epochs.
+SLOTS_PER_EPOCH = 6
+#: prysm v7.0.0's shortest slot: its attestation loop ticks at slot - 2 s, and a 1 s
+#: slot makes that offset negative (the beacon node panics, "invalid decreasing offsets").
+MIN_SLOT_SECONDS = 2
+#: Every block's state on disk as it is imported: a killed geth restarts where it was
+#: (the default path scheme keeps recent state in memory, and after a SIGKILL geth
+#: rewinds and snap-syncs again, which a small network can take minutes over).
+_STATE_FLAGS = ("--state.scheme", "hash")
+#: What the node's HTTP and WebSocket ports offer: the public APIs (admin is on IPC).
+_PUBLIC_APIS = "eth,net,web3,txpool"
+#: Electra reads deposits from this address's logs (nothing is deployed there).
+_DEPOSIT_CONTRACT = "0x4242424242424242424242424242424242424242"
+#: Between making the genesis and its time: every node's geth init and start-up.
+_GENESIS_LEAD = 6.0
+#: Forks after Prague that this prysm does not run; dropped from geth's dev genesis.
+_LATER_FORKS = ("osakaTime", "bogotaTime", "amsterdamTime", "verkleTime")
+
+
+def beacon_peer_id(key_hex: str) -> str:
+    """The libp2p peer id of a secp256k1 key: the identity multihash of the protobuf
+    ``PublicKey{Type: Secp256k1, Data: compressed key}``, in base58."""
+    public = PrivateKey(bytes.fromhex(key_hex)).public_key.to_compressed_bytes()
+    proto = bytes([0x08, 0x02, 0x12, len(public)]) + public
+    return _base58(bytes([0x00, len(proto)]) + proto)
+
+
+def _base58(data: bytes) -> str:
+    alphabet = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+    number = int.from_bytes(data, "big")
+    out = ""
+    while number:
+        number, digit = divmod(number, 58)
+        out = alphabet[digit] + out
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
+
+
+def _validators(node: NodeSpec) -> tuple[int, int]:
+    """(first index, count) of the node's interop validators; (0, 0) for none."""
+    first, _, count = node.identity.get("validators", "0:0").partition(":")
+    return int(first), int(count)
+
+
+class GethPosAdapter(GethEndpoints):
+    """geth + prysm nodes of one proof-of-stake network."""
+
+    name = "geth-pos"
+    evm = True
+    admin_peering = False
+    peer_roles: tuple[str, ...] = ("p2p", "beacon_p2p")
+    # libp2p tells peers every address a beacon node listens on, and prysm redials its
+    # peers at those: past the links, so a partition would heal itself within seconds.
+    own_host_roles: tuple[str, ...] = ("beacon_p2p",)
+    max_nodes = 16
+    poa = False
+    has_peers = True
+    port_roles: tuple[str, ...] = (
+        "rpc", "ws", "p2p", "authrpc", "metrics",
+        "beacon_p2p", "beacon_rpc", "beacon_http", "beacon_metrics", "validator_metrics",
+    )  # fmt: skip
+    api_ports: tuple[str, ...] = ("rpc", "ws", "metrics", "beacon_http")
+    txpool_metric: str | None = "txpool_pending"
+    image = f"chainharness/geth-pos:v{POS_GETH_VERSION}-prysm-v{PRYSM_VERSION}"
+    host_binary = False
+    #: Its image is not built yet: ``--chain-backend=docker`` is a usage error, and
+    #: ``auto`` picks processes (no such image exists).
+    backends: tuple[str, ...] = ("process",)
+    hung_restart_after: float | None = 20.0
+    stalled_peering_restart_after: float | None = None  # prysm redials its peers every 5 s
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root
+        self._genesis_lock = threading.Lock()
+        self._genesis: dict[str, bytes] | None = None
+
+    @property
+    def display_name(self) -> str:
+        return self.name
+
+    # -- binaries --------------------------------------------------------------------------
+
+    def find_binary(self, version: str | None = None, *, explicit: str | None = None) -> Path:
+        for name in ("beacon-chain", "validator", "prysmctl"):
+            find_prysm(name, self.root)  # missing prysm names the geth-pos install command
+        try:
+            return find_geth(version=version or POS_GETH_VERSION, explicit=explicit, root=self.root)
+        except ChainHarnessError as exc:
+            raise type(exc)(
+                f"{exc} (geth-pos: python -m pytest_chainharness.tools install geth-pos)"
+            ) from None
+
+    def version(self, binary: Path) -> str:
+        return binary_version(binary, ["version"], r"^Version:\s*(\S+)")
+
+    def _prysm(self, name: str) -> str:
+        return str(find_prysm(name, self.root))
+
+    # -- files -----------------------------------------------------------------------------
+
+    def write_files(
+        self, testnet: Testnet, node: NodeSpec, datadir: Path, place: Placement
+    ) -> None:
+        datadir.mkdir(parents=True, exist_ok=True)
+        # Made once per network; a node's files are rewritten (new ports) without it.
+        if not (datadir / "genesis.ssz").exists():
+            for name, data in self._network_genesis(testnet, place).items():
+                (datadir / name).write_bytes(data)
+        (datadir / "geth").mkdir(exist_ok=True)
+        (datadir / "geth" / "nodekey").write_text(node.identity["node_key"])
+        (datadir / "jwt.hex").write_text(node.identity["jwt_secret"])
+        (datadir / "beacon.key").write_text(node.identity["beacon_key"])
+        peers = [
+            f"enode://{node_id(other)}@{route.host}:{route.ports['p2p']}"
+            for other, route in _routes(testnet, node, place)
+        ]
+        listen = f"{place.listen}:{place.ports['p2p']}"
+        (datadir / "config.toml").write_text(
+            f"[Node.P2P]\nListenAddr = {json.dumps(listen)}\nStaticNodes = {json.dumps(peers)}\n"
+        )
+
+    def _network_genesis(self, testnet: Testnet, place: Placement) -> dict[str, bytes]:
+        with self._genesis_lock:
+            if self._genesis is None:
+                self._genesis = self._make_genesis(testnet, place)
+            return self._genesis
+
+    def _make_genesis(self, testnet: Testnet, place: Placement) -> dict[str, bytes]:
+        import tempfile
+
+        validators = sum(_validators(n)[1] for n in testnet.nodes)
+        with tempfile.TemporaryDirectory(prefix="chainharness-genesis-") as tmp:
+            work = Path(tmp)
+            dev = _run(
+                [place.binary, "--dev", "dumpgenesis"], "geth --dev dumpgenesis", work
+            ).stdout
+            doc = json.loads(dev)
+            config = doc["config"]
+            config["chainId"] = testnet.chain_id
+            for fork in _LATER_FORKS:
+                config.pop(fork, None)
+            for fork in ("osaka", "bogota", "amsterdam"):
+                config.get("blobSchedule", {}).pop(fork, None)
+            config["depositContractAddress"] = _DEPOSIT_CONTRACT
+            # Keep the system contracts (code), drop geth's dev account (a balance only).
+            alloc = {a: v for a, v in doc["alloc"].items() if v.get("code")}
+            for address in testnet.account_addresses():
+                alloc[address] = {"balance": hex(testnet.balance_wei)}
+            doc["alloc"] = alloc
+            doc["gasLimit"] = hex(testnet.gas_limit)
+            (work / "dev.json").write_text(json.dumps(doc))
+            (work / "config.yml").write_text(_beacon_config(testnet, validators))
+            _run(
+                [
+                    self._prysm("prysmctl"), "testnet", "generate-genesis",
+                    "--fork", "electra",
+                    "--num-validators", str(validators),
+                    "--genesis-time", str(int(time.time() + _GENESIS_LEAD)),
+                    "--chain-config-file", str(work / "config.yml"),
+                    "--geth-genesis-json-in", str(work / "dev.json"),
+                    "--geth-genesis-json-out", str(work / "genesis.json"),
+                    "--output-ssz", str(work / "genesis.ssz"),
+                ],
+                "prysmctl testnet generate-genesis",
+                work,
+            )  # fmt: skip
+            return {
+                name: (work / name).read_bytes()
+                for name in ("genesis.json", "genesis.ssz", "config.yml")
+            }
+
+    def init_command(self, place: Placement) -> list[str]:
+        return [
+            place.binary, "init", "--datadir", place.datadir, *_STATE_FLAGS,
+            f"{place.datadir}/genesis.json",
+        ]  # fmt: skip
+
+    def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
+        # Peers are dialled at their links' proxies, which keep their ports when a node
+        # moves (the proxy is retargeted): nothing to rewrite.
+        return None
+
+    # -- running ---------------------------------------------------------------------------
+
+    def command(
+        self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
+    ) -> list[str]:
+        d, host, ports = place.datadir, place.listen, place.ports
+        geth = [
+            place.binary,
+            "--datadir", d,
+            "--config", f"{d}/config.toml",
+            "--networkid", str(testnet.chain_id),
+            "--syncmode", "full", *_STATE_FLAGS, "--gcmode", "archive",
+            "--authrpc.addr", host,
+            "--authrpc.port", str(ports["authrpc"]),
+            "--authrpc.jwtsecret", f"{d}/jwt.hex",
+            "--http", "--http.addr", host, "--http.port", str(ports["rpc"]),
+            "--http.api", _PUBLIC_APIS,
+            "--http.vhosts", f"localhost,127.0.0.1,{node.name}",
+            "--ws", "--ws.addr", host, "--ws.port", str(ports["ws"]),
+            "--ws.api", _PUBLIC_APIS,
+            "--ws.origins", "http://localhost,http://127.0.0.1",
+            "--metrics", "--metrics.addr", host, "--metrics.port", str(ports["metrics"]),
+            "--nodiscover", "--nat", "none", "--netrestrict", place.netrestrict,
+            "--ipcpath", place.ipc_path,
+            "--cache", "64",
+            "--txpool.globalslots", "20000", "--txpool.accountslots", "64",
+            "--txpool.globalqueue", "4096",
+            "--rpc.txfeecap", "0",
+            "--verbosity", "3",
+        ]  # fmt: skip
+        beacon = [
+            self._prysm("beacon-chain"),
+            "--datadir", f"{d}/beacon",
+            "--accept-terms-of-use",
+            "--chain-config-file", f"{d}/config.yml",
+            "--genesis-state", f"{d}/genesis.ssz",
+            "--chain-id", str(testnet.chain_id),
+            "--network-id", str(testnet.chain_id),
+            "--contract-deployment-block", "0",
+            "--execution-endpoint", f"http://{host}:{ports['authrpc']}",
+            "--jwt-secret", f"{d}/jwt.hex",
+            # At the first start nobody is ahead to sync from (see "again" below).
+            "--min-sync-peers", "0",
+            "--no-discovery", "--bootstrap-node=",
+            # quic-go panics under Go 1.26 ("where's my session ticket?").
+            "--disable-quic",
+            "--p2p-tcp-port", str(ports["beacon_p2p"]),
+            "--p2p-local-ip", place.own_host or host,
+            "--p2p-host-ip", _host_ip(place.own_host or host),
+            "--p2p-priv-key", f"{d}/beacon.key",
+            "--subscribe-all-subnets", "--minimum-peers-per-subnet", "0",
+            "--rpc-host", host, "--rpc-port", str(ports["beacon_rpc"]),
+            "--http-host", host, "--http-port", str(ports["beacon_http"]),
+            "--monitoring-host", host, "--monitoring-port", str(ports["beacon_metrics"]),
+            "--suggested-fee-recipient", _fee_recipient(testnet),
+        ]  # fmt: skip
+        for cidr in place.refuse:
+            beacon += ["--p2p-denylist", cidr]
+        for other, route in _routes(testnet, node, place):
+            peer = other.identity["beacon_peer_id"]
+            beacon += ["--peer", f"/ip4/{route.host}/tcp/{route.ports['beacon_p2p']}/p2p/{peer}"]
+        beacon_part: dict[str, Any] = {
+            "name": "beacon",
+            "argv": beacon,
+            "wait_for": f"{host}:{ports['authrpc']}",
+        }
+        if len(testnet.nodes) > 1:
+            # Restarted, it must first sync from a peer (prysm's flag wins when repeated):
+            # following gossip alone, it would wait for every missed parent one by one.
+            beacon_part["again"] = {
+                "exists": f"{d}/beacon/beaconchaindata",
+                "args": ["--min-sync-peers", "1"],
+            }
+        parts: list[dict[str, Any]] = [{"name": "geth", "argv": geth}, beacon_part]
+        first, count = _validators(node)
+        if count:
+            validator = [
+                self._prysm("validator"),
+                "--datadir", f"{d}/validator",
+                "--accept-terms-of-use",
+                "--chain-config-file", f"{d}/config.yml",
+                "--beacon-rpc-provider", f"{host}:{ports['beacon_rpc']}",
+                "--beacon-rest-api-provider", f"http://{host}:{ports['beacon_http']}",
+                "--interop-num-validators", str(count),
+                "--interop-start-index", str(first),
+                "--monitoring-host", host,
+                "--monitoring-port", str(ports["validator_metrics"]),
+                "--suggested-fee-recipient", _fee_recipient(testnet),
+            ]  # fmt: skip
+            parts.append(
+                {
+                    "name": "validator",
+                    "argv": validator,
+                    "wait_for": f"{host}:{ports['beacon_rpc']}",
+                }
+            )
+        plan = json.dumps({"parts": parts})
+        return [sys.executable, "-m", "pytest_chainharness.clients.pos_node", plan]
+
+    def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
+        return {}
+
+    def container_ports(self) -> dict[str, int]:
+        return {
+            "rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551, "metrics": 6060,
+            "beacon_p2p": 13000, "beacon_rpc": 4000, "beacon_http": 3500,
+            "beacon_metrics": 8080, "validator_metrics": 8081,
+        }  # fmt: skip
+
+    def container_binary(self, binary: Path | None) -> str:
+        return "geth"
+
+    def container_mounts(self, datadir: Path, binary: Path | None) -> dict[Path, str]:
+        return {}
+
+    def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
+        return []
+
+    def start_sealing(self, node: NodeSpec, admin_url: str) -> None:
+        return None  # validators propose from genesis on
+
+    def seals(self, node: NodeSpec) -> bool:
+        return False
+
+    # -- identity and peers ----------------------------------------------------------------
+
+    def identity(self, seed: int, index: int, *, nodes: int, signers: int | None) -> dict[str, str]:
+        validating = nodes if signers is None else signers
+        if not 1 <= validating <= nodes:
+            raise ValueError(
+                f"geth-pos splits its validators over 1..{nodes} nodes "
+                f"({VALIDATORS_PER_NODE} each), got {validating}"
+            )
+        beacon_key = derive_key(seed, "beacon", index).hex()
+        found = {
+            "node_key": derive_key(seed, "node", index).hex(),
+            "beacon_key": beacon_key,
+            "beacon_peer_id": beacon_peer_id(beacon_key),
+            "jwt_secret": derive_key(seed, "jwt", index).hex(),
+            "validators": "0:0",
+        }
+        if index < validating:
+            found["validators"] = f"{index * VALIDATORS_PER_NODE}:{VALIDATORS_PER_NODE}"
+        return found
+
+    def peer_address(self, node: NodeSpec, host: str, ports: dict[str, int]) -> str:
+        return ""  # the node names its peers itself (write_files, command)
+
+    def peer_id(self, node: NodeSpec) -> str:
+        return node_id(node)
+
+    def add_peer(self, admin_url: str, address: str) -> None:
+        raise UnsupportedAction("client geth-pos peers through its links, not an admin API")
+
+    def remove_peer(self, admin_url: str, address: str) -> None:
+        raise UnsupportedAction("client geth-pos peers through its links, not an admin API")
+
+    def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
+        # geth waits ~35 s before redialling a static peer it failed to reach; asking
+        # again dials now. The beacon node retries its peers every 5 s by itself.
+        admin = f"ipc://{place.ipc_path}"
+        for other, route in _routes(testnet, node, place):
+            address = f"enode://{node_id(other)}@{route.host}:{route.ports['p2p']}"
+            rpc_call(admin, "admin_addPeer", [address])
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def check_ready(self, node: NodeSpec) -> None:
+        self.head(node)
+        engine = f"engine API on port {node.ports['authrpc']}, JWT in jwt.hex"
+        try:
+            syncing = self._beacon(node, "/eth/v1/node/syncing").get("data") or {}
+        except RPCError as exc:
+            raise RPCError(
+                f"{node.name}: its beacon node does not answer ({exc}); prysm opens its API "
+                f"only once it has reached its geth ({engine}): see the node's 'beacon |' lines"
+            ) from exc
+        if syncing.get("el_offline"):
+            raise RPCError(
+                f"{node.name}: its beacon node has not reached its geth (engine API on port "
+                f"{node.ports['authrpc']}): /eth/v1/node/syncing says el_offline; see the "
+                "node's 'beacon |' log lines"
+            )
+
+    def peer_count(self, node: NodeSpec) -> int:
+        # Both halves must be connected: the smaller count is the node's.
+        beacon = self._beacon(node, "/eth/v1/node/peer_count")
+        return min(super().peer_count(node), int(beacon["data"]["connected"]))
+
+    def finalized(self, node: NodeSpec) -> Head | None:
+        """The node's finalized block (None before the first one)."""
+        try:
+            block = rpc_call(
+                node.rpc_url, "eth_getBlockByNumber", ["finalized", False], timeout=2.0
+            )
+        except RPCError as exc:
+            if "not found" in str(exc).lower():
+                return None
+            raise
+        if not block or int(block["number"], 16) == 0:
+            return None
+        return Head(int(block["number"], 16), str(block["hash"]))
+
+    def _beacon(self, node: NodeSpec, path: str) -> dict[str, Any]:
+        url = f"http://{node.host}:{node.ports['beacon_http']}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=2.0) as reply:
+                found: dict[str, Any] = json.loads(reply.read())
+                return found
+        except (OSError, ValueError) as exc:
+            raise RPCError(f"{node.name} beacon node {url}: {exc}") from exc
+
+    def evm_version(self, node: NodeSpec) -> str:
+        return "prague"  # Prague/Electra from genesis, nothing later
+
+    def repairer(self, chain: Chain) -> Repairer | None:
+        return None  # fork choice settles forks by itself
+
+
+def _routes(testnet: Testnet, node: NodeSpec, place: Placement) -> list[tuple[NodeSpec, Route]]:
+    """Every other node and where ``node`` dials it."""
+    return [
+        (other, place.peer_routes.get(other.index) or Route(other.host, dict(other.ports)))
+        for other in testnet.nodes
+        if other.index != node.index
+    ]
+
+
+def slot_seconds(testnet: Testnet) -> int:
+    """The slot time: ``--chain-period``, at least ``MIN_SLOT_SECONDS``."""
+    return max(MIN_SLOT_SECONDS, testnet.period)
+
+
+def _host_ip(host: str) -> str:
+    # The beacon node's advertised address must be an IP (it is one on every backend
+    # but a name on docker's network, which is not dialled through it anyway).
+    return host if host[:1].isdigit() else "127.0.0.1"
+
+
+def _fee_recipient(testnet: Testnet) -> str:
+    return str(Account.from_key(derive_key(testnet.seed, "fee", 0)).address)
+
+
+def _beacon_config(testnet: Testnet, validators: int) -> str:
+    # Fork versions unique to this chain id: a node of another run cannot join.
+    tag = hashlib.sha256(str(testnet.chain_id).encode()).hexdigest()[:6]
+    forks = ("GENESIS", "ALTAIR", "BELLATRIX", "CAPELLA", "DENEB", "ELECTRA", "FULU")
+    lines = [
+        "CONFIG_NAME: chainharness",
+        "PRESET_BASE: 'mainnet'",
+        f"MIN_GENESIS_ACTIVE_VALIDATOR_COUNT: {validators}",
+        "GENESIS_DELAY: 0",
+        f"SECONDS_PER_SLOT: {slot_seconds(testnet)}",
+        f"SLOTS_PER_EPOCH: {SLOTS_PER_EPOCH}",
+        "TERMINAL_TOTAL_DIFFICULTY: 0",
+        f"DEPOSIT_CHAIN_ID: {testnet.chain_id}",
+        f"DEPOSIT_NETWORK_ID: {testnet.chain_id}",
+        f"DEPOSIT_CONTRACT_ADDRESS: {_DEPOSIT_CONTRACT}",
+        "ETH1_FOLLOW_DISTANCE: 1",
+    ]
+    for number, fork in enumerate(forks):
+        lines.append(f"{fork}_FORK_VERSION: 0x{number:02x}{tag}")
+        if fork == "FULU":
+            lines.append(f"{fork}_FORK_EPOCH: 18446744073709551615")
+        elif fork != "GENESIS":
+            lines.append(f"{fork}_FORK_EPOCH: 0")
+    return "\n".join(lines) + "\n"
+
+
+def _run(argv: list[str], what: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    try:
+        result = subprocess.run(
+            argv, capture_output=True, text=True, cwd=cwd, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        raise NetworkStartError(f"geth-pos genesis: `{what}` did not finish within 60s") from None
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-30:])
+        raise NetworkStartError(f"geth-pos genesis: `{what}` failed:\n{tail}")
+    return result

@@ -1,0 +1,169 @@
+"""geth-pos: current geth and prysm, proof of stake.
+
+One inner 4-node run carries the checks that need a network (a Prague contract on every
+node, finality, a 2|2 split and its heal); the bad-input runs each start (or refuse to
+start) their own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_lifecycle import assert_nothing_left
+
+pytestmark = pytest.mark.usefixtures("geth_pos_required", "mosquitto_required")
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "tests" / "contracts" / "Transient.sol"
+
+RUN = f"""
+import time
+
+import pytest
+from pytest_chainharness.contracts import unsupported_opcodes
+
+SOURCE = {str(SOURCE)!r}
+
+
+def test_a_prague_contract_runs_on_every_node(chain, bus, funded_account):
+    assert chain.client == "geth-pos"
+    built = chain.compile(SOURCE, "Transient")
+    assert built["evm_version"] == "prague"
+    code = bytes.fromhex(built["bytecode"].removeprefix("0x"))
+    # What the Clique chain (paris) cannot run, this one does.
+    assert {{"PUSH0", "TSTORE", "TLOAD"}} <= {{n for _, n, _ in unsupported_opcodes(code, "paris")}}
+    contract = chain.deploy(built, sender=funded_account)
+    chain.watch(contract, "Stored")
+    data = contract.encode_abi("bump", args=[41])
+    tx = chain.send_signed(funded_account, {{"to": contract.address, "data": data, "gas": 200000}})
+    receipts = chain.wait_for_tx(tx)
+    assert {{r["status"] for r in receipts.values()}} == {{1}}
+    for node in chain.nodes:
+        on_node = node.w3.eth.contract(address=contract.address, abi=contract.abi)
+        assert on_node.functions.stored().call() == 42, node.name
+    logs = bus.wait_for("log", lambda e: e.payload["tx"] == tx.to_0x_hex(), nodes="all")
+    assert [e.payload["args"]["value"] for e in logs] == [42] * len(chain.nodes)
+
+
+def test_blocks_are_finalized_on_every_node(chain):
+    head = chain.wait_finalized(timeout=120)
+    assert head.number >= 1
+    for node in chain.nodes:
+        assert node.w3.eth.get_block(head.number)["hash"].to_0x_hex() == head.hash, node.name
+
+
+@pytest.mark.disruptive
+def test_a_two_two_split_goes_on_without_finality_then_heals(chain):
+    before = chain.wait_finalized(timeout=120)
+    with chain.partition([0, 1], [2, 3]) as how:
+        assert how == "proxies"
+        start = chain.heads()
+        # Half the stake on each side: both propose, neither can finalize.
+        chain.wait_for_height(start["node0"].number + 3, nodes=[0, 1], timeout=60)
+        chain.wait_for_height(start["node2"].number + 3, nodes=[2, 3], timeout=60)
+        split = chain.heads()
+        assert split["node0"].hash != split["node2"].hash
+        assert split["node0"] == split["node1"] and split["node2"] == split["node3"]
+        stuck = chain.adapter.finalized(chain.testnet.nodes[0])
+    # Nothing proposed during the split was finalized.
+    assert stuck is not None and stuck.number <= max(h.number for h in start.values())
+    # Fork choice settles the heal: one chain, and finality goes on past the split.
+    chain.wait_converged(timeout=120)
+    top = max(h.number for h in split.values())
+    deadline = time.monotonic() + 240
+    while (after := chain.wait_finalized(timeout=120)).number <= top:
+        assert time.monotonic() < deadline, (after.number, top)
+        time.sleep(2)
+    assert top > before.number
+    # No lasting fork below the finalized block.
+    hashes = [
+        chain.adapter.block_hashes(chain.testnet.nodes[i], 1, after.number)
+        for i in range(len(chain.nodes))
+    ]
+    assert all(h == hashes[0] for h in hashes)
+"""
+
+
+def test_a_four_node_network_with_finality_and_a_split(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    inner.makepyfile(test_pos=RUN)
+    result = inner.runpytest_subprocess("--chain-client=geth-pos", "--chain-nodes=4", "-x")
+    result.assert_outcomes(passed=3)
+    assert "client geth-pos 1.17.10" in result.stdout.str()
+    assert_nothing_left(runs_dir)
+
+
+class TestBadInput:
+    def test_missing_binaries_name_the_install_command(
+        self,
+        inner: pytest.Pytester,
+        runs_dir: Path,
+        tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        empty = tmp_path / "no-tools"
+        empty.mkdir()
+        monkeypatch.setenv("CHAINHARNESS_TOOLS", str(empty))
+        inner.makepyfile("def test_x(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-client=geth-pos")
+        result.assert_outcomes(errors=1)
+        out = result.stdout.str()
+        assert "python -m pytest_chainharness.tools install geth-pos" in out
+        assert "beacon-chain was not found" in out
+        assert_nothing_left(runs_dir)
+
+    def test_more_nodes_than_the_validator_split_serves_is_a_usage_error(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        inner.makepyfile("def test_x(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-client=geth-pos", "--chain-nodes=17")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert "--chain-nodes=17: the geth-pos client runs at most 16 nodes" in result.stderr.str()
+        assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+
+    def test_the_docker_backend_is_refused_until_it_has_an_image(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        inner.makepyfile("def test_x(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-client=geth-pos", "--chain-backend=docker")
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        assert (
+            "--chain-backend=docker: the geth-pos client runs on the process backend only"
+            in result.stderr.str()
+        )
+
+    def test_a_beacon_node_that_never_reaches_its_geth_is_named(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        # node1's beacon node is pointed at a port nothing listens on.
+        inner.makeconftest(
+            """
+            from pytest_chainharness.clients.geth_pos import GethPosAdapter
+
+            command = GethPosAdapter.command
+
+            def broken(self, testnet, node, place, *, seal):
+                argv = command(self, testnet, node, place, seal=seal)
+                if node.index == 1:
+                    argv[-1] = argv[-1].replace(
+                        f":{place.ports['authrpc']}\\"", ":9\\"", 1
+                    )
+                return argv
+
+            GethPosAdapter.command = broken
+            """
+        )
+        inner.makeini("[pytest]\nchain_backend = process\nchain_start_timeout = 45\n")
+        inner.makepyfile("def test_x(chain):\n    pass\n")
+        result = inner.runpytest_subprocess("--chain-client=geth-pos", "--chain-nodes=2")
+        result.assert_outcomes(errors=1)
+        out = result.stdout.str()
+        # prysm opens no API before it has reached its geth: the start says so, for node1.
+        assert "node1: its beacon node does not answer" in out, out[-4000:]
+        assert "only once it has reached its geth (engine API on port" in out
+        assert "node0: its beacon node" not in out
+        assert "beacon | " in out
+        assert_nothing_left(runs_dir)
