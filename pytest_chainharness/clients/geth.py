@@ -27,10 +27,12 @@ __all__ = [
     "GethAdapter",
     "GethEndpoints",
     "genesis",
+    "geth_flags",
     "is_signer",
     "node_id",
     "signer_address",
     "signers",
+    "write_config",
 ]
 
 # Everything up to London at block 0 and nothing later: Shanghai and later forks need the
@@ -163,14 +165,14 @@ class GethAdapter(GethEndpoints):
         (datadir / "geth" / "nodekey").write_text(node.identity["node_key"])
         # The p2p listener binds to the node's own address only (geth's --port would
         # bind every address of the host): the config file is where geth takes it from.
-        _write_config(datadir, f"{place.listen}:{place.ports['p2p']}", place.peers)
+        write_config(datadir, f"{place.listen}:{place.ports['p2p']}", place.peers)
 
     def init_command(self, place: Placement) -> list[str]:
         return [place.binary, "init", "--datadir", place.datadir, f"{place.datadir}/genesis.json"]
 
     def update_peers(self, datadir: Path, peers: Sequence[str]) -> None:
         # geth >= 1.11 ignores static-nodes.json; the config file is the supported place.
-        _write_config(datadir, _listen_addr(datadir), peers)
+        write_config(datadir, _listen_addr(datadir), peers)
 
     def container_ports(self) -> dict[str, int]:
         return {"rpc": 8545, "ws": 8546, "p2p": 30303, "authrpc": 8551, "metrics": 6060}
@@ -184,72 +186,7 @@ class GethAdapter(GethEndpoints):
     def command(
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
     ) -> list[str]:
-        datadir = place.datadir
-        argv = [
-            place.binary,
-            "--datadir",
-            datadir,
-            "--config",
-            f"{datadir}/config.toml",
-            "--networkid",
-            str(testnet.chain_id),
-            "--syncmode",
-            "full",
-            "--gcmode",
-            "archive",
-            "--authrpc.addr",
-            place.listen,
-            "--authrpc.port",
-            str(place.ports["authrpc"]),
-            "--http",
-            "--http.addr",
-            place.listen,
-            "--http.port",
-            str(place.ports["rpc"]),
-            "--http.api",
-            _PUBLIC_APIS,
-            # Loopback (the published port of a container, too) and the node's own name,
-            # by which other containers of the run reach it.
-            "--http.vhosts",
-            f"localhost,127.0.0.1,{node.name}",
-            # Its own listener, beside the RPC ones: /debug/metrics/prometheus.
-            "--metrics",
-            "--metrics.addr",
-            place.listen,
-            "--metrics.port",
-            str(place.ports["metrics"]),
-            "--ws",
-            "--ws.addr",
-            place.listen,
-            "--ws.port",
-            str(place.ports["ws"]),
-            "--ws.api",
-            _PUBLIC_APIS,
-            # A browser page of any other site must not drive the node (clients that send
-            # no Origin, like the agents, are let in).
-            "--ws.origins",
-            "http://localhost,http://127.0.0.1",
-            # No discovery and no dials outside the run's own network.
-            "--nodiscover",
-            "--nat",
-            "none",
-            "--netrestrict",
-            place.netrestrict,
-            "--ipcpath",
-            place.ipc_path,
-            "--cache",
-            "64",
-            "--txpool.globalslots",
-            "20000",
-            "--txpool.accountslots",
-            "64",
-            "--txpool.globalqueue",
-            "4096",
-            "--rpc.txfeecap",
-            "0",
-            "--verbosity",
-            "3",
-        ]
+        argv = geth_flags(testnet, node, place)
         if is_signer(node):
             argv += [
                 "--miner.etherbase",
@@ -343,11 +280,83 @@ class GethAdapter(GethEndpoints):
         return CliqueUnstall(chain)
 
 
+def geth_flags(testnet: Testnet, node: NodeSpec, place: Placement) -> list[str]:
+    """The argv every geth node of the harness runs with, Clique or proof of stake: its
+    datadir and config, full sync with every block's state kept, its listeners (public
+    APIs only, loopback vhosts and origins), no discovery, its admin socket."""
+    datadir = place.datadir
+    return [
+        place.binary,
+        "--datadir",
+        datadir,
+        "--config",
+        f"{datadir}/config.toml",
+        "--networkid",
+        str(testnet.chain_id),
+        "--syncmode",
+        "full",
+        "--gcmode",
+        "archive",
+        "--authrpc.addr",
+        place.listen,
+        "--authrpc.port",
+        str(place.ports["authrpc"]),
+        "--http",
+        "--http.addr",
+        place.listen,
+        "--http.port",
+        str(place.ports["rpc"]),
+        "--http.api",
+        _PUBLIC_APIS,
+        # Loopback (the published port of a container, too) and the node's own name,
+        # by which other containers of the run reach it.
+        "--http.vhosts",
+        f"localhost,127.0.0.1,{node.name}",
+        # Its own listener, beside the RPC ones: /debug/metrics/prometheus.
+        "--metrics",
+        "--metrics.addr",
+        place.listen,
+        "--metrics.port",
+        str(place.ports["metrics"]),
+        "--ws",
+        "--ws.addr",
+        place.listen,
+        "--ws.port",
+        str(place.ports["ws"]),
+        "--ws.api",
+        _PUBLIC_APIS,
+        # A browser page of any other site must not drive the node (clients that send
+        # no Origin, like the agents, are let in).
+        "--ws.origins",
+        "http://localhost,http://127.0.0.1",
+        # No discovery and no dials outside the run's own network.
+        "--nodiscover",
+        "--nat",
+        "none",
+        "--netrestrict",
+        place.netrestrict,
+        "--ipcpath",
+        place.ipc_path,
+        "--cache",
+        "64",
+        "--txpool.globalslots",
+        "20000",
+        "--txpool.accountslots",
+        "64",
+        "--txpool.globalqueue",
+        "4096",
+        "--rpc.txfeecap",
+        "0",
+        "--verbosity",
+        "3",
+    ]
+
+
 def _signer_socket(node: NodeSpec) -> str:
     return f"{node.name}-signer.ipc"
 
 
-def _write_config(datadir: Path, listen: str, peers: Sequence[str]) -> None:
+def write_config(datadir: Path, listen: str, peers: Sequence[str]) -> None:
     (datadir / "config.toml").write_text(
         f"[Node.P2P]\nListenAddr = {json.dumps(listen)}\nStaticNodes = {json.dumps(list(peers))}\n"
     )

@@ -43,7 +43,7 @@ from ..tools import (
     find_prysm,
 )
 from .base import Head, Helper, Placement, Repairer, Route
-from .geth import GethEndpoints, node_id
+from .geth import GethEndpoints, geth_flags, node_id, write_config
 
 if TYPE_CHECKING:
     from ..chain import Chain
@@ -68,8 +68,6 @@ MIN_SLOT_SECONDS = 2
 #: (the default path scheme keeps recent state in memory, and after a SIGKILL geth
 #: rewinds and snap-syncs again, which a small network can take minutes over).
 _STATE_FLAGS = ("--state.scheme", "hash")
-#: What the node's HTTP and WebSocket ports offer: the public APIs (admin is on IPC).
-_PUBLIC_APIS = "eth,net,web3,txpool"
 #: Electra reads deposits from this address's logs (nothing is deployed there).
 _DEPOSIT_CONTRACT = "0x4242424242424242424242424242424242424242"
 #: Between making the genesis and its time: every node's geth init and start-up.
@@ -178,10 +176,7 @@ class GethPosAdapter(GethEndpoints):
             f"enode://{node_id(other)}@{route.host}:{route.ports['p2p']}"
             for other, route in _routes(testnet, node, place)
         ]
-        listen = f"{place.listen}:{place.ports['p2p']}"
-        (datadir / "config.toml").write_text(
-            f"[Node.P2P]\nListenAddr = {json.dumps(listen)}\nStaticNodes = {json.dumps(peers)}\n"
-        )
+        write_config(datadir, f"{place.listen}:{place.ports['p2p']}", peers)
 
     def _network_genesis(self, testnet: Testnet, place: Placement) -> dict[str, bytes]:
         with self._genesis_lock:
@@ -251,28 +246,9 @@ class GethPosAdapter(GethEndpoints):
     ) -> list[str]:
         d, host, ports = place.datadir, place.listen, place.ports
         geth = [
-            place.binary,
-            "--datadir", d,
-            "--config", f"{d}/config.toml",
-            "--networkid", str(testnet.chain_id),
-            "--syncmode", "full", *_STATE_FLAGS, "--gcmode", "archive",
-            "--authrpc.addr", host,
-            "--authrpc.port", str(ports["authrpc"]),
+            *geth_flags(testnet, node, place),
             "--authrpc.jwtsecret", f"{d}/jwt.hex",
-            "--http", "--http.addr", host, "--http.port", str(ports["rpc"]),
-            "--http.api", _PUBLIC_APIS,
-            "--http.vhosts", f"localhost,127.0.0.1,{node.name}",
-            "--ws", "--ws.addr", host, "--ws.port", str(ports["ws"]),
-            "--ws.api", _PUBLIC_APIS,
-            "--ws.origins", "http://localhost,http://127.0.0.1",
-            "--metrics", "--metrics.addr", host, "--metrics.port", str(ports["metrics"]),
-            "--nodiscover", "--nat", "none", "--netrestrict", place.netrestrict,
-            "--ipcpath", place.ipc_path,
-            "--cache", "64",
-            "--txpool.globalslots", "20000", "--txpool.accountslots", "64",
-            "--txpool.globalqueue", "4096",
-            "--rpc.txfeecap", "0",
-            "--verbosity", "3",
+            *_STATE_FLAGS,
         ]  # fmt: skip
         beacon = [
             self._prysm("beacon-chain"),
