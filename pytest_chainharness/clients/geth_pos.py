@@ -399,9 +399,8 @@ class GethPosAdapter(GethEndpoints):
             ) from exc
         if syncing.get("el_offline"):
             raise RPCError(
-                f"{node.name}: its beacon node has not reached its geth (engine API on port "
-                f"{node.ports['authrpc']}): /eth/v1/node/syncing says el_offline; see the "
-                "node's 'beacon |' log lines"
+                f"{node.name}: its beacon node has not reached its geth ({engine}): "
+                "/eth/v1/node/syncing says el_offline; see the node's 'beacon |' lines"
             )
 
     def peer_count(self, node: NodeSpec) -> int:
