@@ -38,10 +38,11 @@ class CliqueUnstall:
     def tick(self) -> str | None:
         """One look (at most one a second); returns what was repaired, or None.
 
-        Once every running node is connected and their heads, more than one among them,
-        have stood still for max(6 s, 5 periods), the nodes off the heaviest branch (then
-        the most common) go back to where they forked from it (debug_setHead) and import
-        it before they seal again. Never while the network is partitioned.
+        Once the running nodes' peer links join them all and their heads, more than one
+        among them, have stood still for max(6 s, 5 periods), the nodes off the heaviest
+        branch (then the most common) go back to where they forked from it
+        (debug_setHead) and import it before they seal again. Never while the network is
+        partitioned.
         """
         now = time.monotonic()
         if now - self._stall_checked < 1.0 or self.chain.provider.partitioned():
@@ -50,10 +51,12 @@ class CliqueUnstall:
         heads = self.chain.heads()
         if len(heads) < 2:
             return None
-        if not self._fully_peered(len(heads) - 1):
-            # Nodes that are not connected stand still for another reason (a heal waits
+        if not joined(self._peer_links()):
+            # Nodes cut off from the others stand still for another reason (a heal waits
             # for geth's redial), and what the losers sealed after a rewind could not
-            # reach the others yet. The stall clock starts once they are connected.
+            # reach them yet. Joined is enough, though: a block travels on through a
+            # third node, and a pair that stays apart after a heal (geth can take a
+            # minute to redial one) must not keep a deadlock standing.
             self._stall_key = ()
             return None
         key = tuple(sorted((name, head.hash) for name, head in heads.items()))
@@ -133,12 +136,41 @@ class CliqueUnstall:
                 with contextlib.suppress(RPCError):
                     self.chain.provider.start_sealing([loser.index])
 
-    def _fully_peered(self, others: int) -> bool:
-        """Whether every running node is connected to (at least) ``others`` peers."""
+    def _peer_links(self) -> dict[str, set[str]] | None:
+        """Running node → the running nodes it is connected to; None when one does not
+        answer."""
+        chain = self.chain
+        running = chain.running_nodes()
+        name_of = {chain.adapter.peer_id(node._spec): node.name for node in running}
         try:
-            return all(node.peer_count() >= others for node in self.chain.running_nodes())
+            return {
+                node.name: {
+                    name_of[key]
+                    for key in chain.adapter.connected_peers(chain.provider.admin_url(node.index))
+                    if key in name_of
+                }
+                for node in running
+            }
         except RPCError:
-            return False
+            return None
+
+
+def joined(links: dict[str, set[str]] | None) -> bool:
+    """Whether the peer links (either end's word is enough) reach every node from any."""
+    if not links:
+        return False
+    both: dict[str, set[str]] = {name: set() for name in links}
+    for name, peers in links.items():
+        for peer in peers & both.keys():
+            both[name].add(peer)
+            both[peer].add(name)
+    reached, todo = set(), [next(iter(both))]
+    while todo:
+        name = todo.pop()
+        if name not in reached:
+            reached.add(name)
+            todo.extend(both[name] - reached)
+    return reached == both.keys()
 
 
 def _total_difficulty(node: Node, block_hash: str) -> int:

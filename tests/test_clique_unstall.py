@@ -1,0 +1,186 @@
+"""geth's Clique stall repair (``clients/clique.py``): when it hands a branch over.
+
+Scripted nodes, so the shape that stood in a CI run is made on demand: two stalled
+branches after a 2|2 heal, with the pair node0-node3 not yet redialled. Every node
+could reach every other through a third, yet the repair waited for a full mesh that
+geth took more than a minute to restore, and the wait around it timed out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from pytest_chainharness._rpc import RPCError
+from pytest_chainharness.clients import clique
+from pytest_chainharness.clients.base import Head
+from pytest_chainharness.clients.clique import CliqueUnstall, joined
+
+BRANCH_A = "0x" + "a" * 64
+BRANCH_B = "0x" + "b" * 64
+
+
+@dataclass
+class FakeNode:
+    index: int
+    head_hash: str
+    weight: int
+    chain: FakeChain
+    signer: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"node{self.index}"
+
+    @property
+    def _spec(self) -> str:
+        return f"id{self.index}"
+
+    def head(self) -> Head:
+        return Head(10, self.head_hash)
+
+    def peer_count(self) -> int:
+        return sum(1 for a, _ in self.chain.links if a == self.index)
+
+    def _rpc(self, method: str, params: list[Any]) -> Any:
+        assert method == "eth_getBlockByHash"
+        return {"totalDifficulty": hex(self.weight)}
+
+
+@dataclass
+class FakeAdapter:
+    chain: FakeChain
+
+    def peer_id(self, spec: str) -> str:
+        return spec
+
+    def connected_peers(self, admin_url: str) -> set[str]:
+        index = int(admin_url)
+        if index in self.chain.silent:
+            raise RPCError("down")
+        return {f"id{b}" for a, b in self.chain.links if a == index}
+
+
+@dataclass
+class FakeChain:
+    links: set[tuple[int, int]]
+    silent: set[int] = field(default_factory=set)
+    split: list[list[int]] | None = None
+    nodes: list[FakeNode] = field(default_factory=list)
+    testnet: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(period=1))
+
+    def __post_init__(self) -> None:
+        self.adapter = FakeAdapter(self)
+        self.provider = SimpleNamespace(
+            partitioned=lambda: self.split, admin_url=lambda index: str(index)
+        )
+
+    def heads(self) -> dict[str, Head]:
+        return {n.name: n.head() for n in self.nodes}
+
+    def running_nodes(self) -> list[FakeNode]:
+        return self.nodes
+
+    def node(self, name: str) -> FakeNode:
+        return next(n for n in self.nodes if n.name == name)
+
+
+def both_ways(*pairs: tuple[int, int]) -> set[tuple[int, int]]:
+    return {p for a, b in pairs for p in ((a, b), (b, a))}
+
+
+#: A full mesh of four but the pair 0-3.
+ONE_PAIR_APART = both_ways((0, 1), (0, 2), (1, 2), (1, 3), (2, 3))
+
+
+def stalled(links: set[tuple[int, int]]) -> FakeChain:
+    """node0 and node2 on A, node1 and node3 on B (B the heavier), all standing still."""
+    chain = FakeChain(links)
+    chain.nodes = [
+        FakeNode(0, BRANCH_A, 20, chain),
+        FakeNode(1, BRANCH_B, 21, chain),
+        FakeNode(2, BRANCH_A, 20, chain),
+        FakeNode(3, BRANCH_B, 21, chain),
+    ]
+    return chain
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    now = [1000.0]
+    monkeypatch.setattr(clique, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    return now
+
+
+@pytest.fixture
+def adopted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Who took whose branch (the rewind and import themselves run on real networks)."""
+    calls: list[tuple[str, str]] = []
+
+    def adopt(self: CliqueUnstall, loser: FakeNode, winner: FakeNode, *_: int) -> None:
+        calls.append((loser.name, winner.name))
+
+    monkeypatch.setattr(CliqueUnstall, "adopt_branch", adopt)
+    return calls
+
+
+def run(repair: CliqueUnstall, clock: list[float], seconds: int) -> list[str]:
+    done = []
+    for _ in range(seconds):
+        clock[0] += 1.0
+        what = repair.tick()
+        if what is not None:
+            done.append(what)
+    return done
+
+
+def test_a_deadlock_among_joined_nodes_is_repaired_with_a_pair_apart(
+    clock: list[float], adopted: list[tuple[str, str]]
+) -> None:
+    repair = CliqueUnstall(stalled(ONE_PAIR_APART))  # type: ignore[arg-type]
+    assert run(repair, clock, 5) == []  # not yet stood still for 6 s
+    done = run(repair, clock, 3)
+    assert len(done) == 1
+    assert done[0].startswith("clique-unstall: node0, node2 took node1's"), done
+    assert adopted == [("node0", "node1"), ("node2", "node1")]  # onto the heavier B
+
+
+def test_islands_are_left_alone(clock: list[float], adopted: list[tuple[str, str]]) -> None:
+    # {0, 2} and {1, 3}: a block sealed after a rewind could not reach the other island.
+    repair = CliqueUnstall(stalled(both_ways((0, 2), (1, 3))))  # type: ignore[arg-type]
+    assert run(repair, clock, 30) == []
+    assert adopted == []
+
+
+def test_the_stall_clock_starts_when_the_nodes_are_joined(
+    clock: list[float], adopted: list[tuple[str, str]]
+) -> None:
+    chain = stalled(both_ways((0, 2), (1, 3)))
+    repair = CliqueUnstall(chain)  # type: ignore[arg-type]
+    run(repair, clock, 20)
+    chain.links |= {(2, 1)}  # one end's word is enough
+    assert run(repair, clock, 5) == []
+    assert len(run(repair, clock, 3)) == 1
+
+
+def test_a_silent_node_or_a_partition_stops_the_repair(
+    clock: list[float], adopted: list[tuple[str, str]]
+) -> None:
+    chain = stalled(ONE_PAIR_APART)
+    chain.silent = {3}
+    repair = CliqueUnstall(chain)  # type: ignore[arg-type]
+    assert run(repair, clock, 20) == []
+    chain.silent, chain.split = set(), [[0, 1], [2, 3]]
+    assert run(repair, clock, 20) == []
+    assert adopted == []
+
+
+def test_joined() -> None:
+    assert joined({"a": {"b"}, "b": set(), "c": {"b"}})
+    assert not joined({"a": {"b"}, "b": set(), "c": set()})
+    assert joined({"a": set()})
+    assert not joined({})
+    assert not joined(None)
