@@ -525,22 +525,24 @@ class Chain:
         what = f"tx {hex_hash} in one block on every node"
         return self._poll(what, check, timeout, seen=lambda: dict(blocks))
 
-    def wait_finalized(self, *, timeout: float = 120.0) -> Head:
-        """Return the lowest finalized block once every running node has finalized one
-        (proof of stake; ``UnsupportedAction`` for a client without finality)."""
-        self._some_running("a finalized block")
+    def wait_finalized(self, *, at_least: int | None = None, timeout: float = 120.0) -> Head:
+        """Return the lowest finalized block once every running node has finalized one,
+        numbered ``at_least`` or higher when given (proof of stake; ``UnsupportedAction``
+        for a client without finality)."""
+        what = "a finalized block" if at_least is None else f"block #{at_least} finalized"
+        self._some_running(what)
         found: dict[str, Head] = {}
 
         def check() -> Head | None:
             found.clear()
             for node in self.running_nodes():
                 head = self.adapter.finalized(node._spec)  # UnsupportedAction: at once
-                if head is None:
+                if head is None or (at_least is not None and head.number < at_least):
                     return None
                 found[node.name] = head
             return min(found.values(), key=lambda h: h.number) if found else None
 
-        return self._poll("a finalized block on every running node", check, timeout)
+        return self._poll(f"{what} on every running node", check, timeout)
 
     def _wait_rpc(self, nodes: Sequence[Node], *, timeout: float) -> None:
         def check() -> bool | None:

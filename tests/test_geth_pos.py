@@ -1,7 +1,7 @@
 """geth-pos: current geth and prysm, proof of stake.
 
 One inner 4-node run carries the checks that need a network (a Prague contract on every
-node, finality, a 2|2 split and its heal); the bad-input runs each start (or refuse to
+node, finality, and the shipped 2|2 split scenario); the bad-input runs each start (or refuse to
 start) their own.
 """
 
@@ -18,11 +18,9 @@ pytestmark = pytest.mark.usefixtures("geth_pos_required", "mosquitto_required")
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "tests" / "contracts" / "Transient.sol"
+SPLIT = ROOT / "scenarios" / "faults" / "geth-pos-split-2-2.yaml"
 
 RUN = f"""
-import time
-
-import pytest
 from pytest_chainharness.contracts import unsupported_opcodes
 
 SOURCE = {str(SOURCE)!r}
@@ -53,47 +51,34 @@ def test_blocks_are_finalized_on_every_node(chain):
     assert head.number >= 1
     for node in chain.nodes:
         assert node.w3.eth.get_block(head.number)["hash"].to_0x_hex() == head.hash, node.name
-
-
-@pytest.mark.disruptive
-def test_a_two_two_split_goes_on_without_finality_then_heals(chain):
-    before = chain.wait_finalized(timeout=120)
-    with chain.partition([0, 1], [2, 3]) as how:
-        assert how == "proxies"
-        start = chain.heads()
-        # Half the stake on each side: both propose, neither can finalize.
-        chain.wait_for_height(start["node0"].number + 3, nodes=[0, 1], timeout=60)
-        chain.wait_for_height(start["node2"].number + 3, nodes=[2, 3], timeout=60)
-        split = chain.heads()
-        assert split["node0"].hash != split["node2"].hash
-        assert split["node0"] == split["node1"] and split["node2"] == split["node3"]
-        stuck = chain.adapter.finalized(chain.testnet.nodes[0])
-    # Nothing proposed during the split was finalized.
-    assert stuck is not None and stuck.number <= max(h.number for h in start.values())
-    # Fork choice settles the heal: one chain, and finality goes on past the split.
-    chain.wait_converged(timeout=120)
-    top = max(h.number for h in split.values())
-    deadline = time.monotonic() + 240
-    while (after := chain.wait_finalized(timeout=120)).number <= top:
-        assert time.monotonic() < deadline, (after.number, top)
-        time.sleep(2)
-    assert top > before.number
-    # No lasting fork below the finalized block.
-    hashes = [
-        chain.adapter.block_hashes(chain.testnet.nodes[i], 1, after.number)
-        for i in range(len(chain.nodes))
-    ]
-    assert all(h == hashes[0] for h in hashes)
 """
 
 
 def test_a_four_node_network_with_finality_and_a_split(
     inner: pytest.Pytester, runs_dir: Path
 ) -> None:
+    """The split is the shipped scenario, scenarios/faults/geth-pos-split-2-2.yaml, in the
+    same run."""
     inner.makepyfile(test_pos=RUN)
-    result = inner.runpytest_subprocess("--chain-client=geth-pos", "--chain-nodes=4", "-x")
+    (inner.path / "scenarios").mkdir()
+    (inner.path / "scenarios" / SPLIT.name).write_text(SPLIT.read_text())
+    result = inner.runpytest_subprocess(
+        "--chain-client=geth-pos", "--chain-nodes=4", "-x", "-rA", "test_pos.py", "scenarios"
+    )
     result.assert_outcomes(passed=3)
     assert "client geth-pos 1.17.10" in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "*finalized #* or higher on every running node*",
+            "*partition [[][[]0, 1], [[]2, 3]] by proxies*",
+            "*nothing above #* finalized for 30s*",
+            "*node0, node1 advanced to*",
+            "*node2, node3 advanced to*",
+            "*converged at*",
+            "*finalized #* or higher on every running node*",
+            "*no lasting fork: heights *identical on 4 nodes*",
+        ]
+    )
     assert_nothing_left(runs_dir)
 
 

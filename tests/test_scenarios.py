@@ -88,6 +88,15 @@ class TestSchema:
             ),
             ("  - send: 1\n  - 42\n", r"s.yaml:4: steps\[1\]: a step is one action"),
             ("  - sleep: -1\n", r"steps\[0\].sleep.seconds: must be >= 0"),
+            # proof-of-stake conditions
+            (
+                "  - wait: {finalized: {min: soon}}\n",
+                r"s.yaml:3: steps\[0\].wait.finalized.min: expected N or \+N \(relative\)",
+            ),
+            (
+                "  - assert: {no_finality: {for: later}}\n",
+                r"steps\[0\].assert.no_finality.for: expected a number, got 'later'",
+            ),
         ],
     )
     def test_bad_steps_name_file_line_and_field(
@@ -187,6 +196,38 @@ class TestRandomFaults:
             members = sorted(i for g in fault.groups for i in g)
             assert members == [0, 1, 2, 3, 4]
             assert all(fault.groups)
+
+
+class TestNoFinality:
+    """``no_finality``: no block above the highest head at the step's start is finalized
+    while it holds (scripted finality, so both outcomes are made on demand)."""
+
+    def check(self, finalized: list[int | None], hold: float = 0.2) -> str:
+        nodes = [SimpleNamespace(name=f"node{i}", _spec=i) for i in range(len(finalized))]
+
+        def final(spec: int) -> Head | None:
+            number = finalized[spec]
+            return None if number is None else Head(number, f"0x{number:064x}")
+
+        chain: Any = SimpleNamespace(
+            running_nodes=lambda: nodes,
+            heads=lambda: {"node0": Head(20, "0x20"), "node1": Head(21, "0x21")},
+            adapter=SimpleNamespace(finalized=final),
+            status_table=lambda: "(table)",
+        )
+        unused: Any = None
+        run = runner.ScenarioRun(
+            scenario=unused, chain=chain, account=unused, bus=None, seed=0, key="k"
+        )
+        return run._no_finality(hold)
+
+    def test_finality_below_the_start_is_allowed(self) -> None:
+        # A checkpoint justified before the split may still be finalized during it.
+        assert self.check([21, None]) == "nothing above #21 finalized for 0.2s"
+
+    def test_a_block_above_the_start_finalized_fails_naming_the_node(self) -> None:
+        with pytest.raises(AssertionError, match=r"node1 finalized #22 0x0000.*after #21"):
+            self.check([12, 22])
 
 
 class TestNoFork:

@@ -290,11 +290,15 @@ class ScenarioRun:
             head = chain.wait_converged(timeout=a["timeout"])
             return f"converged at {head}"
         if kind == "height":
-            goal = a["min"]
-            if isinstance(goal, str):
-                goal = max(h.number for h in chain.heads().values()) + int(goal[1:])
+            goal = self._goal(a["min"])
             chain.wait_for_height(goal, nodes=a["nodes"], timeout=a["timeout"])
             return f"height >= {goal}"
+        if kind == "finalized":
+            at_least = None if a["min"] is None else self._goal(a["min"])
+            head = chain.wait_finalized(at_least=at_least, timeout=a["timeout"])
+            return f"finalized {head} or higher on every running node"
+        if kind == "no_finality":
+            return self._no_finality(a["for"])
         if kind == "tx_included":
             for tx in self.sent:
                 chain.wait_for_tx(tx, timeout=a["timeout"])
@@ -322,6 +326,31 @@ class ScenarioRun:
                 raise AssertionError(f"{node.name} has {count} peers, expected >= {a['min']}")
             return f"{node.name} has {count} peers"
         raise AssertionError(f"unhandled condition {kind}")
+
+    def _goal(self, value: int | str) -> int:
+        """A block number, or "+N": N above the highest head now."""
+        if isinstance(value, str):
+            return max(h.number for h in self.chain.heads().values()) + int(value[1:])
+        return value
+
+    def _no_finality(self, hold: float) -> str:
+        """For ``hold`` s, no running node finalizes a block above the highest head at the
+        start: what is proposed from now on stays unfinalized (a split without two thirds
+        of the stake on either side)."""
+        chain = self.chain
+        top = max(h.number for h in chain.heads().values())
+        deadline = time.monotonic() + hold
+        while True:
+            for node in chain.running_nodes():
+                head = chain.adapter.finalized(node._spec)  # UnsupportedAction: at once
+                if head is not None and head.number > top:
+                    raise AssertionError(
+                        f"{node.name} finalized {head}, proposed after #{top}, the highest "
+                        f"head when the step began\n{chain.status_table()}"
+                    )
+            if time.monotonic() >= deadline:
+                return f"nothing above #{top} finalized for {hold:g}s"
+            time.sleep(min(1.0, hold / 4))
 
     def _stalled(self, nodes: list[int], hold: float, within: float) -> str:
         """Wait (at most ``within`` s) for a window of ``hold`` s in which none of ``nodes``

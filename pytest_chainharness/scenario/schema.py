@@ -388,6 +388,11 @@ def _wait_or_assert(kind: str) -> Checker:
             "nodes",
         ),
         "no_fork": _with({"depth": _Field(int, default=0)}, "depth"),
+        "finalized": _with(
+            {"min": _Field((int, str), default=None), "timeout": _Field(float, default=120.0)},
+            "min",
+        ),
+        "no_finality": _with({"for": _Field(float, default=12.0)}, "for"),
         "version": _with(
             {"nodes": _Field("nodes", default=None), "contains": _Field(str, required=True)},
             "contains",
@@ -409,10 +414,10 @@ def _wait_or_assert(kind: str) -> Checker:
             )
         arg_line = getattr(value, "value_lines", {}).get(name, line)
         args = conditions[name](ctx, arg, arg_line, f"{where}.{name}")
-        if name == "height" and isinstance(args["min"], str):
+        if name in ("height", "finalized") and isinstance(args["min"], str):
             text = args["min"]
             if not (text.startswith("+") and text[1:].isdigit()):
-                raise ctx.error(arg_line, f"{where}.height.min", "expected N or +N (relative)")
+                raise ctx.error(arg_line, f"{where}.{name}.min", "expected N or +N (relative)")
         return {"condition": name, **args}
 
     check.__name__ = kind
