@@ -16,7 +16,7 @@ import pytest
 from ._errors import ChainHarnessError
 from .clients import CLIENTS, SPEC_CLIENTS, available_clients, get_client
 from .clients.spec import ClientSpec, ClientSpecError, find_spec_binary, is_spec_path, load_spec
-from .providers import BACKENDS, default_image
+from .providers import BACKENDS, backend_refused, default_image
 
 __all__ = ["Settings", "add_options", "read_settings"]
 
@@ -266,12 +266,10 @@ def read_settings(config: pytest.Config) -> Settings:
     backend = str(backend or "auto")
     if backend not in BACKENDS:
         raise pytest.UsageError(f"{where}={backend!r}: choose one of: {', '.join(BACKENDS)}")
-    runs_on = getattr(clients.get(client), "backends", BACKENDS)
-    if backend != "auto" and backend not in runs_on:
-        raise pytest.UsageError(
-            f"{where}={backend}: the {client} client runs on the "
-            f"{' and '.join(b for b in runs_on if b != 'auto')} backend only"
-        )
+    adapter_class = clients.get(client)
+    refused = backend_refused(backend, client, adapter_class.backends) if adapter_class else None
+    if refused is not None:
+        raise pytest.UsageError(f"{where}={backend}: {refused}")
     if backend == "docker" and not _attaching(config):
         from ._docker import engine_status
 

@@ -20,6 +20,10 @@ beside every node. It publishes, on ``chainharness/<run>/events/<kind>/<node>``:
   ABI, block, block_hash, tx, log_index; published with the block that holds it, so a
   log of a block a reorg replaced is published again with the block that stays. Once a
   watch covers everything up to the node's head the agent says so with ``watching``.
+- ``beacon_head`` (with ``--beacon URL``, a proof-of-stake node's beacon API) each time
+  the beacon node's head changes: slot, root.
+- ``finalized`` (with ``--beacon``) each time the execution client's finalized block
+  changes: number, hash (the block ``Chain.wait_finalized`` reads).
 
 All at QoS 1. While the broker is down paho keeps what is published in its queue and
 sends it after reconnecting, so a broker restart loses no event. Every event the agent
@@ -64,6 +68,9 @@ REORG_DEPTH = 128
 PEERS_EVERY = 0.5
 #: How often a node without a head subscription (a client spec's) is asked for its head.
 PROBE_EVERY = 0.1
+#: How often a proof-of-stake node's beacon head and finalized block are read (a slot is
+#: 2 s at least: every head is seen).
+BEACON_EVERY = 0.5
 
 
 def script_path() -> str:
@@ -410,6 +417,27 @@ class Agent:
                 del self.published[height]
             self.stop.wait(PROBE_EVERY)
 
+    # -- a proof-of-stake node: its beacon head, and finality ---------------------------
+
+    def follow_beacon(self) -> None:
+        head_root: str | None = None
+        finalized: str | None = None
+        while not self.stop.is_set():
+            with contextlib.suppress(RPCError, KeyError, TypeError, ValueError):
+                data = http_json(f"{self.args.beacon}/eth/v1/beacon/headers/head")["data"]
+                if data["root"] != head_root:
+                    slot = int(data["header"]["message"]["slot"])
+                    self.publish("beacon_head", {"slot": slot, "root": str(data["root"])})
+                    head_root = data["root"]
+            # Before the first finalized block geth answers "not found" (or the genesis).
+            with contextlib.suppress(RPCError, KeyError, TypeError, ValueError):
+                block = self.rpc("eth_getBlockByNumber", ["finalized", False])
+                number = int(block["number"], 16)
+                if number > 0 and block["hash"] != finalized:
+                    self.publish("finalized", {"number": number, "hash": str(block["hash"])})
+                    finalized = block["hash"]
+            self.stop.wait(BEACON_EVERY)
+
     def peer_count(self) -> int:
         if self.args.probe is not None:
             return int(self.ask("peers")["count"])
@@ -444,6 +472,8 @@ class Agent:
         ]
         if self.args.probe is None:
             threads.append(threading.Thread(target=self.watch_contracts, daemon=True))
+        if self.args.beacon:
+            threads.append(threading.Thread(target=self.follow_beacon, daemon=True))
         for thread in threads:
             thread.start()
         try:
@@ -492,6 +522,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--probe", type=json.loads, help="JSON: the head (and peers) probes of a client spec"
     )
+    parser.add_argument("--beacon", help="a proof-of-stake node's beacon API URL (with --rpc)")
     parser.add_argument("--broker", required=True, help="HOST:PORT")
     parser.add_argument("--user")
     parser.add_argument("--password", help="default: $CHAINHARNESS_BUS_PASSWORD")
@@ -502,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.probe is None and not (args.rpc and args.ws):
         parser.error("give --rpc and --ws, or --probe")
+    if args.beacon and not args.rpc:
+        parser.error("--beacon needs --rpc (the finalized block is the execution client's)")
     if args.probe is not None and "peers" not in args.probe:
         args.peers = False
     args.host, _, port = args.broker.rpartition(":")

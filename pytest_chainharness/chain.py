@@ -247,6 +247,8 @@ class Chain:
         blocks the wait saw; timeouts show its last events; ``transfer`` publishes a
         ``tx`` event; every fault is published as a ``fault`` event."""
         self.bus = bus
+        for kind in self.adapter.event_kinds:  # a wait_for may come before the first one
+            bus.register_kind(kind)
         self.action_listeners.append(
             lambda node, action: bus.publish(
                 "fault", {"action": action}, node=None if node == "*" else node

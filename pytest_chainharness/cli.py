@@ -34,7 +34,7 @@ from ._testnet import random_seed
 from .chain import Chain
 from .clients import available_clients, get_client
 from .clients.spec import find_spec_binary, is_spec_path, load_spec
-from .providers import BACKENDS, attach_provider, default_image
+from .providers import BACKENDS, attach_provider, backend_refused, default_image
 
 __all__ = ["main"]
 
@@ -240,6 +240,10 @@ def _up(args: argparse.Namespace) -> int:
                 find_spec_binary(spec, root=Path.cwd())
     except (ValueError, ChainHarnessError) as exc:
         print(f"chainharness: --chain-client={args.chain_client}: {exc}")
+        return 2
+    refused = backend_refused(backend, adapter.display_name, adapter.backends)
+    if refused is not None:
+        print(f"chainharness: --chain-backend={backend}: {refused}")
         return 2
     if args.chain_nodes > adapter.max_nodes:
         plural = "s" if adapter.max_nodes > 1 else ""

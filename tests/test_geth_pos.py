@@ -8,6 +8,8 @@ start) their own.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,11 +48,20 @@ def test_a_prague_contract_runs_on_every_node(chain, bus, funded_account):
     assert [e.payload["args"]["value"] for e in logs] == [42] * len(chain.nodes)
 
 
-def test_blocks_are_finalized_on_every_node(chain):
+def test_blocks_are_finalized_on_every_node(chain, bus):
     head = chain.wait_finalized(timeout=120)
     assert head.number >= 1
     for node in chain.nodes:
         assert node.w3.eth.get_block(head.number)["hash"].to_0x_hex() == head.hash, node.name
+    # Every agent announces it, and its beacon node's head.
+    final = bus.wait_for(
+        "finalized", lambda e: e.payload["number"] >= head.number, nodes="all", timeout=10
+    )
+    for event in final:
+        block = chain.node(event.node).w3.eth.get_block(event.payload["number"])
+        assert block["hash"].to_0x_hex() == event.payload["hash"], event
+    beacon = bus.wait_for("beacon_head", nodes="all", timeout=10)
+    assert all(e.payload["slot"] > 0 and e.payload["root"].startswith("0x") for e in beacon)
 """
 
 
@@ -63,10 +74,18 @@ def test_a_four_node_network_with_finality_and_a_split(
     (inner.path / "scenarios").mkdir()
     (inner.path / "scenarios" / SPLIT.name).write_text(SPLIT.read_text())
     result = inner.runpytest_subprocess(
-        "--chain-client=geth-pos", "--chain-nodes=4", "-x", "-rA", "test_pos.py", "scenarios"
+        "--chain-client=geth-pos",
+        "--chain-nodes=4",
+        "--chain-backend=auto",
+        "-x",
+        "-rA",
+        "test_pos.py",
+        "scenarios",
     )
     result.assert_outcomes(passed=3)
     assert "client geth-pos 1.17.10" in result.stdout.str()
+    # auto does not look for an engine or an image for it.
+    assert "backend process (auto: client geth-pos runs on processes only)" in result.stdout.str()
     result.stdout.fnmatch_lines(
         [
             "*finalized #* or higher on every running node*",
@@ -79,6 +98,41 @@ def test_a_four_node_network_with_finality_and_a_split(
             "*no lasting fork: heights *identical on 4 nodes*",
         ]
     )
+    assert_nothing_left(runs_dir)
+
+
+def _cli(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    chainharness = str(Path(sys.executable).parent / "chainharness")
+    return subprocess.run(
+        [chainharness, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_chainharness_up_attach_status_and_down(inner: pytest.Pytester, runs_dir: Path) -> None:
+    """A network brought up outside pytest (for a load test or by hand), attached to by a
+    session, then taken down: nothing of it is left."""
+    up = _cli(inner.path, "up", "--chain-client=geth-pos", "--chain-nodes=2")
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        assert "2 node(s) up on process" in up.stdout
+        state = inner.path / ".chainharness" / "state.json"
+        inner.makepyfile(
+            """
+            def test_attached(chain):
+                assert chain.client == "geth-pos"
+                assert len(chain.nodes) == 2
+                head = chain.wait_finalized(timeout=120)
+                chain.wait_for_height(head.number + 2, timeout=30)
+            """
+        )
+        result = inner.runpytest_subprocess(f"--chain-attach={state}")
+        result.assert_outcomes(passed=1)
+        status = _cli(inner.path, "status")
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "node1  running" in status.stdout
+    finally:
+        down = _cli(inner.path, "down")
+    assert down.returncode == 0, down.stdout + down.stderr
     assert_nothing_left(runs_dir)
 
 
@@ -120,6 +174,14 @@ class TestBadInput:
             "--chain-backend=docker: the geth-pos client runs on the process backend only"
             in result.stderr.str()
         )
+        # chainharness up says the same, before anything starts.
+        up = _cli(inner.path, "up", "--chain-client=geth-pos", "--chain-backend=docker")
+        assert up.returncode == 2, up.stdout + up.stderr
+        assert (
+            "--chain-backend=docker: the geth-pos client runs on the process backend only"
+            in up.stdout
+        )
+        assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
 
     def test_a_beacon_node_that_never_reaches_its_geth_is_named(
         self, inner: pytest.Pytester, runs_dir: Path

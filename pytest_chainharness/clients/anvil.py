@@ -29,6 +29,8 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
     admin_peering = False
     peer_roles: tuple[str, ...] = ()
     own_host_roles: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ("docker", "process")
+    event_kinds: tuple[str, ...] = ()
     max_nodes = 1
     poa = False
     has_peers = False

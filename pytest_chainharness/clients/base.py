@@ -226,6 +226,12 @@ class ClientAdapter(Protocol):
     stalled_peering_restart_after: float | None
     #: The docker backend's image when ``--chain-image`` names none.
     image: str
+    #: Event kinds its nodes' agents publish beyond the harness's (``block``, ``peers``,
+    #: ``health``): geth-pos's ``beacon_head`` and ``finalized``.
+    event_kinds: tuple[str, ...]
+    #: The backends its nodes run on (of "docker", "process"): another one asked for is
+    #: a usage error, and ``--chain-backend=auto`` picks among these.
+    backends: tuple[str, ...]
     #: The metric (as ``metrics_url`` names it) counting a node's pending transactions:
     #: the run report's txpool picture; None: the client has no such metric.
     txpool_metric: str | None

@@ -129,6 +129,8 @@ class GethAdapter(GethEndpoints):
     admin_peering = True
     peer_roles: tuple[str, ...] = ("p2p",)
     own_host_roles: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ("docker", "process")
+    event_kinds: tuple[str, ...] = ()
     max_nodes = 64
     poa = True
     has_peers = True

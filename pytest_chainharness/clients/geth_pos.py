@@ -124,6 +124,7 @@ class GethPosAdapter(GethEndpoints):
     #: Its image is not built yet: ``--chain-backend=docker`` is a usage error, and
     #: ``auto`` picks processes (no such image exists).
     backends: tuple[str, ...] = ("process",)
+    event_kinds: tuple[str, ...] = ("beacon_head", "finalized")
     # Not restarted while it starts: a beacon node opens its API only after its start-up
     # (KZG set-up, genesis state), which took more than 20 s on a loaded CI machine; a
     # restart then made it a restarted node, waiting for a peer to sync from (CI of
@@ -407,6 +408,11 @@ class GethPosAdapter(GethEndpoints):
         # Both halves must be connected: the smaller count is the node's.
         beacon = self._beacon(node, "/eth/v1/node/peer_count")
         return min(super().peer_count(node), int(beacon["data"]["connected"]))
+
+    def agent_args(self, node: NodeSpec) -> list[str]:
+        # The agent also follows the beacon node: beacon_head and finalized events.
+        beacon = f"http://{node.host}:{node.ports['beacon_http']}"
+        return [*super().agent_args(node), "--beacon", beacon]
 
     def finalized(self, node: NodeSpec) -> Head | None:
         """The node's finalized block (None before the first one)."""

@@ -65,6 +65,8 @@ class SpecAdapter(NoAdminPeers):
     evm = False
     admin_peering = False
     own_host_roles: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ("docker", "process")
+    event_kinds: tuple[str, ...] = ()
 
     def __init__(self, spec: ClientSpec, root: Path | None = None, name: str = "") -> None:
         self.spec = spec

@@ -23,6 +23,15 @@ __all__ = [
 BACKENDS = ("auto", "docker", "process")
 
 
+def backend_refused(requested: str, client: str, runs_on: tuple[str, ...]) -> str | None:
+    """Why ``client``, whose adapter names the backends it ``runs_on``, cannot run on the
+    ``requested`` backend; None when it can (``auto`` always can)."""
+    if requested == "auto" or requested in runs_on:
+        return None
+    plural = "s" if len(runs_on) > 1 else ""
+    return f"the {client} client runs on the {' and '.join(runs_on)} backend{plural} only"
+
+
 def default_image(client: str, root: Path | None = None) -> str:
     """The docker image for ``client`` when ``--chain-image`` names none (its adapter's:
     the local image ``chainharness images build`` makes, or a spec's ``image:``)."""
@@ -40,6 +49,8 @@ def resolve_backend(
         return "process", "requested with --chain-backend=process"
     if requested == "docker":
         return "docker", f"requested with --chain-backend=docker, image {image}"
+    if adapter is not None and "docker" not in adapter.backends:
+        return "process", f"auto: client {adapter.display_name} runs on processes only"
     if adapter is not None and adapter.host_binary:
         return "process", (
             f"auto: client {adapter.display_name} runs the host's binary "
