@@ -425,6 +425,9 @@ class LaggingBus:
     def publish(self, kind: str, payload: dict[str, object], *, node: str | None = None) -> None:
         pass
 
+    def register_kind(self, kind: str) -> None:
+        pass  # a client's own kinds (geth-pos's finalized): nothing waits on them here
+
 
 class TestOneViewWithTheBus:
     """Waits return only once the bus has announced what they saw (issue: the RPC view ran
