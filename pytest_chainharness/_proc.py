@@ -6,9 +6,11 @@ import contextlib
 import ctypes
 import os
 import signal
+import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = [
     "RUN_MARKER",
@@ -16,6 +18,7 @@ __all__ = [
     "find_marked",
     "kill_pids",
     "pid_state",
+    "run_bounded",
 ]
 
 #: Environment variable set on every process the harness starts; its value is the run id,
@@ -106,3 +109,39 @@ def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float 
             break
         time.sleep(0.01)
     return sorted(pending)
+
+
+def run_bounded(
+    argv: Sequence[str], *, timeout: float, input: str | bytes | None = None, **popen: Any
+) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run(argv, capture_output=True, timeout=...)`` that really ends at the
+    timeout: the command runs in its own session and the whole group is killed then.
+
+    subprocess.run kills only its child, then reads the pipes to their end; a wrapper
+    script whose own child hangs (``#!/bin/sh`` + ``sleep``) holds them open, and the
+    call lasted as long as that child (and left it running). ``TimeoutExpired`` carries
+    what the command printed until then.
+    """
+    if input is None and "stdin" not in popen:
+        popen["stdin"] = subprocess.DEVNULL
+    elif input is not None:
+        popen["stdin"] = subprocess.PIPE
+    with subprocess.Popen(
+        list(argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        **popen,
+    ) as proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

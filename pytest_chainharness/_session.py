@@ -568,11 +568,14 @@ def start_network(
             image=settings.image,
             owner=owner_label(owner) if owner else owner_label(0).replace(":0", ":kept"),
         )
-        version_of = None
+        client_version = None
     else:
         binary = adapter.find_binary(explicit=settings.binary)
+        # Before anything starts: a binary that cannot say its version (a wrapper that
+        # hangs, the wrong file) is ToolNotFound naming the command, not a node that
+        # later hangs in its init until the start timeout.
+        client_version = adapter.version(binary)
         provider = ProcessProvider(testnet, adapter, run_dir=run_dir, run_id=run_id, binary=binary)
-        version_of = binary
     if keep_provider is not None:
         keep_provider(provider)
     if before_launch is not None:
@@ -589,7 +592,7 @@ def start_network(
             record["services"] = start_services(provider, specs).to_dict()
         record["bus"] = _start_bus(settings, provider, adapter, backend, run_dir, run_id)
         record["client_version"] = (
-            adapter.version(version_of) if version_of is not None else provider.client_version(0)
+            client_version if client_version is not None else provider.client_version(0)
         )
     except BaseException:
         provider.teardown()

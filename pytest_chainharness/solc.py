@@ -8,10 +8,10 @@ installed the package with npm.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 from typing import Any
 
+from ._proc import run_bounded
 from .tools import SOLC_VERSION, find_solc
 
 __all__ = ["compile_contract"]
@@ -47,9 +47,7 @@ def compile_contract(
     command = [*argv, "--standard-json", "--base-path", str(source.parent)]
     if includes:
         command += ["--include-path", *includes]
-    done = subprocess.run(
-        command, input=json.dumps(request), capture_output=True, text=True, timeout=TIMEOUT
-    )
+    done = run_bounded(command, input=json.dumps(request), text=True, timeout=TIMEOUT)
     # solcjs may print a note ("Cannot retry compilation with SMT …") before the JSON.
     text = done.stdout[done.stdout.find("{") :] if "{" in done.stdout else ""
     try:

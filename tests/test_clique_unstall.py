@@ -18,6 +18,8 @@ from pytest_chainharness._rpc import RPCError
 from pytest_chainharness.clients import clique
 from pytest_chainharness.clients.base import Head
 from pytest_chainharness.clients.clique import CliqueUnstall, joined
+from pytest_chainharness.providers._peering import AdminPeering
+from pytest_chainharness.providers.base import NodeState
 
 BRANCH_A = "0x" + "a" * 64
 BRANCH_B = "0x" + "b" * 64
@@ -35,10 +37,6 @@ class FakeNode:
     def name(self) -> str:
         return f"node{self.index}"
 
-    @property
-    def _spec(self) -> str:
-        return f"id{self.index}"
-
     def head(self) -> Head:
         return Head(10, self.head_hash)
 
@@ -54,8 +52,8 @@ class FakeNode:
 class FakeAdapter:
     chain: FakeChain
 
-    def peer_id(self, spec: str) -> str:
-        return spec
+    def peer_id(self, spec: SimpleNamespace) -> str:
+        return f"id{spec.index}"
 
     def connected_peers(self, admin_url: str) -> set[str]:
         index = int(admin_url)
@@ -70,13 +68,15 @@ class FakeChain:
     silent: set[int] = field(default_factory=set)
     split: list[list[int]] | None = None
     nodes: list[FakeNode] = field(default_factory=list)
-    testnet: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(period=1))
+    testnet: SimpleNamespace = field(
+        default_factory=lambda: SimpleNamespace(
+            period=1, nodes=[SimpleNamespace(index=i, name=f"node{i}") for i in range(4)]
+        )
+    )
 
     def __post_init__(self) -> None:
         self.adapter = FakeAdapter(self)
-        self.provider = SimpleNamespace(
-            partitioned=lambda: self.split, admin_url=lambda index: str(index)
-        )
+        self.provider = FakeProvider(self)
 
     def heads(self) -> dict[str, Head]:
         return {n.name: n.head() for n in self.nodes}
@@ -86,6 +86,24 @@ class FakeChain:
 
     def node(self, name: str) -> FakeNode:
         return next(n for n in self.nodes if n.name == name)
+
+
+class FakeProvider(AdminPeering):
+    """The real peer-link reading (``AdminPeering.peer_links``) over scripted nodes."""
+
+    def __init__(self, chain: FakeChain) -> None:
+        self.chain = chain
+        self.testnet = chain.testnet  # type: ignore[assignment]
+        self.adapter = chain.adapter  # type: ignore[assignment]
+
+    def state(self, index: int) -> NodeState:
+        return NodeState.RUNNING
+
+    def admin_url(self, index: int) -> str:
+        return str(index)
+
+    def partitioned(self) -> list[list[int]] | None:
+        return self.chain.split
 
 
 def both_ways(*pairs: tuple[int, int]) -> set[tuple[int, int]]:

@@ -378,7 +378,12 @@ def test_indexer_service_example(inner: pytest.Pytester, runs_dir: Path) -> None
         "--chain-nodes=2",
         f"--chain-services={example / 'services.yaml'}",
         f"--rootdir={inner.path}",
+        "--chain-keep-logs",
     )
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["*services from*services.yaml*"])
     assert_nothing_left(runs_dir)
+    # Kept logs carry what the services said (a run that failed keeps the same).
+    (kept,) = (inner.path / ".chainharness" / "failed").glob("ch-*")
+    text = (kept / "logs" / "service-indexer.log").read_text()
+    assert "indexer: following http://node0:8545, serving on :8080" in text

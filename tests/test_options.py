@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
+
+from pytest_chainharness._proc import alive, run_bounded
 
 PASSING = """
 def test_nothing():
@@ -118,7 +121,8 @@ class TestCheckedBeforeAnythingStarts:
         self, inner: pytest.Pytester
     ) -> None:
         hangs = inner.path / "geth"
-        hangs.write_text("#!/bin/sh\nsleep 60\n")
+        # A wrapper whose own child hangs: that child holds the output pipes open.
+        hangs.write_text(f"#!/bin/sh\nsleep 60 &\necho $! >> {inner.path}/children\nwait\n")
         hangs.chmod(0o755)
         inner.makepyfile(
             """
@@ -134,6 +138,12 @@ class TestCheckedBeforeAnythingStarts:
         assert "INTERNALERROR" not in out + result.stderr.str()
         result.stdout.fnmatch_lines(["*client geth NOT FOUND: `*geth version` did not finish*"])
         result.assert_outcomes(passed=1, errors=1)
+        # The session's error is the same check, made before any node is laid out.
+        result.stdout.fnmatch_lines(["*ToolNotFound: `*geth version` did not finish within 10s"])
+        assert " init " not in out
+        children = [int(p) for p in (inner.path / "children").read_text().split()]
+        assert children
+        assert [pid for pid in children if alive(pid)] == []
 
     def test_an_init_that_hangs_is_infra_within_the_start_timeout(
         self, inner: pytest.Pytester
@@ -325,3 +335,17 @@ class TestClientEntryPoints:
         result.stderr.fnmatch_lines(
             ["*client 'mygeth' (no_such_module:Adapter, entry point group*does not load*"]
         )
+
+
+def test_a_bounded_command_ends_at_its_timeout_with_its_whole_group(tmp_path: Path) -> None:
+    """subprocess.run's timeout kills the child only, then waits for the pipes: behind a
+    wrapper script that was the hanging grandchild's whole lifetime."""
+    script = tmp_path / "wrapper"
+    script.write_text(f"#!/bin/sh\necho started\nsleep 30 &\necho $! > {tmp_path}/child\nwait\n")
+    script.chmod(0o755)
+    with pytest.raises(subprocess.TimeoutExpired) as caught:
+        run_bounded([str(script)], text=True, timeout=1)
+    assert "started" in str(caught.value.stdout)
+    assert not alive(int((tmp_path / "child").read_text()))
+    done = run_bounded(["sh", "-c", "cat; echo err >&2; exit 3"], input="in", text=True, timeout=5)
+    assert (done.returncode, done.stdout, done.stderr) == (3, "in", "err\n")

@@ -139,20 +139,15 @@ class CliqueUnstall:
     def _peer_links(self) -> dict[str, set[str]] | None:
         """Running node → the running nodes it is connected to; None when one does not
         answer."""
-        chain = self.chain
-        running = chain.running_nodes()
-        name_of = {chain.adapter.peer_id(node._spec): node.name for node in running}
-        try:
-            return {
-                node.name: {
-                    name_of[key]
-                    for key in chain.adapter.connected_peers(chain.provider.admin_url(node.index))
-                    if key in name_of
-                }
-                for node in running
-            }
-        except RPCError:
+        links = self.chain.provider.peer_links()
+        if any(peers is None for peers in links.values()):
             return None
+        name = {node.index: node.name for node in self.chain.testnet.nodes}
+        return {
+            name[index]: {name[other] for other in peers if other in links}
+            for index, peers in links.items()
+            if peers is not None
+        }
 
 
 def joined(links: dict[str, set[str]] | None) -> bool:

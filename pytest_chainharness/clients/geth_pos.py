@@ -33,6 +33,7 @@ from eth_account import Account
 from eth_keys.datatypes import PrivateKey
 
 from .._errors import ChainHarnessError, NetworkStartError, UnsupportedAction
+from .._proc import run_bounded
 from .._rpc import RPCError, rpc_call
 from .._testnet import NodeSpec, Testnet, derive_key
 from ..tools import (
@@ -496,9 +497,7 @@ def _beacon_config(testnet: Testnet, validators: int) -> str:
 
 def _run(argv: list[str], what: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     try:
-        result = subprocess.run(
-            argv, capture_output=True, text=True, cwd=cwd, timeout=60, stdin=subprocess.DEVNULL
-        )
+        result = run_bounded(argv, text=True, cwd=cwd, timeout=60)
     except subprocess.TimeoutExpired:
         raise NetworkStartError(f"geth-pos genesis: `{what}` did not finish within 60s") from None
     if result.returncode != 0:

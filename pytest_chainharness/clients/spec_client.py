@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import NetworkStartError, ToolNotFound, UnsupportedAction
+from .._proc import run_bounded
 from .._rpc import RPCError, dig, http_json
 from .._testnet import NodeSpec, Testnet
 from ._files import edit_file
@@ -117,7 +118,7 @@ class SpecAdapter(NoAdminPeers):
             return "unknown"
         argv = self._argv(self.spec.version, str(binary), {})
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            done = run_bounded(argv, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired):
             return "unknown"
         return _first_line(done) or "unknown"
@@ -294,7 +295,7 @@ class SpecAdapter(NoAdminPeers):
                 raise RPCError(f"tcp {host}:{port}: {exc}") from exc
         else:
             argv = self._argv(value, str(self.find_binary()), values)
-            done = subprocess.run(argv, capture_output=True, timeout=10)
+            done = run_bounded(argv, timeout=10)
             if done.returncode != 0:
                 raise RPCError(f"`{shlex.join(argv)}` exited with {done.returncode}")
         self.head(node)
@@ -408,15 +409,7 @@ class SpecAdapter(NoAdminPeers):
 def _on_host(
     argv: list[str], cwd: Path, env: dict[str, str], timeout: float
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        argv,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        env={**os.environ, **env},
-    )
+    return run_bounded(argv, cwd=cwd, text=True, timeout=timeout, env={**os.environ, **env})
 
 
 def _first_line(done: subprocess.CompletedProcess[str]) -> str:

@@ -80,20 +80,26 @@ class AdminPeering:
         return "peers"
 
     def _crossing_peers(self, group_of: dict[int, int]) -> list[tuple[int, int]]:
+        return [
+            (index, other)
+            for index, peers in self.peer_links().items()
+            for other in peers or ()
+            if group_of.get(other) != group_of.get(index)
+        ]
+
+    def peer_links(self) -> dict[int, set[int] | None]:
         index_of = {self.adapter.peer_id(n): n.index for n in self.testnet.nodes}
-        crossing = []
+        links: dict[int, set[int] | None] = {}
         for node in self.testnet.nodes:
             if self.state(node.index) is not NodeState.RUNNING:
                 continue
             try:
                 ids = self.adapter.connected_peers(self.admin_url(node.index))
             except RPCError:
+                links[node.index] = None
                 continue
-            for key in ids:
-                other = index_of.get(key)
-                if other is not None and group_of.get(other) != group_of.get(node.index):
-                    crossing.append((node.index, other))
-        return crossing
+            links[node.index] = {index_of[key] for key in ids if key in index_of}
+        return links
 
     def heal(self) -> None:
         self._save_partition(None)

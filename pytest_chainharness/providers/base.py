@@ -82,6 +82,11 @@ class Provider(Protocol):
         node's HTTP and WebSocket ports offer tests the public APIs only."""
         ...
 
+    def peer_links(self) -> dict[int, set[int] | None]:
+        """Running node → the nodes its client reports connected (by the adapter's
+        ``connected_peers``); None for a node whose admin channel did not answer."""
+        ...
+
     def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
         """Let the given signers (all by default) seal; nodes always start without sealing."""
         ...

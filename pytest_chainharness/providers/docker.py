@@ -408,6 +408,27 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             out.write(f"=== chainharness: container {container.name} ({self.node_image(index)})\n")
             out.write(text)
 
+    def _save_service_logs(self) -> None:
+        """Each service container's output into ``logs/service-NAME.log``: a failed run's
+        kept logs must show what the services beside the chain said, too."""
+        try:
+            containers = self._client.containers.list(
+                all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}
+            )
+        except docker.errors.DockerException:
+            return
+        for container in containers:
+            role = (container.labels or {}).get(LABEL_ROLE, "")
+            if not role.startswith("service:"):
+                continue
+            try:
+                text = container.logs().decode(errors="replace")
+            except docker.errors.DockerException:
+                continue
+            path = self.run_dir / "logs" / f"service-{role.removeprefix('service:')}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(f"=== chainharness: container {container.name}\n{text}")
+
     def _remove_container(self, index: int) -> None:
         container = self._container(index)
         if container is not None:
@@ -623,6 +644,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         if self.testnet.nodes:
             with ThreadPoolExecutor(max_workers=min(16, len(self.testnet.nodes))) as pool:
                 list(pool.map(self._save_logs, range(len(self.testnet.nodes))))
+        self._save_service_logs()
         remove_run(self.run_id, self._client)
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
         self.stop_helpers()

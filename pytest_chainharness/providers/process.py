@@ -27,7 +27,7 @@ from typing import Any
 
 from .._errors import ChainHarnessError, NetworkStartError
 from .._ports import PortAllocator
-from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state
+from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state, run_bounded
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
 from ._helpers import HelperHost
@@ -130,9 +130,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         if not init:
             return
         try:
-            result = subprocess.run(
-                init, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-            )
+            result = run_bounded(init, text=True, timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             out = (exc.stdout or b"") + (exc.stderr or b"")
             text = out.decode(errors="replace") if isinstance(out, bytes) else str(out)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import ToolNotFound
+from .._proc import run_bounded
 
 __all__ = [
     "ANVIL_VERSION",
@@ -641,18 +642,12 @@ def _output(binary: Path, argv: Sequence[str], timeout: float) -> str:
     not finish within ``timeout`` seconds is a ToolNotFound naming the command."""
     command = " ".join([str(binary), *argv])
     try:
-        out = subprocess.run(
-            [str(binary), *argv],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-        )
+        out = run_bounded([str(binary), *argv], text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise ToolNotFound(f"`{command}` did not finish within {timeout:g}s") from None
     except OSError as exc:
         raise ToolNotFound(f"`{command}` cannot run: {exc.strerror or exc}") from None
-    return out.stdout + out.stderr
+    return str(out.stdout) + str(out.stderr)
 
 
 def _reports(binary: Path, argv: Sequence[str], text: str, timeout: float = 30.0) -> bool:

@@ -23,6 +23,8 @@ PORT = int(os.environ.get("PORT", "8080"))
 
 head: dict[str, object] = {}
 tx_blocks: dict[str, int] = {}
+#: number → hash of every block indexed, so a replaced block is noticed.
+indexed: list[str] = []
 lock = threading.Lock()
 
 
@@ -33,19 +35,36 @@ def rpc(method: str, params: list[object]) -> object:
         return json.loads(reply.read())["result"]
 
 
+def catch_up() -> None:
+    """Index every block up to the node's head, following reorganisations.
+
+    A block at the tip can be replaced by another of the same height (two signers sealed
+    at once, or a fork healed): the next block's parent then is not the one indexed, and
+    the replaced blocks are dropped and indexed again from the node's canonical chain.
+    """
+    latest = int(str(rpc("eth_blockNumber", [])), 16)
+    while len(indexed) <= latest:
+        number = len(indexed)
+        block = rpc("eth_getBlockByNumber", [hex(number), False])
+        if not isinstance(block, dict):
+            return  # the head moved back under us; the next round starts from there
+        with lock:
+            if number and block["parentHash"] != indexed[-1]:
+                dropped = indexed.pop()
+                print(f"indexer: block {number - 1} {dropped[:10]} was replaced", flush=True)
+                for tx in [t for t, n in tx_blocks.items() if n == number - 1]:
+                    del tx_blocks[tx]
+                continue
+            for tx in block["transactions"]:
+                tx_blocks[tx] = number
+            indexed.append(block["hash"])
+            head.update(number=number, hash=block["hash"])
+
+
 def follow() -> None:
-    indexed = -1
     while True:
         try:
-            latest = int(str(rpc("eth_blockNumber", [])), 16)
-            while indexed < latest:
-                block = rpc("eth_getBlockByNumber", [hex(indexed + 1), False])
-                assert isinstance(block, dict)
-                with lock:
-                    for tx in block["transactions"]:
-                        tx_blocks[tx] = indexed + 1
-                    head.update(number=indexed + 1, hash=block["hash"])
-                indexed += 1
+            catch_up()
         except OSError as exc:
             print(f"indexer: node unreachable: {exc}", flush=True)
         except Exception as exc:  # a half-read or odd answer must not end the follow loop
