@@ -528,14 +528,19 @@ class TestExposure:
             ws.send(json.dumps(request))
             reply = json.loads(ws.recv(timeout=5))
         assert "signs Clique headers only" in reply["error"]["message"], reply
-        # And every signer's key still seals: each is in turn once every N blocks.
-        window = 3 * len(chain.nodes)
-        chain.wait_for_height(window, timeout=120)
-        sealers = {
-            str(chain.nodes[0]._admin("clique_getSigner", [hex(h)])).lower()
-            for h in range(1, window + 1)
-        }
-        assert sealers == {signer_address(n).lower() for n in signers(chain.testnet)}
+        # And every signer's key still seals, in blocks from now on. Not in a fixed
+        # window: a geth that starts a moment after its peers discards their blocks
+        # while it thinks it is syncing and sits on its own lost block 1 until its
+        # 10 s sync (a CI run under load), missing each of its turns in blocks 1-12.
+        expected = {signer_address(n).lower() for n in signers(chain.testnet)}
+        number = chain.nodes[0].head().number
+        sealers: set[str] = set()
+        deadline = time.monotonic() + 90
+        while sealers != expected and time.monotonic() < deadline:
+            number += 1
+            chain.wait_for_height(number, nodes=[0], timeout=30)
+            sealers.add(str(chain.nodes[0]._admin("clique_getSigner", [hex(number)])).lower())
+        assert sealers == expected
 
     def test_the_admin_channel_is_a_socket_only_its_user_may_open(self, chain: Chain) -> None:
         import stat
