@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -165,6 +165,16 @@ class NoAdminPeers:
 
     def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
         return None  # it dials the peers its command line names, or has none
+
+    def before_restart(
+        self,
+        testnet: Testnet,
+        node: NodeSpec,
+        datadir: Path,
+        place: Placement,
+        peer_admin: Mapping[int, str],
+    ) -> None:
+        return None
 
     def _no_admin_api(self) -> UnsupportedAction:
         name = getattr(self, "display_name", type(self).__name__)
@@ -337,6 +347,19 @@ class ClientAdapter(Protocol):
         """Make a running node dial every peer it was started with (``place``: as it
         was started), for a client without ``admin_peering``; ``RPCError`` when it does
         not answer."""
+        ...
+
+    def before_restart(
+        self,
+        testnet: Testnet,
+        node: NodeSpec,
+        datadir: Path,
+        place: Placement,
+        peer_admin: Mapping[int, str],
+    ) -> None:
+        """Called just before a node that has run starts again (a restart, an upgrade,
+        a retry on fresh ports), with the admin URL of every other running node: for a
+        client whose peers must change what they know of it. Nothing for most clients."""
         ...
 
     def connected_peers(self, admin_url: str) -> set[str]:

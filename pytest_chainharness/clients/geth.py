@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -214,6 +214,16 @@ class GethAdapter(GethEndpoints):
 
     def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
         return None  # admin peering: the provider asks add_peer for each peer instead
+
+    def before_restart(
+        self,
+        testnet: Testnet,
+        node: NodeSpec,
+        datadir: Path,
+        place: Placement,
+        peer_admin: Mapping[int, str],
+    ) -> None:
+        return None
 
     def add_peer(self, admin_url: str, address: str) -> None:
         rpc_call(admin_url, "admin_addPeer", [address])

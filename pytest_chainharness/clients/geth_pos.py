@@ -18,6 +18,7 @@ with, so every link goes through the harness's proxies on the process backend (s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -25,7 +26,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,11 +175,8 @@ class GethPosAdapter(GethEndpoints):
         (datadir / "geth" / "nodekey").write_text(node.identity["node_key"])
         (datadir / "jwt.hex").write_text(node.identity["jwt_secret"])
         (datadir / "beacon.key").write_text(node.identity["beacon_key"])
-        peers = [
-            f"enode://{node_id(other)}@{route.host}:{route.ports['p2p']}"
-            for other, route in _routes(testnet, node, place)
-        ]
-        write_config(datadir, f"{place.listen}:{place.ports['p2p']}", peers)
+        listen = f"{place.listen}:{place.ports['p2p']}"
+        write_config(datadir, listen, _dialled(testnet, node, place))
 
     def _network_genesis(self, testnet: Testnet, place: Placement) -> dict[str, bytes]:
         with self._genesis_lock:
@@ -379,13 +377,31 @@ class GethPosAdapter(GethEndpoints):
     def remove_peer(self, admin_url: str, address: str) -> None:
         raise UnsupportedAction("client geth-pos peers through its links, not an admin API")
 
+    def before_restart(
+        self,
+        testnet: Testnet,
+        node: NodeSpec,
+        datadir: Path,
+        place: Placement,
+        peer_admin: Mapping[int, str],
+    ) -> None:
+        # The restarted node takes over the dialling of every pair it is in (see
+        # _dialled): it dials all its peers at once, where a peer that used to dial it
+        # would only come back on its own redial clock, up to 35 s later. Its peers drop
+        # it from their static lists first, so each pair keeps one dialler; a peer that is
+        # stopped now does the same for its own pairs when it starts again.
+        peers = [address for _, address in _peer_enodes(testnet, node, place)]
+        write_config(datadir, f"{place.listen}:{place.ports['p2p']}", peers)
+        me = f"enode://{node_id(node)}@{node.host}:{node.ports['p2p']}"  # matched by id
+        for admin_url in peer_admin.values():
+            with contextlib.suppress(RPCError):  # it may stop meanwhile
+                rpc_call(admin_url, "admin_removePeer", [me])
+
     def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
-        # geth waits ~35 s before redialling a static peer it failed to reach; asking
-        # again dials now. The beacon node retries its peers every 5 s by itself.
-        admin = f"ipc://{place.ipc_path}"
-        for other, route in _routes(testnet, node, place):
-            address = f"enode://{node_id(other)}@{route.host}:{route.ports['p2p']}"
-            rpc_call(admin, "admin_addPeer", [address])
+        # The beacon node retries its peers every 5 s; geth redials a static peer on its
+        # own clock (35 s after the last dial), and asking again for a static peer
+        # changes nothing. Adding one more dialler would bring back the race above.
+        return None
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -443,6 +459,28 @@ class GethPosAdapter(GethEndpoints):
 
     def repairer(self, chain: Chain) -> Repairer | None:
         return None  # fork choice settles forks by itself
+
+
+def _dialled(testnet: Testnet, node: NodeSpec, place: Placement) -> list[str]:
+    """The enodes of the node's static peers: only those with a higher index.
+
+    One dialler per pair. geth has no tie-break for two connections between the same
+    two nodes: when both dial at once, each side keeps the one that finished its
+    handshake first, and when those differ both are dropped. Each side then redials 35 s
+    after its own dial, so the two stay in step and the pair can miss each other for
+    minutes; a partition, which cuts both sides in the same instant, is what puts them
+    in step. With one side dialling, the other accepts. A node that starts again takes
+    its pairs over (``before_restart``).
+    """
+    return [address for other, address in _peer_enodes(testnet, node, place) if other > node.index]
+
+
+def _peer_enodes(testnet: Testnet, node: NodeSpec, place: Placement) -> list[tuple[int, str]]:
+    """(index, enode as ``node`` dials it) of every other node."""
+    return [
+        (other.index, f"enode://{node_id(other)}@{route.host}:{route.ports['p2p']}")
+        for other, route in _routes(testnet, node, place)
+    ]
 
 
 def _routes(testnet: Testnet, node: NodeSpec, place: Placement) -> list[tuple[NodeSpec, Route]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from .._errors import UnsupportedAction
 from .._rpc import RPCError
@@ -36,6 +37,9 @@ class AdminPeering:
         raise NotImplementedError
 
     def admin_url(self, index: int) -> str:
+        raise NotImplementedError
+
+    def datadir(self, index: int) -> Path:
         raise NotImplementedError
 
     def _place(self, index: int) -> Placement:
@@ -123,6 +127,18 @@ class AdminPeering:
         for other in self.testnet.nodes:
             if other.index != index:
                 self._peer(index, True, self.enode(other.index))
+
+    def _before_restart(self, index: int) -> None:
+        """Tell the client that node ``index``, which has run, is about to start again."""
+        others = {
+            other.index: self.admin_url(other.index)
+            for other in self.testnet.nodes
+            if other.index != index and self.state(other.index) is NodeState.RUNNING
+        }
+        node = self.testnet.nodes[index]
+        self.adapter.before_restart(
+            self.testnet, node, self.datadir(index), self._place(index), others
+        )
 
     def _peer(self, index: int, add: bool, address: str) -> None:
         """Make node ``index`` add (or drop) the peer at ``address``, if it is running."""

@@ -286,8 +286,11 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         ]
 
     def start(self, index: int) -> None:
-        if self.state(index) in (NodeState.RUNNING, NodeState.PAUSED):
+        was = self.state(index)
+        if was in (NodeState.RUNNING, NodeState.PAUSED):
             return
+        if was is not NodeState.NEW:
+            self._before_restart(index)
         self.shared.record(index, intent="running")
         existing = self._container(index)
         if existing is not None:

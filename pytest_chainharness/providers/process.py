@@ -149,8 +149,11 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             self.start(index)
 
     def start(self, index: int) -> None:
-        if self.state(index) in (NodeState.RUNNING, NodeState.PAUSED):
+        was = self.state(index)
+        if was in (NodeState.RUNNING, NodeState.PAUSED):
             return
+        if was is not NodeState.NEW:
+            self._before_restart(index)
         node = self.testnet.nodes[index]
         binary = self._binary(index)
         # Never seal from the first moment: a signer that seals on a stale head forks the
