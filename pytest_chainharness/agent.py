@@ -87,7 +87,13 @@ class Agent:
         self.run, self.node = args.run, args.node
         self.stop = threading.Event()
         self.last_number = -1
+        #: Height → the hash last published there (kept above a reorg, to name what a
+        #: later block at that height ``replaces``).
         self.published: dict[int, str] = {}
+        #: The branch as the bus sees it now: each publish at a height takes what was
+        #: announced above it out (a reorg onto a shorter branch orphans it), so a block
+        #: taken again later is news again.
+        self.announced: dict[int, str] = {}
         #: The height of the first head this agent published (-1 before it).
         self.first_number = -1
         self.client = mqtt.Client(
@@ -194,9 +200,9 @@ class Agent:
         while True:
             block = branch[-1]
             height = int(block["number"], 16)
-            if self.published.get(height) == block["hash"] and (
+            if self.announced.get(height) == block["hash"] and (
                 height <= self.last_number
-                or self.published.get(height - 1) in (None, block["parentHash"])
+                or self.announced.get(height - 1) in (None, block["parentHash"])
             ):
                 # Published before, and so was its parent: nothing new from here on.
                 # Also above our last head: a node that rewound to an ancestor (geth
@@ -215,7 +221,7 @@ class Agent:
                 branch.pop()
                 break
             if height - 1 <= self.last_number:
-                below = self.published.get(height - 1)
+                below = self.announced.get(height - 1)
                 if below is None or below == block["parentHash"]:
                     break
             parent = self.rpc("eth_getBlockByHash", [block["parentHash"], False])
@@ -239,6 +245,9 @@ class Agent:
             logs = self.watched_logs({"blockHash": block["hash"]}) if self.watches else []
             self.publish("block", payload)
             self.published[height] = block["hash"]
+            self.announced[height] = block["hash"]
+            for above in [h for h in self.announced if h > height]:
+                del self.announced[above]
             if self.first_number < 0:
                 self.first_number = height
             self.publish_logs(logs)
@@ -248,6 +257,7 @@ class Agent:
         self.last_number = int(head["number"], 16)
         for height in [h for h in self.published if abs(h - self.last_number) > REORG_DEPTH]:
             del self.published[height]
+            self.announced.pop(height, None)
         if len(self._published_logs) > 4096:
             old = [k for k, n in self._published_logs.items() if n < self.last_number - REORG_DEPTH]
             for key in old:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,6 +153,25 @@ def test_a_reorg_onto_a_shorter_branch(node: ScriptedNode, agent: RecordingAgent
     node.canonical[3:] = [f"0xa-{h}" for h in range(3, 7)]
     agent.publish_blocks_up_to(node.head)
     assert published(agent)[-4:] == [(h, f"0xa-{h}") for h in range(3, 7)]
+
+
+def test_a_branch_left_and_taken_again_is_published_again_from_the_fork(
+    node: ScriptedNode, agent: RecordingAgent
+) -> None:
+    """The bus suite on Clique (processes): node3 published 118 and 119, then a sibling
+    118 of its own (a shorter branch), was killed, came back on the first 118 and then
+    imported 120. The agent published 118 again but not 119, which the sibling had taken
+    out of the bus's view, so node3's history went 118, 120."""
+    advance(node, agent, "a", 0, 1)
+    advance(node, agent, "a", 1, 4)  # a-2..a-5
+    advance(node, agent, "b", 3, 1)  # b-4 replaces a-4; the head is 4
+    node.canonical[4:] = ["0xa-4"]  # back onto a, at its 4 first
+    agent.publish_blocks_up_to(node.head)
+    node.canonical.append("0xa-5")
+    advance(node, agent, "a", 5, 1)  # a-6, on a-5
+    assert published(agent)[-3:] == [(4, "0xa-4"), (5, "0xa-5"), (6, "0xa-6")]
+    for before, after in itertools.pairwise(agent.events):
+        assert after["number"] - before["number"] == 1 or "replaces" in after, (before, after)
 
 
 def test_a_rewind_to_an_ancestor_then_new_blocks(node: ScriptedNode, agent: RecordingAgent) -> None:

@@ -1,9 +1,11 @@
-"""geth-pos execution-layer peering, without a network: each pair of nodes has one
-dialler, and a node that starts again takes its pairs over (``before_restart``).
+"""One dialler per pair of geth nodes, without a network.
 
-What it prevents is shown on real networks by the geth-pos integration suite
-(tests/test_matrix.py): a 2|2 split that heals, and a killed node that must converge
-within 30 s of its start.
+geth keeps no tie-break between two connections of one pair: when both nodes dial each
+other at once it can drop both, and both redial 35 s after that same moment, in step
+again (docs/pos.md). So geth-pos's static lists name each pair once and a node that
+starts again takes its pairs over (``before_restart``), and a client-level heal asks
+only one node of each pair to dial. The real networks that showed it: the 2|2 splits of
+tests/test_geth_pos.py and tests/test_chain.py.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ import pytest
 from pytest_chainharness._ports import PortAllocator
 from pytest_chainharness._testnet import Testnet, build_testnet
 from pytest_chainharness.clients.base import Placement
-from pytest_chainharness.clients.geth import node_id, write_config
+from pytest_chainharness.clients.geth import GethAdapter, node_id, write_config
 from pytest_chainharness.clients.geth_pos import GethPosAdapter, _dialled
+from pytest_chainharness.providers._peering import AdminPeering
 
 
 @pytest.fixture
@@ -112,3 +115,27 @@ def test_a_restarted_node_dials_every_peer_and_its_peers_stop_dialling_it(
         ("admin_removePeer", f"enode://{node_id(node)}"),
     ]
     assert {port for port, _, _ in calls} == {int(u.rsplit(":", 1)[1]) for u in urls}
+
+
+class HealOnly(AdminPeering):
+    """AdminPeering's heal over recorded admin calls."""
+
+    def __init__(self, testnet: Testnet) -> None:
+        self.testnet = testnet
+        self.adapter = GethAdapter()  # Clique: partitions through admin_removePeer
+        self.calls: list[tuple[int, bool, str]] = []
+
+    def _save_partition(self, groups: list[list[int]] | None) -> None:
+        return None
+
+    def enode(self, index: int) -> str:
+        return f"node{index}"
+
+    def _peer(self, index: int, add: bool, address: str) -> None:
+        self.calls.append((index, add, address))
+
+
+def test_a_heal_asks_one_node_of_each_pair_to_dial(testnet: Testnet) -> None:
+    provider = HealOnly(testnet)
+    provider.heal()
+    assert sorted(provider.calls) == [(a, True, f"node{b}") for a, b in combinations(range(4), 2)]
