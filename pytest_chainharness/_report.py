@@ -146,6 +146,19 @@ class ReportRecorder:
             }
         )
 
+    def sample_now(self) -> None:
+        """One sample of the running phase, at once: an interrupt can end a test before
+        the sampler's first tick, and its picture is then this last state of the network."""
+        with self._lock:
+            test, phase, sampled = self._test, self._phase, self._sampled
+        chain = self._chain_of()
+        if test is None or not sampled or chain is None:
+            return
+        try:
+            self._sample(chain, test, phase)
+        except Exception as exc:  # a sample lost must never fail the run
+            self._write({"kind": "sample_error", "test": test, "error": repr(exc)})
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -334,6 +347,10 @@ class ReportPlugin:
             allure.attach.file(  # type: ignore[no-untyped-call]
                 str(picture.path), name=picture.title, attachment_type=allure.attachment_type.PNG
             )
+
+    def pytest_keyboard_interrupt(self, excinfo: pytest.ExceptionInfo[BaseException]) -> None:
+        # Before the session's teardown: the network still answers.
+        self.recorder.sample_now()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> Any:

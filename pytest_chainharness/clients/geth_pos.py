@@ -261,8 +261,6 @@ class GethPosAdapter(GethEndpoints):
             "--contract-deployment-block", "0",
             "--execution-endpoint", f"http://{host}:{ports['authrpc']}",
             "--jwt-secret", f"{d}/jwt.hex",
-            # At the first start nobody is ahead to sync from (see "again" below).
-            "--min-sync-peers", "0",
             "--no-discovery", "--bootstrap-node=",
             # quic-go panics under Go 1.26 ("where's my session ticket?").
             "--disable-quic",
@@ -278,20 +276,27 @@ class GethPosAdapter(GethEndpoints):
         ]  # fmt: skip
         for cidr in place.refuse:
             beacon += ["--p2p-denylist", cidr]
-        for other, route in _routes(testnet, node, place):
-            peer = other.identity["beacon_peer_id"]
-            beacon += ["--peer", f"/ip4/{route.host}/tcp/{route.ports['beacon_p2p']}/p2p/{peer}"]
+        peers = [
+            f"/ip4/{route.host}/tcp/{route.ports['beacon_p2p']}/p2p/{other.identity['beacon_peer_id']}"
+            for other, route in _routes(testnet, node, place)
+        ]
+        first_start = ["--min-sync-peers", "0"]  # nobody is ahead to sync from yet
+        for peer in peers:
+            first_start += ["--peer", peer]
         beacon_part: dict[str, Any] = {
             "name": "beacon",
             "argv": beacon,
+            "first": first_start,
             "wait_for": f"{host}:{ports['authrpc']}",
         }
-        if len(testnet.nodes) > 1:
-            # Restarted, it must first sync from a peer (prysm's flag wins when repeated):
-            # following gossip alone, it would wait for every missed parent one by one.
+        if peers:
+            # Restarted, it must first sync from a peer: following gossip alone, it would
+            # wait for every missed parent one by one. Its peers come through the API
+            # once it serves, not as --peer (pos_node._trust_peers says why).
             beacon_part["again"] = {
                 "exists": f"{d}/beacon/beaconchaindata",
                 "args": ["--min-sync-peers", "1"],
+                "trust": {"api": f"http://{host}:{ports['beacon_http']}", "peers": peers},
             }
         parts: list[dict[str, Any]] = [{"name": "geth", "argv": geth}, beacon_part]
         first, count = _validators(node)

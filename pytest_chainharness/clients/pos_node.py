@@ -18,10 +18,18 @@ Standard library only: it runs inside the node's container as well.
 
 Usage: ``python -m pytest_chainharness.clients.pos_node PLAN`` where the plan is the
 JSON ``{"parts": [{"name": "geth", "argv": [...]}, ...]}``, started in that order. A
-part may say ``"again": {"exists": PATH, "args": [...]}``: arguments added when PATH
-exists, i.e. on every start after its first (only the node sees its own datadir); and
-``"wait_for": "HOST:PORT"``: it starts once that port accepts connections (the part
-before it serves), so it reaches it at its first try instead of at its retry backoff.
+part may say:
+
+- ``"again": {"exists": PATH, "args": [...]}``: arguments added when PATH exists, i.e.
+  on every start after its first (only the node sees its own datadir);
+- ``"first": [...]``: arguments only for the first start (every start without
+  ``again``);
+- ``"again": {..., "trust": {"api": URL, "peers": [MULTIADDR, ...]}}``: on a start after
+  the first, once the beacon API at URL answers, each peer is added to the beacon node's
+  trusted peers (``POST /prysm/node/trusted_peers``), which it then dials on its own
+  reconnect tick;
+- ``"wait_for": "HOST:PORT"``: it starts once that port accepts connections (the part
+  before it serves), so it reaches it at its first try instead of at its retry backoff.
 """
 
 from __future__ import annotations
@@ -35,6 +43,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from typing import IO, Any
 
 __all__ = ["main"]
@@ -67,6 +77,44 @@ def _copy(name: str, stream: IO[bytes], out: IO[bytes], lock: threading.Lock) ->
         with lock:
             out.write(prefix + line)
             out.flush()
+
+
+def _trust_peers(
+    name: str,
+    api: str,
+    peers: list[str],
+    stopping: threading.Event,
+    *,
+    out: IO[bytes],
+    lock: threading.Lock,
+) -> None:
+    """Give a restarted beacon node its peers once it serves its API.
+
+    prysm dials its ``--peer`` list as its p2p service starts, seconds before its sync
+    service handles new connections: such a connection never sends its status, its peer
+    drops it after 10 s ("did not update"), and the node waits that long, and another
+    reconnect tick, before it can sync. Peers trusted through the API are dialled on the
+    next tick, by then with the status exchange that sync needs.
+    """
+    deadline = time.monotonic() + _WAIT_FOR
+    pending = list(peers)
+    while pending and not stopping.is_set() and time.monotonic() < deadline:
+        addr = pending[0]
+        request = urllib.request.Request(
+            f"{api}/prysm/node/trusted_peers",
+            data=json.dumps({"addr": addr}).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2.0):
+                pending.pop(0)
+        except (OSError, urllib.error.HTTPError):
+            time.sleep(0.2)  # not serving yet
+    note = "trusted its peers" if not pending else f"could not trust {len(pending)} peer(s)"
+    with lock:
+        out.write(f"chainharness | {name} {note} ({api})\n".encode())
+        out.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,8 +155,12 @@ def main(argv: list[str] | None = None) -> int:
             out.flush()
         argv = [str(a) for a in part["argv"]]
         again = part.get("again")
+        trust: dict[str, Any] | None = None
         if again and os.path.exists(again["exists"]):
-            argv += [str(a) for a in again["args"]]
+            argv += [str(a) for a in again.get("args", ())]
+            trust = again.get("trust")
+        else:
+            argv += [str(a) for a in part.get("first", ())]
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -122,6 +174,13 @@ def main(argv: list[str] | None = None) -> int:
         copier = threading.Thread(target=_copy, args=(name, proc.stdout, out, lock), daemon=True)
         copier.start()
         copiers.append(copier)
+        if trust:
+            threading.Thread(
+                target=_trust_peers,
+                args=(name, str(trust["api"]), [str(a) for a in trust["peers"]], stopping),
+                kwargs={"out": out, "lock": lock},
+                daemon=True,
+            ).start()
     status = 0
     while not stopping.is_set():
         ended = [(name, proc.returncode) for name, proc in parts if proc.poll() is not None]
