@@ -23,19 +23,26 @@ from urllib.parse import unquote, urlsplit
 
 from ._errors import ChainHarnessError, ToolNotFound
 from ._ports import PortAllocator
-from ._proc import RUN_MARKER
+from ._proc import RUN_MARKER, hand_over
 
 __all__ = [
     "BrokerEndpoint",
     "check_reachable",
     "parse_bus_url",
     "reap_children",
+    "release_children",
     "start_local_broker",
 ]
 
 #: Broker and agent processes this process started: kept referenced until reaped, since a
 #: Popen collected while its process runs is a ResourceWarning (an error under -W error).
 _CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def release_children() -> None:
+    """Drop the handles on brokers and agents that keep running for the run's owner to
+    stop (this process is a worker that did not start the run's teardown)."""
+    hand_over(_CHILDREN)
 
 
 def reap_children() -> None:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ __all__ = [
     "RUN_MARKER",
     "become_subreaper",
     "find_marked",
+    "hand_over",
     "kill_pids",
     "pid_state",
     "run_bounded",
@@ -26,6 +28,18 @@ __all__ = [
 RUN_MARKER = "CHAINHARNESS_RUN"
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def hand_over(*handles: list[Any] | dict[Any, Any]) -> None:
+    """Drop this process's ``Popen`` handles (the lists and dicts that hold them) on
+    children that keep running for the run's owner to stop, e.g. at an xdist worker's
+    end. A ``Popen`` collected before it was waited for warns that its process is still
+    running (an error under ``-W error``); here that is the point, and the interpreter
+    still reaps each one that exits while it lives."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        for held in handles:
+            held.clear()
 
 
 def pid_state(pid: int) -> str | None:

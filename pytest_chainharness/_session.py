@@ -30,7 +30,7 @@ from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim, claim_attach
 from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from ._files import STATE_FILES, redact_file, write_private
 from ._options import Settings
-from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, kill_pids
+from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, hand_over, kill_pids
 from ._rpc import RPCError
 from ._start import launch
 from ._testnet import Testnet, build_testnet, random_seed
@@ -453,6 +453,7 @@ class ChainSession:
         """Stop everything this run started (owner only; never an attached network)."""
         self.close()
         if not self.owner or self.settings.attach is not None:
+            self._release()
             return
         record = self._read()
         if record is not None and record.get("status") == "up":
@@ -475,6 +476,23 @@ class ChainSession:
         # The logs stay for a few runs; the keys and the bus password do not.
         for name in STATE_FILES:
             redact_file(self.run.run_dir / name)
+
+    def leave(self) -> None:
+        """The end of a session that does not own the network (an xdist worker): close,
+        and leave what this process started running for the owner to stop."""
+        self.close()
+        self._release()
+
+    def _release(self) -> None:
+        # Dropped without waiting: an attached run's own owner, or this run's, stops them.
+        from ._broker import release_children
+
+        release_children()
+        if self._provider is not None:
+            self._provider.release()
+        held = [self._watchdog]
+        self._watchdog = None
+        hand_over(held)
 
 
 def _binary_version(session: ChainSession, s: Settings) -> str:

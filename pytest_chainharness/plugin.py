@@ -82,7 +82,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if workerinput is not None and "chainharness_run_id" in workerinput:
         run = RunInfo.from_workerinput(workerinput)
         session = ChainSession(settings, run, owner=False, root=config.rootpath)
-        config.add_cleanup(session.close)
+        config.add_cleanup(session.leave)
     else:
         run = RunInfo.new(settings)
         session = ChainSession(settings, run, owner=True, root=config.rootpath)

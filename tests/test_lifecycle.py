@@ -71,10 +71,16 @@ class TestWholeRuns:
         self, inner: pytest.Pytester, runs_dir: Path
     ) -> None:
         inner.makepyfile(test_example=EXAMPLES)
-        result = inner.runpytest_subprocess("-n", "2", "--chain-nodes=4", "-p", "no:cacheprovider")
+        result = inner.runpytest_subprocess(
+            "-n", "2", "--chain-nodes=4", "-p", "no:cacheprovider", "-W", "error::ResourceWarning"
+        )
         result.assert_outcomes(passed=3)
         (_run,) = runs_dir.iterdir()  # one run directory: one network for both workers
         assert_nothing_left(runs_dir)
+        # A worker leaves the network it started to the run's owner: it drops its
+        # handles on those processes without a warning that they still run.
+        out = result.stdout.str() + result.stderr.str()
+        assert "is still running" not in out, out[-3000:]
 
     def test_workers_get_disjoint_accounts(self, inner: pytest.Pytester, runs_dir: Path) -> None:
         inner.makepyfile(

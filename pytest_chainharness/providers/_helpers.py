@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .._errors import NetworkStartError
-from .._proc import RUN_MARKER, find_marked, kill_pids
+from .._proc import RUN_MARKER, find_marked, hand_over, kill_pids
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter
 from ._state import RunState
@@ -109,3 +109,7 @@ class HelperHost:
 
     def stop_helpers(self) -> None:
         stop_helpers(self.shared, self.run_id)
+
+    def release_helpers(self) -> None:
+        """Drop this process's handles on helpers that keep running for another to stop."""
+        hand_over(_STARTED)

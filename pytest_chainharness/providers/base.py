@@ -188,6 +188,11 @@ class Provider(Protocol):
         """Stop every node and remove every datadir; safe to call twice."""
         ...
 
+    def release(self) -> None:
+        """Drop this process's handles on the network's processes, which keep running:
+        another process (the run's owner) stops them."""
+        ...
+
     def describe(self) -> dict[str, Any]:
         """JSON-serialisable state from which another process can attach."""
         ...

@@ -653,6 +653,10 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         self.stop_helpers()
         remove_admin_dir(self.run_id)
 
+    def release(self) -> None:
+        # The containers need no handle; the host's helpers do.
+        self.release_helpers()
+
     def close(self) -> None:
         self._client.close()
 

@@ -27,7 +27,15 @@ from typing import Any
 
 from .._errors import ChainHarnessError, NetworkStartError
 from .._ports import PortAllocator
-from .._proc import RUN_MARKER, alive, find_marked, kill_pids, pid_state, run_bounded
+from .._proc import (
+    RUN_MARKER,
+    alive,
+    find_marked,
+    hand_over,
+    kill_pids,
+    pid_state,
+    run_bounded,
+)
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement
 from ._helpers import HelperHost
@@ -331,6 +339,10 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
         self.stop_helpers()
         remove_admin_dir(self.run_id)
+
+    def release(self) -> None:
+        hand_over(self._children)
+        self.release_helpers()
 
     def describe(self) -> dict[str, Any]:
         return {
