@@ -147,8 +147,8 @@ class ReportRecorder:
         )
 
     def sample_now(self) -> None:
-        """One sample of the running phase, at once: an interrupt can end a test before
-        the sampler's first tick, and its picture is then this last state of the network."""
+        """One sample of the running phase (the sampler's tick; also at an interrupt, which
+        can end a test before the first tick: its picture is then the network's last state)."""
         with self._lock:
             test, phase, sampled = self._test, self._phase, self._sampled
         chain = self._chain_of()
@@ -172,17 +172,7 @@ class ReportRecorder:
 
     def _run(self) -> None:
         while not self._stop.wait(SAMPLE_EVERY):
-            with self._lock:
-                test, phase, sampled = self._test, self._phase, self._sampled
-            if test is None or not sampled:
-                continue
-            chain = self._chain_of()
-            if chain is None:
-                continue
-            try:
-                self._sample(chain, test, phase)
-            except Exception as exc:  # a sample lost must never fail the run
-                self._write({"kind": "sample_error", "test": test, "error": repr(exc)})
+            self.sample_now()
 
     def _sample(self, chain: Chain, test: str, phase: str) -> None:
         self.watch(chain)

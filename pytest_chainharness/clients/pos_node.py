@@ -43,7 +43,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from typing import IO, Any
 
@@ -109,7 +108,7 @@ def _trust_peers(
         try:
             with urllib.request.urlopen(request, timeout=2.0):
                 pending.pop(0)
-        except (OSError, urllib.error.HTTPError):
+        except OSError:  # HTTPError too
             time.sleep(0.2)  # not serving yet
     note = "trusted its peers" if not pending else f"could not trust {len(pending)} peer(s)"
     with lock:
