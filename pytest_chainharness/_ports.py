@@ -2,21 +2,61 @@
 
 from __future__ import annotations
 
+import errno
+import random
 import socket
 import threading
-from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 
-__all__ = ["PortAllocator"]
+__all__ = ["PortAllocator", "ephemeral_range", "port_window"]
 
 #: Every port any allocator of this process handed out (on any host: a listener on
 #: 0.0.0.0 in a container and one on 127.0.0.1 share the host's port numbers).
 _GIVEN: set[int] = set()
 _LOCK = threading.Lock()
 
+#: Where node ports come from: below Linux's default ephemeral range (32768-60999) and
+#: below Kubernetes' NodePort range (30000-32767).
+WINDOW = (20000, 30000)
+#: Candidates tried per port asked for before the allocator gives up on the window.
+TRIES_PER_PORT = 50
+
+_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local port of an outgoing connection (inclusive)."""
+    try:
+        low, high = (int(part) for part in _RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return (32768, 60999)
+    return (low, high)
+
+
+def port_window() -> range:
+    """The ports handed out: ``WINDOW`` less any part the ephemeral range covers.
+
+    Empty when the ephemeral range swallows the window (then the kernel picks).
+    """
+    low, high = WINDOW
+    eph_low, eph_high = ephemeral_range()
+    if eph_low <= low and eph_high >= high - 1:
+        return range(0)
+    if eph_low <= low:
+        low = max(low, eph_high + 1)
+    elif eph_low < high:
+        high = eph_low
+    return range(low, high)
+
 
 class PortAllocator:
     """Hands out ports the kernel reports free, never the same one twice per process.
+
+    Ports come from below the kernel's ephemeral range. A port inside it is taken, while
+    its node is stopped, by the local end of any outgoing connection on this host (the
+    harness makes thousands: RPC polls, agents, proxies), and the node's restart then
+    fails to bind it: Docker said "address already in use" restarting a killed node.
 
     "Per process", not per allocator: a network's node ports, its link proxies' ports and
     a node's fresh ports after a conflict come from different allocators, and a port
@@ -28,29 +68,45 @@ class PortAllocator:
     ask for fresh ports (see ``ClientAdapter.port_conflict``).
     """
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, window: range | None = None) -> None:
         self.host = host
+        self.window = port_window() if window is None else window
 
     def take(self, count: int) -> list[int]:
         """Return ``count`` distinct ports that were free a moment ago."""
         if count <= 0:
-            return []  # the loop below stops only on a port taken (a 1-node network has no links)
+            return []
         with _LOCK, ExitStack() as stack:
-            ports: list[int] = []
-            for sock in self._sockets(stack):
+            ports = self._from_window(stack, count)
+            while len(ports) < count:
+                # The window is full (or empty): the kernel's choice is still a free port.
+                sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                sock.bind((self.host, 0))
                 port = sock.getsockname()[1]
-                if port in _GIVEN:
-                    continue
-                ports.append(port)
-                if len(ports) == count:
-                    break
+                if port not in _GIVEN and port not in ports:
+                    ports.append(port)
             _GIVEN.update(ports)
             return ports
 
-    def _sockets(self, stack: ExitStack) -> Iterator[socket.socket]:
-        # All sockets stay open until the batch is complete so the kernel cannot hand the
-        # same ephemeral port out twice within one batch.
-        while True:
+    def _from_window(self, stack: ExitStack, count: int) -> list[int]:
+        # Random picks: allocators of other processes (xdist workers, a second run) share
+        # the window, and starting from the same end every time would collide at once.
+        # Every socket stays bound until the batch is complete.
+        ports: list[int] = []
+        if not self.window:
+            return ports
+        for _ in range(count * TRIES_PER_PORT):
+            port = random.choice(self.window)
+            if port in _GIVEN or port in ports:
+                continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((self.host, 0))
-            yield sock
+            try:
+                sock.bind((self.host, port))
+            except OSError as exc:
+                if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
+                    raise
+                continue
+            ports.append(port)
+            if len(ports) == count:
+                break
+        return ports

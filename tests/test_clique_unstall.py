@@ -17,7 +17,7 @@ import pytest
 from pytest_chainharness._rpc import RPCError
 from pytest_chainharness.clients import clique
 from pytest_chainharness.clients.base import Head
-from pytest_chainharness.clients.clique import CliqueUnstall, joined
+from pytest_chainharness.clients.clique import CliqueUnstall, islands
 from pytest_chainharness.providers._peering import AdminPeering
 from pytest_chainharness.providers.base import NodeState
 
@@ -140,6 +140,7 @@ def adopted(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 
     def adopt(self: CliqueUnstall, loser: FakeNode, winner: FakeNode, *_: int) -> None:
         calls.append((loser.name, winner.name))
+        loser.head_hash, loser.weight = winner.head_hash, winner.weight
 
     monkeypatch.setattr(CliqueUnstall, "adopt_branch", adopt)
     return calls
@@ -184,21 +185,72 @@ def test_the_stall_clock_starts_when_the_nodes_are_joined(
     assert len(run(repair, clock, 3)) == 1
 
 
-def test_a_silent_node_or_a_partition_stops_the_repair(
-    clock: list[float], adopted: list[tuple[str, str]]
-) -> None:
+def test_a_silent_node_stops_the_repair(clock: list[float], adopted: list[tuple[str, str]]) -> None:
     chain = stalled(ONE_PAIR_APART)
     chain.silent = {3}
     repair = CliqueUnstall(chain)  # type: ignore[arg-type]
     assert run(repair, clock, 20) == []
-    chain.silent, chain.split = set(), [[0, 1], [2, 3]]
-    assert run(repair, clock, 20) == []
     assert adopted == []
 
 
-def test_joined() -> None:
-    assert joined({"a": {"b"}, "b": set(), "c": {"b"}})
-    assert not joined({"a": {"b"}, "b": set(), "c": set()})
-    assert joined({"a": set()})
-    assert not joined({})
-    assert not joined(None)
+def test_siblings_inside_a_partitions_group_are_repaired_there(
+    clock: list[float], adopted: list[tuple[str, str]]
+) -> None:
+    """The CI shape: partition [[0, 1, 2], [3]] at height 2. node0 and node2 stood on one
+    block 2 (sealed by node0, then node2's), node1 on its own sibling of equal
+    difficulty: on the first only node1 or node3 may seal, on the second only node2 or
+    node3, and node3 is cut off. The repair used to stay off for any partition."""
+    chain = FakeChain(both_ways((0, 1), (0, 2), (1, 2)), split=[[0, 1, 2], [3]])
+    chain.nodes = [
+        FakeNode(0, BRANCH_A, 5, chain),
+        FakeNode(1, BRANCH_B, 5, chain),
+        FakeNode(2, BRANCH_A, 5, chain),
+        FakeNode(3, "0x" + "c" * 64, 4, chain),  # alone, and legitimately standing still
+    ]
+    repair = CliqueUnstall(chain)  # type: ignore[arg-type]
+    assert run(repair, clock, 5) == []
+    done = run(repair, clock, 3)
+    assert done == [
+        "clique-unstall: node1 took node0's branch at #10 0xaaaaaaaa (heads had stood still 6s)"
+    ]
+    assert adopted == [("node1", "node0")]  # onto the branch most of its group is on
+    assert run(repair, clock, 30) == []  # node3 is never handed a branch across the cut
+
+
+def test_a_link_that_outlived_the_partition_does_not_join_the_groups(
+    clock: list[float], adopted: list[tuple[str, str]]
+) -> None:
+    chain = stalled(ONE_PAIR_APART)
+    chain.split = [[0, 2], [1, 3]]  # each group on one head: nothing to repair
+    repair = CliqueUnstall(chain)  # type: ignore[arg-type]
+    assert run(repair, clock, 30) == []
+    assert adopted == []
+
+
+def test_one_island_standing_still_is_seen_while_another_moves(
+    clock: list[float], adopted: list[tuple[str, str]]
+) -> None:
+    """The stall clock is per island: a moving majority used to reset it for everyone."""
+    chain = FakeChain(both_ways((0, 1), (2, 3)), split=[[0, 1], [2, 3]])
+    chain.nodes = [
+        FakeNode(0, BRANCH_A, 5, chain),
+        FakeNode(1, BRANCH_B, 6, chain),
+        FakeNode(2, "0x" + "c" * 64, 7, chain),
+        FakeNode(3, "0x" + "c" * 64, 7, chain),
+    ]
+    repair = CliqueUnstall(chain)  # type: ignore[arg-type]
+    done: list[str] = []
+    for step in range(8):
+        new = "0x" + f"{step:x}" * 64
+        chain.nodes[2].head_hash = chain.nodes[3].head_hash = new
+        done += run(repair, clock, 1)
+    assert len(done) == 1, done
+    assert done[0].startswith("clique-unstall: node0 took node1's"), done
+
+
+def test_islands() -> None:
+    assert islands({"a": {"b"}, "b": set(), "c": {"b"}}) == [frozenset("abc")]
+    assert islands({"a": {"b"}, "b": set(), "c": set()}) == [frozenset("ab"), frozenset("c")]
+    assert islands({"a": set()}) == [frozenset("a")]
+    assert islands({}) == []
+    assert islands({"a": {"b"}, "b": {"a"}}, {"a": 0, "b": 1}) == [frozenset("a"), frozenset("b")]

@@ -130,6 +130,36 @@ def test_upgrade_and_rollback_swap_the_image(inner: pytest.Pytester, runs_dir: P
     assert_nothing_left(runs_dir)
 
 
+def test_restart_on_a_port_another_program_took_names_the_port(
+    inner: pytest.Pytester, runs_dir: Path
+) -> None:
+    inner.makepyfile(
+        """
+        import socket
+        import pytest
+        from pytest_chainharness import ChainHarnessError
+
+        @pytest.mark.disruptive
+        def test_port_taken(chain):
+            node = chain.nodes[1]
+            node.kill()
+            port = int(node.rpc_url.rsplit(":", 1)[1])
+            holder = socket.create_server(("127.0.0.1", port))
+            try:
+                with pytest.raises(ChainHarnessError, match=f"another program bound .*rpc {port}"):
+                    node.start()
+            finally:
+                holder.close()
+            node.start()
+            chain.wait_converged()
+        """
+    )
+    inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=2").assert_outcomes(
+        passed=1
+    )
+    assert_nothing_left(runs_dir)
+
+
 class TestLeaks:
     @pytest.mark.parametrize(
         ("sig", "code"),

@@ -105,3 +105,57 @@ def test_no_ports_asked_none_given() -> None:
     from pytest_chainharness._ports import PortAllocator
 
     assert PortAllocator().take(0) == []
+
+
+def test_node_ports_are_outside_the_ephemeral_range() -> None:
+    """A port inside the kernel's ephemeral range becomes the local end of some outgoing
+    connection while its node is stopped; Docker then failed the node's restart with
+    "address already in use"."""
+    from pytest_chainharness._ports import PortAllocator, ephemeral_range
+
+    low, high = ephemeral_range()
+    ports = PortAllocator().take(500)
+    assert len(set(ports)) == 500
+    assert not [port for port in ports if low <= port <= high]
+
+
+def test_an_outgoing_connection_holds_its_local_port_against_a_listener() -> None:
+    """The mechanism the window avoids: the local port of a connection cannot be bound."""
+    import socket
+
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    taken = client.getsockname()[1]
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as Go's net.Listen
+    try:
+        with pytest.raises(OSError, match="Address already in use"):
+            listener.bind(("127.0.0.1", taken))
+    finally:
+        for sock in (listener, client, server):
+            sock.close()
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "window"),
+    [
+        ((32768, 60999), range(20000, 30000)),
+        ((25000, 60999), range(20000, 25000)),
+        ((10000, 22000), range(22001, 30000)),
+        ((1024, 65535), range(0)),
+    ],
+)
+def test_port_window_avoids_the_ephemeral_range(
+    monkeypatch: pytest.MonkeyPatch, ephemeral: tuple[int, int], window: range
+) -> None:
+    from pytest_chainharness import _ports
+
+    monkeypatch.setattr(_ports, "ephemeral_range", lambda: ephemeral)
+    assert _ports.port_window() == window
+
+
+def test_a_full_window_falls_back_to_the_kernels_choice() -> None:
+    from pytest_chainharness._ports import PortAllocator
+
+    ports = PortAllocator(window=range(0)).take(3)
+    assert len(set(ports)) == 3

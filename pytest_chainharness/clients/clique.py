@@ -2,9 +2,10 @@
 branch that stays.
 
 Two branches of equal difficulty where every signer on each branch has signed too
-recently (geth's known Clique deadlock, most often after a 2|2 heal) never resolve on
-their own: nobody seals and nobody reorgs. This is client knowledge, so it lives here,
-behind the adapter's ``repairer``; the chain only ticks it and reports what it did.
+recently (geth's known Clique deadlock, most often after a 2|2 heal, or between
+same-height siblings inside one group of a partition) never resolve on their own:
+nobody seals and nobody reorgs. This is client knowledge, so it lives here, behind the
+adapter's ``repairer``; the chain only ticks it and reports what it did.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from .._rpc import RPCError
 
 if TYPE_CHECKING:
     from ..chain import Chain, Node
+    from .base import Head
 
-__all__ = ["CliqueUnstall"]
+__all__ = ["CliqueUnstall", "islands"]
 
 log = logging.getLogger("pytest_chainharness")
 
@@ -31,40 +33,61 @@ class CliqueUnstall:
 
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
-        self._stall_key: tuple[tuple[str, str], ...] = ()
-        self._stall_since = 0.0
+        #: Each island (its nodes' names) → its heads and since when they stood still.
+        self._stalls: dict[frozenset[str], tuple[tuple[tuple[str, str], ...], float]] = {}
         self._stall_checked = 0.0
 
     def tick(self) -> str | None:
         """One look (at most one a second); returns what was repaired, or None.
 
-        Once the running nodes' peer links join them all and their heads, more than one
-        among them, have stood still for max(6 s, 5 periods), the nodes off the heaviest
-        branch (then the most common) go back to where they forked from it
-        (debug_setHead) and import it before they seal again. Never while the network is
-        partitioned.
+        The running nodes fall into islands: nodes their peer links join (either end's
+        word is enough; a partition's groups never share one). Once an island's heads,
+        more than one among them, have stood still for max(6 s, 5 periods), its nodes off
+        the heaviest branch (then the most common) go back to where they forked from it
+        (debug_setHead) and import it before they seal again. A branch is never handed
+        from one island to another: a block sealed after the rewind could not reach it.
         """
         now = time.monotonic()
-        if now - self._stall_checked < 1.0 or self.chain.provider.partitioned():
+        if now - self._stall_checked < 1.0:
             return None
         self._stall_checked = now
         heads = self.chain.heads()
-        if len(heads) < 2:
+        if len({head.hash for head in heads.values()}) < 2:
+            self._stalls = {}
+            return None  # one head everywhere: no fork to look at (and no peer reads)
+        links = self._peer_links()
+        if links is None:
+            self._stalls = {}
             return None
-        if not joined(self._peer_links()):
-            # Nodes cut off from the others stand still for another reason (a heal waits
-            # for geth's redial), and what the losers sealed after a rewind could not
-            # reach them yet. Joined is enough, though: a block travels on through a
-            # third node, and a pair that stays apart after a heal (geth can take a
-            # minute to redial one) must not keep a deadlock standing.
-            self._stall_key = ()
+        done: list[str] = []
+        stalls: dict[frozenset[str], tuple[tuple[tuple[str, str], ...], float]] = {}
+        for island in islands(links, self._groups()):
+            here = {name: head for name, head in heads.items() if name in island}
+            if len(here) < 2:
+                continue
+            key = tuple(sorted((name, head.hash) for name, head in here.items()))
+            seen, since = self._stalls.get(island, ((), now))
+            if seen != key:
+                since = now
+            stalls[island] = (key, since)
+            if now - since < max(6.0, 5.0 * self.chain.testnet.period):
+                continue
+            what = self._repair(here, now - since)
+            if what is not None:
+                done.append(what)
+                del stalls[island]
+        # An island that changed shape starts its clock again (its old key is dropped).
+        self._stalls = stalls
+        return "; ".join(done) or None
+
+    def _groups(self) -> dict[str, int] | None:
+        groups = self.chain.provider.partitioned()
+        if not groups:
             return None
-        key = tuple(sorted((name, head.hash) for name, head in heads.items()))
-        if key != self._stall_key:
-            self._stall_key, self._stall_since = key, now
-            return None
-        if now - self._stall_since < max(6.0, 5.0 * self.chain.testnet.period):
-            return None
+        name = {node.index: node.name for node in self.chain.testnet.nodes}
+        return {name[i]: g for g, members in enumerate(groups) for i in members}
+
+    def _repair(self, heads: dict[str, Head], stood: float) -> str | None:
         branches: dict[str, list[str]] = {}
         for name, head in heads.items():
             branches.setdefault(head.hash, []).append(name)
@@ -80,7 +103,7 @@ class CliqueUnstall:
         log.info(
             "clique-unstall: heads %s stood still %.0fs; keeping %s (total difficulty %s)",
             {n: f"{h.number}:{h.hash[:10]}" for n, h in heads.items()},
-            now - self._stall_since,
+            stood,
             keep[:10],
             weight,
         )
@@ -91,11 +114,9 @@ class CliqueUnstall:
             # A node that went away meanwhile is left alone; the next check retries.
             with contextlib.suppress(RPCError):
                 self.adopt_branch(loser, winner, heads[loser.name].number, top)
-        self._stall_key = ()
         return (
             f"clique-unstall: {', '.join(n.name for n in losers)} took {winner.name}'s "
-            f"branch at #{top} {keep[:10]} (heads had stood still "
-            f"{now - self._stall_since:.0f}s)"
+            f"branch at #{top} {keep[:10]} (heads had stood still {stood:.0f}s)"
         )
 
     def adopt_branch(self, loser: Node, winner: Node, height: int, top: int) -> None:
@@ -150,22 +171,34 @@ class CliqueUnstall:
         }
 
 
-def joined(links: dict[str, set[str]] | None) -> bool:
-    """Whether the peer links (either end's word is enough) reach every node from any."""
-    if not links:
-        return False
+def islands(
+    links: dict[str, set[str]], groups: dict[str, int] | None = None
+) -> list[frozenset[str]]:
+    """The nodes the peer links join (either end's word is enough), island by island.
+
+    ``groups`` (node → partition group) cuts every link between two groups: a link can
+    outlive the partition by a moment.
+    """
     both: dict[str, set[str]] = {name: set() for name in links}
     for name, peers in links.items():
         for peer in peers & both.keys():
+            if groups is not None and groups.get(name) != groups.get(peer):
+                continue
             both[name].add(peer)
             both[peer].add(name)
-    reached, todo = set(), [next(iter(both))]
-    while todo:
-        name = todo.pop()
-        if name not in reached:
-            reached.add(name)
-            todo.extend(both[name] - reached)
-    return reached == both.keys()
+    found: list[frozenset[str]] = []
+    left = set(both)
+    while left:
+        reached: set[str] = set()
+        todo = [min(left)]
+        while todo:
+            name = todo.pop()
+            if name not in reached:
+                reached.add(name)
+                todo.extend(both[name] - reached)
+        found.append(frozenset(reached))
+        left -= reached
+    return found
 
 
 def _total_difficulty(node: Node, block_hash: str) -> int:

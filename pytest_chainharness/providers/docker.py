@@ -294,7 +294,14 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         self.shared.record(index, intent="running")
         existing = self._container(index)
         if existing is not None:
-            existing.start()
+            try:
+                existing.start()
+            except docker.errors.APIError as exc:
+                raise ChainHarnessError(
+                    f"{self.testnet.nodes[index].name}: restart failed: {exc}. A port "
+                    f"conflict here means another program bound one of the node's ports "
+                    f"({self._port_list(index)}) while it was stopped"
+                ) from exc
             self._reapply_partition(index)
             return
         for attempt in range(PORT_RETRIES + 1):
@@ -390,6 +397,10 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
         return subprocess.CompletedProcess(argv, status, out, err)
+
+    def _port_list(self, index: int) -> str:
+        ports = self.testnet.nodes[index].ports
+        return ", ".join(f"{role} {ports[role]}" for role in self.adapter.api_ports)
 
     def _take_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
