@@ -70,6 +70,9 @@ class SyncBus:
         #: node → hashes of every block it announced, and the lowest height announced.
         self._block_hashes: dict[str, set[str]] = {}
         self._first_block: dict[str, int] = {}
+        #: Node → height → the hash of its latest block event there (a reorg's block
+        #: carries ``replaces`` and takes the height over).
+        self._hash_at: dict[str, dict[int, str]] = {}
         self._arrivals: dict[str, set[str]] = {}
         self._kinds: set[str] = set(HARNESS_KINDS)
         self._cond = threading.Condition()
@@ -190,7 +193,9 @@ class SyncBus:
         timeout: float = 30.0,
     ) -> list[Event]:
         """One matching event per node (``"all"``, or the given names), or the first one
-        from anyone with ``nodes=None``. Events already seen count."""
+        from anyone with ``nodes=None``. Events already seen count, but not those of a
+        block the node has replaced since (a reorg): a log event then counts once the
+        agent has published it again with the block that stays."""
         with self._cond:
             if kind not in self._kinds:
                 raise ValueError(
@@ -208,7 +213,7 @@ class SyncBus:
         match = predicate or (lambda event: True)
 
         def found() -> list[Event] | None:
-            hits = [e for e in self._events if e.kind == kind and match(e)]
+            hits = [e for e in self._events if e.kind == kind and self._stands(e) and match(e)]
             if wanted is None:
                 return hits[:1] or None
             first: dict[str, Event] = {}
@@ -261,8 +266,27 @@ class SyncBus:
         except (KeyError, TypeError, ValueError):
             return
         self._block_hashes.setdefault(event.node, set()).add(block)
+        self._hash_at.setdefault(event.node, {})[number] = block
         first = self._first_block.get(event.node)
         self._first_block[event.node] = number if first is None else min(first, number)
+
+    def _stands(self, event: Event) -> bool:
+        """False for an event of a block (a ``block``, or a ``log`` by its ``block_hash``)
+        that its node has replaced since: its chain no longer holds it."""
+        if event.node is None:
+            return True
+        payload = event.payload
+        if event.kind == "block":
+            number, block = payload.get("number"), payload.get("hash")
+        else:
+            number, block = payload.get("block"), payload.get("block_hash")
+        if number is None or block is None:
+            return True
+        try:
+            now = self._hash_at.get(event.node, {}).get(int(number))
+        except (TypeError, ValueError):
+            return True
+        return now is None or now == str(block).lower()
 
     def has_block(self, node: str, block_hash: str, number: int) -> bool:
         """Whether ``node``'s agent announced block ``block_hash`` (at ``number``) on the

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from eth_account.signers.local import LocalAccount
@@ -396,18 +397,7 @@ def test_a_block_published_while_the_bus_subscribes_is_not_lost(tmp_path: Path) 
     handled just before the bus subscribed), then retained on ``last/`` (just after).
     The bus got the previous block as the retained one and dropped the live ``last/``
     copy, so its history skipped a block (node3: ..., 7, 9, ...)."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    from pytest_chainharness._broker import start_local_broker
-
-    (tmp_path / "logs").mkdir()
-    endpoint, broker = start_local_broker(tmp_path, "ch-subscribe")
-    agent = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent")
-    if endpoint.username:
-        agent.username_pw_set(endpoint.username, endpoint.password)
-    agent.connect(endpoint.host, endpoint.port)
-    agent.loop_start()
+    endpoint, broker, agent = _broker_and_client(tmp_path, "ch-subscribe")
     base = "chainharness/ch-subscribe"
 
     def block(number: int) -> str:
@@ -427,7 +417,77 @@ def test_a_block_published_while_the_bus_subscribes_is_not_lost(tmp_path: Path) 
     finally:
         if bus is not None:
             bus.close()
-        agent.loop_stop()
-        agent.disconnect()
-        broker.kill()
-        broker.wait()
+        _stop(broker, agent)
+
+
+def test_a_log_of_a_block_the_node_replaced_no_longer_counts(tmp_path: Path) -> None:
+    """CI: node1 sealed #677 with the transfer, took an empty sibling of #677 at once, and
+    the transfer went into #678. ``wait_for("log", ...)`` returned node1's first log, the
+    one of the replaced #677, which no receipt names."""
+    endpoint, broker, agent = _broker_and_client(tmp_path, "ch-reorg")
+    ts = iter(range(1, 100))
+
+    def send(kind: str, payload: dict[str, Any]) -> None:
+        event = {"kind": kind, "node": "node1", "payload": payload, "ts": next(ts)}
+        topic = f"chainharness/ch-reorg/events/{kind}/node1"
+        agent.publish(topic, json.dumps(event), qos=1).wait_for_publish(5)
+
+    def block(number: int, name: str, replaces: str | None = None) -> None:
+        payload: dict[str, Any] = {"number": number, "hash": name, "parent": "0x", "txs": []}
+        if replaces:
+            payload["replaces"] = replaces
+        send("block", payload)
+
+    def log(number: int, name: str) -> None:
+        send("log", {"event": "Bumped", "tx": "0xt", "block": number, "block_hash": name})
+
+    def tx_log(e: Event) -> bool:
+        return bool(e.payload["tx"] == "0xt")
+
+    bus = SyncBus(endpoint, "ch-reorg", ["node1"])
+    try:
+        block(677, "0xa")
+        log(677, "0xa")
+        block(677, "0xb", replaces="0xa")
+        bus.wait_for("block", lambda e: e.payload["hash"] == "0xb", timeout=10)
+        with pytest.raises(ChainTimeout):
+            bus.wait_for("log", tx_log, timeout=0.5)
+        with pytest.raises(ChainTimeout):
+            bus.wait_for("block", lambda e: e.payload["hash"] == "0xa", timeout=0.5)
+        block(678, "0xc")
+        log(678, "0xc")
+        (found,) = bus.wait_for("log", tx_log, timeout=10)
+        assert found.payload["block_hash"] == "0xc"
+        # The whole history is still there, the replaced block's log included.
+        assert [e.payload["block_hash"] for e in bus.events("log")] == ["0xa", "0xc"]
+        # Taken again (the agent publishes it once more), the first block stands again.
+        block(677, "0xa", replaces="0xb")
+        bus.wait_for("block", lambda e: e.payload.get("replaces") == "0xb", timeout=10)
+        assert bus.wait_for("log", tx_log, timeout=1)[0].payload["block_hash"] == "0xa"
+    finally:
+        bus.close()
+        _stop(broker, agent)
+
+
+def _broker_and_client(tmp_path: Path, run: str) -> tuple[Any, subprocess.Popen[bytes], Any]:
+    """A broker of its own and a bare MQTT client on it, standing in for an agent."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from pytest_chainharness._broker import start_local_broker
+
+    (tmp_path / "logs").mkdir()
+    endpoint, broker = start_local_broker(tmp_path, run)
+    agent = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="agent")
+    if endpoint.username:
+        agent.username_pw_set(endpoint.username, endpoint.password)
+    agent.connect(endpoint.host, endpoint.port)
+    agent.loop_start()
+    return endpoint, broker, agent
+
+
+def _stop(broker: subprocess.Popen[bytes], agent: Any) -> None:
+    agent.loop_stop()
+    agent.disconnect()
+    broker.kill()
+    broker.wait()
