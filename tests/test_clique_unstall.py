@@ -23,6 +23,7 @@ from pytest_chainharness.providers.base import NodeState
 
 BRANCH_A = "0x" + "a" * 64
 BRANCH_B = "0x" + "b" * 64
+BRANCH_C = "0x" + "c" * 64
 
 
 @dataclass
@@ -116,13 +117,15 @@ ONE_PAIR_APART = both_ways((0, 1), (0, 2), (1, 2), (1, 3), (2, 3))
 
 def stalled(links: set[tuple[int, int]]) -> FakeChain:
     """node0 and node2 on A, node1 and node3 on B (B the heavier), all standing still."""
-    chain = FakeChain(links)
-    chain.nodes = [
-        FakeNode(0, BRANCH_A, 20, chain),
-        FakeNode(1, BRANCH_B, 21, chain),
-        FakeNode(2, BRANCH_A, 20, chain),
-        FakeNode(3, BRANCH_B, 21, chain),
-    ]
+    return network(links, (BRANCH_A, 20), (BRANCH_B, 21), (BRANCH_A, 20), (BRANCH_B, 21))
+
+
+def network(
+    links: set[tuple[int, int]], *heads: tuple[str, int], split: list[list[int]] | None = None
+) -> FakeChain:
+    """Node i on ``heads[i]`` (its head's hash, and that branch's total difficulty)."""
+    chain = FakeChain(links, split=split)
+    chain.nodes = [FakeNode(i, block, weight, chain) for i, (block, weight) in enumerate(heads)]
     return chain
 
 
@@ -200,13 +203,14 @@ def test_siblings_inside_a_partitions_group_are_repaired_there(
     block 2 (sealed by node0, then node2's), node1 on its own sibling of equal
     difficulty: on the first only node1 or node3 may seal, on the second only node2 or
     node3, and node3 is cut off. The repair used to stay off for any partition."""
-    chain = FakeChain(both_ways((0, 1), (0, 2), (1, 2)), split=[[0, 1, 2], [3]])
-    chain.nodes = [
-        FakeNode(0, BRANCH_A, 5, chain),
-        FakeNode(1, BRANCH_B, 5, chain),
-        FakeNode(2, BRANCH_A, 5, chain),
-        FakeNode(3, "0x" + "c" * 64, 4, chain),  # alone, and legitimately standing still
-    ]
+    chain = network(
+        both_ways((0, 1), (0, 2), (1, 2)),
+        (BRANCH_A, 5),
+        (BRANCH_B, 5),
+        (BRANCH_A, 5),
+        (BRANCH_C, 4),  # node3: alone, and legitimately standing still
+        split=[[0, 1, 2], [3]],
+    )
     repair = CliqueUnstall(chain)  # type: ignore[arg-type]
     assert run(repair, clock, 5) == []
     done = run(repair, clock, 3)
@@ -231,13 +235,14 @@ def test_one_island_standing_still_is_seen_while_another_moves(
     clock: list[float], adopted: list[tuple[str, str]]
 ) -> None:
     """The stall clock is per island: a moving majority used to reset it for everyone."""
-    chain = FakeChain(both_ways((0, 1), (2, 3)), split=[[0, 1], [2, 3]])
-    chain.nodes = [
-        FakeNode(0, BRANCH_A, 5, chain),
-        FakeNode(1, BRANCH_B, 6, chain),
-        FakeNode(2, "0x" + "c" * 64, 7, chain),
-        FakeNode(3, "0x" + "c" * 64, 7, chain),
-    ]
+    chain = network(
+        both_ways((0, 1), (2, 3)),
+        (BRANCH_A, 5),
+        (BRANCH_B, 6),
+        (BRANCH_C, 7),
+        (BRANCH_C, 7),
+        split=[[0, 1], [2, 3]],
+    )
     repair = CliqueUnstall(chain)  # type: ignore[arg-type]
     done: list[str] = []
     for step in range(8):

@@ -300,7 +300,8 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
                 raise ChainHarnessError(
                     f"{self.testnet.nodes[index].name}: restart failed: {exc}. A port "
                     f"conflict here means another program bound one of the node's ports "
-                    f"({self._port_list(index)}) while it was stopped"
+                    f"({', '.join(f'{role} {port}' for role, port in self.ports(index).items())}) "
+                    f"while it was stopped"
                 ) from exc
             self._reapply_partition(index)
             return
@@ -397,10 +398,6 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
             with contextlib.suppress(docker.errors.DockerException):
                 container.remove(force=True)
         return subprocess.CompletedProcess(argv, status, out, err)
-
-    def _port_list(self, index: int) -> str:
-        ports = self.testnet.nodes[index].ports
-        return ", ".join(f"{role} {ports[role]}" for role in self.adapter.api_ports)
 
     def _take_ports(self, index: int) -> None:
         node = self.testnet.nodes[index]
