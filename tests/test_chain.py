@@ -301,9 +301,19 @@ def test_a_transaction_in_both_branches_has_the_receipt_of_the_canonical_one(
     )
     rest = [n.index for n in chain.nodes if n is not lone]
     raw = chain.nodes[0]._rpc("eth_getRawTransactionByHash", [tx.to_0x_hex()])
+    nonce = int(chain.nodes[0]._rpc("eth_getTransactionByHash", [tx.to_0x_hex()])["nonce"], 16)
     with chain.partition(rest, [lone.index]):
         lone._admin("miner_stop")
         lone._admin("debug_setHead", [hex(height - 1)])
+        # The pool takes the rewound head in its own loop, later: until then it still
+        # counts the transaction's nonce as used and refuses it as "nonce too low".
+        sender = funded_account.address
+        deadline = time.monotonic() + 10
+        while (
+            int(lone._rpc("eth_getTransactionCount", [sender, "pending"]), 16) > nonce
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.1)
         lone._rpc("eth_sendRawTransaction", [raw])
         chain.provider.start_sealing([lone.index])
         # Asked while its own block holds it: this is what the lookup cache keeps.
