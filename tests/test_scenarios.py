@@ -375,17 +375,19 @@ class TestRunning:
 
     def test_the_timeout_holds_during_a_step(self, inner: pytest.Pytester) -> None:
         (inner.path / "t.yaml").write_text(
-            "scenario: too slow\nnodes: 2\ntimeout: 3\nsteps:\n  - sleep: 20\n  - heal\n"
+            "scenario: too slow\nnodes: 2\ntimeout: 3\nsteps:\n  - sleep: 60\n  - heal\n"
         )
         result = inner.runpytest_subprocess("t.yaml", "--chain-nodes=2", "--durations=1")
         result.assert_outcomes(failed=1)
         result.stdout.fnmatch_lines(
             ["*t.yaml:5: the scenario's timeout of 3s ran out during steps[[]0[]].sleep (line 5)*"]
         )
-        # It failed at the 3 s mark, not after the whole 20 s sleep.
+        # It failed at the 3 s mark, not after the whole sleep. The call also starts the
+        # network (7.5 s of a CI run's 11.5 s), so the bound is the sleep itself: a
+        # timeout that did not hold makes the call last at least that long.
         took = re.search(r"([\d.]+)s call .*t.yaml", result.stdout.str())
         assert took is not None, result.stdout.str()
-        assert float(took.group(1)) < 10
+        assert float(took.group(1)) < 60
 
     def test_failing_assert_reports_the_line_and_the_timeline(self, inner: pytest.Pytester) -> None:
         (inner.path / "f.yaml").write_text(
