@@ -9,7 +9,7 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,17 +60,15 @@ def alive(pid: int) -> bool:
 def find_marked(run_id: str) -> list[int]:
     """Pids of live processes whose environment carries ``RUN_MARKER=run_id``."""
     needle = f"{RUN_MARKER}={run_id}".encode()
-    found = []
+    return [pid for pid, env in _read_each("environ") if needle in env.split(b"\0") and alive(pid)]
+
+
+def _read_each(name: str) -> Iterator[tuple[int, bytes]]:
+    """``/proc/<pid>/<name>`` of every process that can be read, with its pid."""
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            env = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if needle in env.split(b"\0") and alive(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                yield int(entry.name), (entry / name).read_bytes()
 
 
 def become_subreaper() -> bool:
@@ -125,6 +123,31 @@ def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float 
     return sorted(pending)
 
 
+def _group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid``."""
+    found = []
+    for pid, stat in _read_each("stat"):
+        # After the parenthesised command name: state, ppid, pgrp.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            found.append(pid)
+    return found
+
+
+def _kill_group(pgid: int, *, timeout: float = 5.0) -> None:
+    """SIGKILL a process group and wait until none of it runs.
+
+    The signal is only delivered when each member is next scheduled: the pipes can close
+    (a member that let go of them, or one between closing its files and becoming a
+    zombie) while a member still runs, so returning on the pipes alone left it alive.
+    """
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + timeout
+    while _group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def run_bounded(
     argv: Sequence[str], *, timeout: float, input: str | bytes | None = None, **popen: Any
 ) -> subprocess.CompletedProcess[Any]:
@@ -150,12 +173,10 @@ def run_bounded(
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             out, err = proc.communicate()
             raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
         except BaseException:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _kill_group(proc.pid)
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
