@@ -70,6 +70,8 @@ MIN_SLOT_SECONDS = 2
 #: (the default path scheme keeps recent state in memory, and after a SIGKILL geth
 #: rewinds and snap-syncs again, which a small network can take minutes over).
 _STATE_FLAGS = ("--state.scheme", "hash")
+#: prysm's default is 2, which leaves its sync fetcher one batch per peer (see command).
+_BURST_FACTOR = 10
 #: Electra reads deposits from this address's logs (nothing is deployed there).
 _DEPOSIT_CONTRACT = "0x4242424242424242424242424242424242424242"
 #: Between making the genesis and its time: every node's geth init and start-up.
@@ -269,6 +271,11 @@ class GethPosAdapter(GethEndpoints):
             "--p2p-host-ip", _host_ip(place.own_host or host),
             "--p2p-priv-key", f"{d}/beacon.key",
             "--subscribe-all-subnets", "--minimum-peers-per-subnet", "0",
+            # A syncing node's fetcher counts every slot it asks a peer for, the empty
+            # ones too, against one batch (64) per peer per 30 s by default: asking for
+            # slots past its peers' head spent that, and the sync stood 30 s. The peers
+            # serve by the same numbers, so every node has the larger burst.
+            "--block-batch-limit-burst-factor", str(_BURST_FACTOR),
             "--rpc-host", host, "--rpc-port", str(ports["beacon_rpc"]),
             "--http-host", host, "--http-port", str(ports["beacon_http"]),
             "--monitoring-host", host, "--monitoring-port", str(ports["beacon_metrics"]),
