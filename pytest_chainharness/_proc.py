@@ -94,10 +94,25 @@ def _reaped(pid: int) -> bool:
         return True  # not our child: its parent (or the subreaper) reaps it
 
 
-def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float = 5.0) -> list[int]:
-    """Signal each pid's process group (or the pid) and wait until all are gone.
+def _live_groups() -> set[int]:
+    """The process groups that have a member which is not a zombie."""
+    groups = set()
+    for _, stat in _read_each("stat"):
+        # After the parenthesised command name: state, ppid, pgrp.
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if fields[0] not in (b"Z", b"X"):
+            groups.add(int(fields[2]))
+    return groups
 
-    Returns the pids still alive after ``timeout``.
+
+def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float = 5.0) -> list[int]:
+    """Signal each pid's process group (or the pid) and wait until all are gone, the
+    other members of its group too.
+
+    A signal takes effect when each member is next scheduled: a member that let go of
+    the pipes (or one between closing its files and becoming a zombie) could still run
+    when the pid itself was gone. Returns the pids of which something still runs after
+    ``timeout``.
     """
     pending = set(pids)
     for pid in pending:
@@ -112,40 +127,16 @@ def kill_pids(pids: Iterable[int], *, sig: int = signal.SIGKILL, timeout: float 
                 os.killpg(pid, signal.SIGCONT)
     deadline = time.monotonic() + timeout
     while pending:
+        groups = _live_groups()
         for pid in list(pending):
             # Reap only once it is dead: WNOHANG on a dying child reaps nothing, and a
             # zombie nobody reaps stays in the process table for good.
-            if not alive(pid) and _reaped(pid):
+            if not alive(pid) and _reaped(pid) and pid not in groups:
                 pending.discard(pid)
         if not pending or time.monotonic() > deadline:
             break
         time.sleep(0.01)
     return sorted(pending)
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Pids of the live processes in process group ``pgid``."""
-    found = []
-    for pid, stat in _read_each("stat"):
-        # After the parenthesised command name: state, ppid, pgrp.
-        fields = stat[stat.rindex(b")") + 2 :].split()
-        if int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            found.append(pid)
-    return found
-
-
-def _kill_group(pgid: int, *, timeout: float = 5.0) -> None:
-    """SIGKILL a process group and wait until none of it runs.
-
-    The signal is only delivered when each member is next scheduled: the pipes can close
-    (a member that let go of them, or one between closing its files and becoming a
-    zombie) while a member still runs, so returning on the pipes alone left it alive.
-    """
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGKILL)
-    deadline = time.monotonic() + timeout
-    while _group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.005)
 
 
 def run_bounded(
@@ -173,10 +164,10 @@ def run_bounded(
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
-            _kill_group(proc.pid)
+            kill_pids([proc.pid])
             out, err = proc.communicate()
             raise subprocess.TimeoutExpired(proc.args, timeout, out, err) from None
         except BaseException:
-            _kill_group(proc.pid)
+            kill_pids([proc.pid])
             raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
