@@ -273,7 +273,7 @@ class GethPosAdapter(GethEndpoints):
             "--subscribe-all-subnets", "--minimum-peers-per-subnet", "0",
             # A syncing node's fetcher counts every slot it asks a peer for, the empty
             # ones too, against one batch (64) per peer per 30 s by default: asking for
-            # slots past its peers' head spent that, and the sync stood 30 s. The peers
+            # slots past its peers' head spent that, and the sync stood 10 to 20 s. The peers
             # serve by the same numbers, so every node has the larger burst.
             "--block-batch-limit-burst-factor", str(_BURST_FACTOR),
             "--rpc-host", host, "--rpc-port", str(ports["beacon_rpc"]),
