@@ -95,6 +95,16 @@ def docker_required() -> None:
 
 
 @pytest.fixture(scope="session")
+def geth_pos_image_required(docker_required: None) -> None:
+    """Skip when the geth-pos image is absent (it is built when geth-pos is installed)."""
+    from pytest_chainharness._docker import image_exists
+    from pytest_chainharness.images import GETH_POS_IMAGE
+
+    if not image_exists(GETH_POS_IMAGE):
+        pytest.skip(f"image {GETH_POS_IMAGE} is missing: chainharness images build --only geth-pos")
+
+
+@pytest.fixture(scope="session")
 def mosquitto_required() -> None:
     """Skip when no mosquitto binary exists: the process backend's bus broker needs it."""
     import shutil

@@ -8,6 +8,9 @@ Machines that reach no container registry still get every image the docker backe
     chainharness/anvil:v1.7.1        base + anvil's native binary from npm (when installed)
     chainharness/mosquitto:2         base + Debian's mosquitto (the bus's broker)
     chainharness/python:3.11         base + Debian's python3 (small services, the example indexer)
+    chainharness/geth-pos:v1.17.10-prysm-v7.0.0
+                                     python + geth 1.17 + prysm's beacon node, validator and
+                                     prysmctl (``tools install geth-pos``) + the node supervisor
 
 Teams with a registry point the image options at real images instead
 (``ethereum/client-go:v1.13.15``, ``eclipse-mosquitto:2``); both kinds work.
@@ -28,15 +31,27 @@ from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from ._errors import ToolNotFound
-from .tools import ANVIL_VERSION, find_anvil, geth_versions_installed, version_key
+from .tools import (
+    ANVIL_VERSION,
+    POS_GETH_VERSION,
+    PRYSM_BINARIES,
+    PRYSM_VERSION,
+    find_anvil,
+    find_geth,
+    find_prysm,
+    geth_versions_installed,
+    version_key,
+)
 
 __all__ = [
     "ANVIL_IMAGE",
     "BASE_IMAGE",
     "BUILD_COMMAND",
     "GETH_IMAGE",
+    "GETH_POS_IMAGE",
     "IMAGE_GROUPS",
     "MOSQUITTO_IMAGE",
+    "POS_NODE_IN_IMAGE",
     "PYTHON_IMAGE",
     "build_images",
     "geth_image",
@@ -48,9 +63,13 @@ GETH_IMAGE = "chainharness/geth"
 ANVIL_IMAGE = f"chainharness/anvil:v{ANVIL_VERSION}"
 MOSQUITTO_IMAGE = "chainharness/mosquitto:2"
 PYTHON_IMAGE = "chainharness/python:3.11"
+GETH_POS_IMAGE = f"chainharness/geth-pos:v{POS_GETH_VERSION}-prysm-v{PRYSM_VERSION}"
+#: Where the geth-pos image keeps the node supervisor (``clients/pos_node.py``, standard
+#: library only), run by the image's python3.
+POS_NODE_IN_IMAGE = "/usr/local/lib/chainharness/pos_node.py"
 SUITE = "bookworm"
 #: What ``build_images(only=...)`` and ``images build --only`` choose from.
-IMAGE_GROUPS = ("os", "geth", "anvil")
+IMAGE_GROUPS = ("os", "geth", "anvil", "geth-pos")
 
 
 def geth_image(version: str) -> str:
@@ -125,13 +144,15 @@ def _debootstrap(rootfs: Path) -> None:
         raise ToolNotFound(f"debootstrap failed:\n{tail}")
 
 
-def _build_from_base(tag: str, files: dict[str, Path], entrypoint: list[str]) -> None:
-    """An image of the base plus ``files`` (destination → host path)."""
+def _build_from_base(
+    tag: str, files: dict[str, Path], entrypoint: list[str], base: str = BASE_IMAGE
+) -> None:
+    """An image of ``base`` plus ``files`` (destination → host path)."""
     from ._docker import docker_client
 
     with tempfile.TemporaryDirectory(prefix="chainharness-image-") as tmp:
         context = Path(tmp)
-        lines = [f"FROM {BASE_IMAGE}"]
+        lines = [f"FROM {base}"]
         for index, (destination, source) in enumerate(files.items()):
             shutil.copy2(source, context / f"f{index}")
             lines.append(f"COPY f{index} {destination}")
@@ -151,8 +172,10 @@ def build_images(
     only: Collection[str] = IMAGE_GROUPS,
     say: Callable[[str], None] = print,
 ) -> list[str]:
-    """Build every image of the groups ``only`` (``os``, ``geth``, ``anvil``) that is
-    missing (all of them with ``force``); returns the tags built."""
+    """Build every image of the groups ``only`` (``os``, ``geth``, ``anvil``,
+    ``geth-pos``) that is missing (all of them with ``force``); returns the tags built.
+    The client groups are skipped, saying so, when their tools are not installed; ``geth``
+    is the default client's, so its absence is an error."""
     unknown = set(only) - set(IMAGE_GROUPS)
     if unknown:
         raise ValueError(f"unknown image group(s) {sorted(unknown)}; known: {IMAGE_GROUPS}")
@@ -189,12 +212,14 @@ def build_images(
         _build_geth_images(root, force, done)
     if "anvil" in only:
         _build_anvil_image(root, force, done, say)
+    if "geth-pos" in only:
+        _build_geth_pos_image(root, force, done, say)
     return built
 
 
 def _clique_geths(root: Path | None) -> dict[str, Path]:
     """The installed geths the geth image is for: the Clique ones (v1.14+ refuses Clique;
-    geth-pos's geth 1.17 runs on the process backend only so far)."""
+    geth-pos's geth is in the geth-pos image)."""
     return {v: b for v, b in geth_versions_installed(root).items() if version_key(v) < (1, 14)}
 
 
@@ -232,6 +257,27 @@ def _build_anvil_image(
     done(ANVIL_IMAGE)
 
 
+def _build_geth_pos_image(
+    root: Path | None, force: bool, done: Callable[[str], None], say: Callable[[str], None]
+) -> None:
+    from ._docker import image_exists
+
+    try:
+        files = {"/usr/local/bin/geth": find_geth(version=POS_GETH_VERSION, root=root)}
+        files |= {f"/usr/local/bin/{name}": find_prysm(name, root) for name in PRYSM_BINARIES}
+    except ToolNotFound as exc:
+        say(f"no geth-pos image: {exc}")
+        return
+    if not force and image_exists(GETH_POS_IMAGE):
+        return
+    if not image_exists(PYTHON_IMAGE):
+        raise ToolNotFound(f"the image {PYTHON_IMAGE} is missing: {BUILD_COMMAND} --only os")
+    # The supervisor runs a node's three parts as one process tree, as on the host.
+    files[POS_NODE_IN_IMAGE] = Path(__file__).parent / "clients" / "pos_node.py"
+    _build_from_base(GETH_POS_IMAGE, files, ["python3", POS_NODE_IN_IMAGE], base=PYTHON_IMAGE)
+    done(GETH_POS_IMAGE)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="chainharness images", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -248,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ._docker import image_exists
 
     if args.command == "list":
-        tags = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE, ANVIL_IMAGE]
+        tags = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE, ANVIL_IMAGE, GETH_POS_IMAGE]
         tags += [geth_image(v) for v in _clique_geths(Path.cwd())]
         for tag in tags:
             print(f"{tag:36} {'present' if image_exists(tag) else 'missing'}")

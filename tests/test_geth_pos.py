@@ -1,8 +1,8 @@
 """geth-pos: current geth and prysm, proof of stake.
 
-One inner 4-node run carries the checks that need a network (a Prague contract on every
-node, finality, and the shipped 2|2 split scenario); the bad-input runs each start (or refuse to
-start) their own.
+One inner 4-node run per backend carries the checks that need a network (a Prague
+contract on every node, finality, a killed node's return, and the shipped 2|2 split
+scenario); the bad-input runs each start (or refuse to start) their own.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_chainharness.images import GETH_POS_IMAGE
+from tests.test_docker import run_objects as docker_objects
 from tests.test_lifecycle import assert_nothing_left
 
 pytestmark = pytest.mark.usefixtures("geth_pos_required", "mosquitto_required")
@@ -62,30 +64,51 @@ def test_blocks_are_finalized_on_every_node(chain, bus):
         assert block["hash"].to_0x_hex() == event.payload["hash"], event
     beacon = bus.wait_for("beacon_head", nodes="all", timeout=10)
     assert all(e.payload["slot"] > 0 and e.payload["root"].startswith("0x") for e in beacon)
+
+
+def test_a_killed_node_comes_back_and_converges(chain):
+    node = chain.nodes[3]
+    before = node.head().number
+    node.kill()
+    assert node.state == "stopped"
+    node.start()
+    # Back from its own datadir (geth keeps every block's state), then in step again.
+    head = chain.wait_converged(timeout=120)
+    assert head.number > before
+    assert node.w3.eth.get_block(before)["hash"] == chain.nodes[0].w3.eth.get_block(before)["hash"]
 """
 
 
+@pytest.mark.parametrize("backend", ["process", "docker"])
 def test_a_four_node_network_with_finality_and_a_split(
-    inner: pytest.Pytester, runs_dir: Path
+    inner: pytest.Pytester, runs_dir: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """The split is the shipped scenario, scenarios/faults/geth-pos-split-2-2.yaml, in the
     same run."""
+    if backend == "docker":
+        request.getfixturevalue("geth_pos_image_required")
     inner.makepyfile(test_pos=RUN)
     (inner.path / "scenarios").mkdir()
     (inner.path / "scenarios" / SPLIT.name).write_text(SPLIT.read_text())
     result = inner.runpytest_subprocess(
         "--chain-client=geth-pos",
         "--chain-nodes=4",
-        "--chain-backend=auto",
+        f"--chain-backend={backend}",
         "-x",
         "-rA",
         "test_pos.py",
         "scenarios",
     )
-    result.assert_outcomes(passed=3)
-    assert "client geth-pos 1.17.10" in result.stdout.str()
-    # auto does not look for an engine or an image for it.
-    assert "backend process (auto: client geth-pos runs on processes only)" in result.stdout.str()
+    result.assert_outcomes(passed=4)
+    out = result.stdout.str()
+    if backend == "docker":
+        assert f"client geth-pos (image {GETH_POS_IMAGE})" in out
+        assert (
+            f"backend docker (requested with --chain-backend=docker, image {GETH_POS_IMAGE})" in out
+        )
+    else:
+        assert "client geth-pos 1.17.10" in out
+        assert "backend process (requested with --chain-backend=process)" in out
     result.stdout.fnmatch_lines(
         [
             "*finalized #* or higher on every running node*",
@@ -99,6 +122,7 @@ def test_a_four_node_network_with_finality_and_a_split(
         ]
     )
     assert_nothing_left(runs_dir)
+    assert docker_objects(runs_dir) == []
 
 
 def _cli(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
@@ -111,7 +135,9 @@ def _cli(cwd: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPro
 def test_chainharness_up_attach_status_and_down(inner: pytest.Pytester, runs_dir: Path) -> None:
     """A network brought up outside pytest (for a load test or by hand), attached to by a
     session, then taken down: nothing of it is left."""
-    up = _cli(inner.path, "up", "--chain-client=geth-pos", "--chain-nodes=2")
+    up = _cli(
+        inner.path, "up", "--chain-client=geth-pos", "--chain-nodes=2", "--chain-backend=process"
+    )
     assert up.returncode == 0, up.stdout + up.stderr
     try:
         assert "2 node(s) up on process" in up.stdout
@@ -164,24 +190,21 @@ class TestBadInput:
         assert "--chain-nodes=17: the geth-pos client runs at most 16 nodes" in result.stderr.str()
         assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
 
-    def test_the_docker_backend_is_refused_until_it_has_an_image(
+    @pytest.mark.usefixtures("docker_required")
+    def test_a_missing_image_names_the_build_command(
         self, inner: pytest.Pytester, runs_dir: Path
     ) -> None:
         inner.makepyfile("def test_x(chain):\n    pass\n")
-        result = inner.runpytest_subprocess("--chain-client=geth-pos", "--chain-backend=docker")
-        assert result.ret == pytest.ExitCode.USAGE_ERROR
-        assert (
-            "--chain-backend=docker: the geth-pos client runs on the process backend only"
-            in result.stderr.str()
+        missing = "chainharness/geth-pos:v0.0.0-absent"
+        result = inner.runpytest_subprocess(
+            "--chain-client=geth-pos", "--chain-backend=docker", f"--chain-image={missing}"
         )
-        # chainharness up says the same, before anything starts.
-        up = _cli(inner.path, "up", "--chain-client=geth-pos", "--chain-backend=docker")
-        assert up.returncode == 2, up.stdout + up.stderr
-        assert (
-            "--chain-backend=docker: the geth-pos client runs on the process backend only"
-            in up.stdout
-        )
-        assert not runs_dir.exists() or list(runs_dir.iterdir()) == []
+        result.assert_outcomes(errors=1)
+        out = result.stdout.str()
+        assert missing in out
+        assert "chainharness images build" in out
+        assert_nothing_left(runs_dir)
+        assert docker_objects(runs_dir) == []
 
     def test_a_beacon_node_that_never_reaches_its_geth_is_named(
         self, inner: pytest.Pytester, runs_dir: Path

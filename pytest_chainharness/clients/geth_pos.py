@@ -12,8 +12,12 @@ each validating node.
 
 Nodes peer twice: geth with geth (transactions; sync) and beacon node with beacon node
 (blocks, attestations). Neither has an admin API the harness could drop a beacon peer
-with, so every link goes through the harness's proxies on the process backend (see
-``providers/_links.py``), both the ``p2p`` and the ``beacon_p2p`` ones.
+with, so every link goes through the harness's proxies (see ``providers/_links.py``),
+both the ``p2p`` and the ``beacon_p2p`` ones.
+
+In a container (the docker backend) the node runs the ``geth-pos`` image's binaries and
+its copy of the supervisor, and the genesis tools run in one-off containers of the same
+image (``Placement.runner``), so the host needs nothing but the engine.
 """
 
 from __future__ import annotations
@@ -37,14 +41,14 @@ from .._errors import ChainHarnessError, NetworkStartError, UnsupportedAction
 from .._proc import run_bounded
 from .._rpc import RPCError, rpc_call
 from .._testnet import NodeSpec, Testnet, derive_key
+from ..images import GETH_POS_IMAGE, POS_NODE_IN_IMAGE
 from ..tools import (
     POS_GETH_VERSION,
-    PRYSM_VERSION,
     binary_version,
     find_geth,
     find_prysm,
 )
-from .base import Head, Helper, Placement, Repairer, Route
+from .base import CommandRunner, Head, Helper, Placement, Repairer, Route
 from .geth import GethEndpoints, geth_flags, node_id, write_config
 
 if TYPE_CHECKING:
@@ -123,11 +127,9 @@ class GethPosAdapter(GethEndpoints):
     )  # fmt: skip
     api_ports: tuple[str, ...] = ("rpc", "ws", "metrics", "beacon_http")
     txpool_metric: str | None = "txpool_pending"
-    image = f"chainharness/geth-pos:v{POS_GETH_VERSION}-prysm-v{PRYSM_VERSION}"
+    image = GETH_POS_IMAGE
     host_binary = False
-    #: Its image is not built yet: ``--chain-backend=docker`` is a usage error, and
-    #: ``auto`` picks processes (no such image exists).
-    backends: tuple[str, ...] = ("process",)
+    backends: tuple[str, ...] = ("docker", "process")
     event_kinds: tuple[str, ...] = ("beacon_head", "finalized")
     # Not restarted while it starts: a beacon node opens its API only after its start-up
     # (KZG set-up, genesis state), which took more than 20 s on a loaded CI machine; a
@@ -160,8 +162,9 @@ class GethPosAdapter(GethEndpoints):
     def version(self, binary: Path) -> str:
         return binary_version(binary, ["version"], r"^Version:\s*(\S+)")
 
-    def _prysm(self, name: str) -> str:
-        return str(find_prysm(name, self.root))
+    def _prysm(self, name: str, place: Placement) -> str:
+        # In a container the image's PATH has them (images.py); on the host, the tools'.
+        return name if place.runner is not None else str(find_prysm(name, self.root))
 
     # -- files -----------------------------------------------------------------------------
 
@@ -190,10 +193,12 @@ class GethPosAdapter(GethEndpoints):
         import tempfile
 
         validators = sum(_validators(n)[1] for n in testnet.nodes)
-        with tempfile.TemporaryDirectory(prefix="chainharness-genesis-") as tmp:
+        # In a container the tools see only the node's mounts: work in its datadir.
+        parent = None if place.runner is None else place.datadir
+        with tempfile.TemporaryDirectory(prefix="chainharness-genesis-", dir=parent) as tmp:
             work = Path(tmp)
             dev = _run(
-                [place.binary, "--dev", "dumpgenesis"], "geth --dev dumpgenesis", work
+                [place.binary, "--dev", "dumpgenesis"], "geth --dev dumpgenesis", work, place.runner
             ).stdout
             doc = json.loads(dev)
             config = doc["config"]
@@ -213,7 +218,7 @@ class GethPosAdapter(GethEndpoints):
             (work / "config.yml").write_text(_beacon_config(testnet, validators))
             _run(
                 [
-                    self._prysm("prysmctl"), "testnet", "generate-genesis",
+                    self._prysm("prysmctl", place), "testnet", "generate-genesis",
                     "--fork", "electra",
                     "--num-validators", str(validators),
                     "--genesis-time", str(int(time.time() + _GENESIS_LEAD)),
@@ -224,6 +229,7 @@ class GethPosAdapter(GethEndpoints):
                 ],
                 "prysmctl testnet generate-genesis",
                 work,
+                place.runner,
             )  # fmt: skip
             return {
                 name: (work / name).read_bytes()
@@ -247,13 +253,16 @@ class GethPosAdapter(GethEndpoints):
         self, testnet: Testnet, node: NodeSpec, place: Placement, *, seal: bool
     ) -> list[str]:
         d, host, ports = place.datadir, place.listen, place.ports
+        # The parts reach each other on the node's own host: loopback in a container,
+        # whose listeners bind every address.
+        near = "127.0.0.1" if host == "0.0.0.0" else host
         geth = [
             *geth_flags(testnet, node, place),
             "--authrpc.jwtsecret", f"{d}/jwt.hex",
             *_STATE_FLAGS,
         ]  # fmt: skip
         beacon = [
-            self._prysm("beacon-chain"),
+            self._prysm("beacon-chain", place),
             "--datadir", f"{d}/beacon",
             "--accept-terms-of-use",
             "--chain-config-file", f"{d}/config.yml",
@@ -261,7 +270,7 @@ class GethPosAdapter(GethEndpoints):
             "--chain-id", str(testnet.chain_id),
             "--network-id", str(testnet.chain_id),
             "--contract-deployment-block", "0",
-            "--execution-endpoint", f"http://{host}:{ports['authrpc']}",
+            "--execution-endpoint", f"http://{near}:{ports['authrpc']}",
             "--jwt-secret", f"{d}/jwt.hex",
             "--no-discovery", "--bootstrap-node=",
             # quic-go panics under Go 1.26 ("where's my session ticket?").
@@ -294,7 +303,7 @@ class GethPosAdapter(GethEndpoints):
             "name": "beacon",
             "argv": beacon,
             "first": first_start,
-            "wait_for": f"{host}:{ports['authrpc']}",
+            "wait_for": f"{near}:{ports['authrpc']}",
         }
         if peers:
             # Restarted, it must first sync from a peer: following gossip alone, it would
@@ -303,18 +312,18 @@ class GethPosAdapter(GethEndpoints):
             beacon_part["again"] = {
                 "exists": f"{d}/beacon/beaconchaindata",
                 "args": ["--min-sync-peers", "1"],
-                "trust": {"api": f"http://{host}:{ports['beacon_http']}", "peers": peers},
+                "trust": {"api": f"http://{near}:{ports['beacon_http']}", "peers": peers},
             }
         parts: list[dict[str, Any]] = [{"name": "geth", "argv": geth}, beacon_part]
         first, count = _validators(node)
         if count:
             validator = [
-                self._prysm("validator"),
+                self._prysm("validator", place),
                 "--datadir", f"{d}/validator",
                 "--accept-terms-of-use",
                 "--chain-config-file", f"{d}/config.yml",
-                "--beacon-rpc-provider", f"{host}:{ports['beacon_rpc']}",
-                "--beacon-rest-api-provider", f"http://{host}:{ports['beacon_http']}",
+                "--beacon-rpc-provider", f"{near}:{ports['beacon_rpc']}",
+                "--beacon-rest-api-provider", f"http://{near}:{ports['beacon_http']}",
                 "--interop-num-validators", str(count),
                 "--interop-start-index", str(first),
                 "--monitoring-host", host,
@@ -325,10 +334,12 @@ class GethPosAdapter(GethEndpoints):
                 {
                     "name": "validator",
                     "argv": validator,
-                    "wait_for": f"{host}:{ports['beacon_rpc']}",
+                    "wait_for": f"{near}:{ports['beacon_rpc']}",
                 }
             )
         plan = json.dumps({"parts": parts})
+        if place.runner is not None:
+            return ["python3", POS_NODE_IN_IMAGE, plan]
         return [sys.executable, "-m", "pytest_chainharness.clients.pos_node", plan]
 
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
@@ -545,9 +556,14 @@ def _beacon_config(testnet: Testnet, validators: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(argv: list[str], what: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def _run(
+    argv: list[str], what: str, cwd: Path, runner: CommandRunner | None
+) -> subprocess.CompletedProcess[str]:
     try:
-        result = run_bounded(argv, text=True, cwd=cwd, timeout=60)
+        if runner is None:
+            result = run_bounded(argv, text=True, cwd=cwd, timeout=60)
+        else:
+            result = runner(argv, cwd, {}, 60.0)
     except subprocess.TimeoutExpired:
         raise NetworkStartError(f"geth-pos genesis: `{what}` did not finish within 60s") from None
     if result.returncode != 0:
