@@ -63,10 +63,19 @@ class PortAllocator:
     handed out but not bound yet is free as far as the kernel knows (a 32-node network's
     992 link proxies took node ports that way, and nodes dialled the wrong peer).
 
+    Ports are probed on the wildcard address, so a port handed out is free on every
+    address, whatever ``host`` the caller will bind: a docker run's link proxies listen
+    on its network's gateway, and a port free only on 127.0.0.1 was given, in another
+    xdist worker, to a process node on that same number (the two do not conflict, but a
+    port then names two listeners, and the exposure test saw the gateway one).
+
     A port is only known to be free while we hold it, so another program can still take it
     between our choice and the node's bind; providers detect that from the node's log and
     ask for fresh ports (see ``ClientAdapter.port_conflict``).
     """
+
+    #: A bind here fails while any address holds the port.
+    PROBE = "0.0.0.0"
 
     def __init__(self, host: str = "127.0.0.1", *, window: range | None = None) -> None:
         self.host = host
@@ -81,7 +90,7 @@ class PortAllocator:
             while len(ports) < count:
                 # The window is full (or empty): the kernel's choice is still a free port.
                 sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                sock.bind((self.host, 0))
+                sock.bind((self.PROBE, 0))
                 port = sock.getsockname()[1]
                 if port not in _GIVEN and port not in ports:
                     ports.append(port)
@@ -101,7 +110,7 @@ class PortAllocator:
                 continue
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
-                sock.bind((self.host, port))
+                sock.bind((self.PROBE, port))
             except OSError as exc:
                 if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                     raise

@@ -597,7 +597,7 @@ class TestExposure:
             if chain.backend == "process":
                 ports += [spec.ports["p2p"], spec.ports["authrpc"]]
             for port in ports:
-                assert listening.get(port) == "127.0.0.1", (spec.name, port, listening.get(port))
+                assert listening.get(port) == {"127.0.0.1"}, (spec.name, port, listening.get(port))
 
     def test_state_files_are_private(self, chain: Chain) -> None:
         import stat
@@ -608,9 +608,13 @@ class TestExposure:
             assert stat.S_IMODE(os.stat(run_dir / name).st_mode) == 0o600, name
 
 
-def _listening_tcp() -> dict[int, str]:
-    """Port → address of every listening IPv4 TCP socket (from /proc/net/tcp)."""
-    found: dict[int, str] = {}
+def _listening_tcp() -> dict[int, set[str]]:
+    """Port → addresses of every listening IPv4 TCP socket (from /proc/net/tcp).
+
+    A set: one port number may be listened on at several addresses, and keeping only the
+    last one hid which of them was the node's.
+    """
+    found: dict[int, set[str]] = {}
     with open("/proc/net/tcp") as table:
         for line in table.readlines()[1:]:
             fields = line.split()
@@ -619,5 +623,5 @@ def _listening_tcp() -> dict[int, str]:
                 continue
             address, port = local.split(":")
             octets = [str(int(address[i : i + 2], 16)) for i in (6, 4, 2, 0)]
-            found[int(port, 16)] = ".".join(octets)
+            found.setdefault(int(port, 16), set()).add(".".join(octets))
     return found

@@ -99,6 +99,19 @@ def test_two_allocators_never_hand_out_one_port() -> None:
     assert not set(first) & set(second)
 
 
+def test_a_port_held_on_another_address_is_not_handed_out() -> None:
+    """A docker run's link proxies listen on its network's gateway; another xdist
+    worker's allocator, probing 127.0.0.1 only, gave a process node that same number,
+    and the exposure test found the node's port listening on the gateway."""
+    import socket
+
+    from pytest_chainharness._ports import PortAllocator
+
+    with socket.create_server(("127.0.0.2", 0)) as elsewhere:
+        held = elsewhere.getsockname()[1]
+        assert PortAllocator(window=range(held, held + 1)).take(1) != [held]
+
+
 def test_no_ports_asked_none_given() -> None:
     """A 1-node network has no peer links: asking for 0 ports used to open sockets until
     the process ran out of files."""
