@@ -223,7 +223,11 @@ def test_two_two_split_then_heal_makes_progress_again(chain: Chain, bus: SyncBus
         start = max(h.number for h in chain.heads().values())
         time.sleep(4)
         during = max(h.number for h in chain.heads().values())
-        assert during <= start + 2  # a half cannot keep sealing alone
+        if chain.client != "geth-pos":
+            assert during <= start + 2  # a half cannot keep sealing alone
+        # On proof of stake each half proposes in its own validators' slots: the highest
+        # head went from 74 to 77 in those 4 s (the shipped 2|2 scenario checks that both
+        # halves go on).
     chain.wait_ready(timeout=60)
     head = chain.wait_converged(timeout=60)
     chain.wait_for_height(head.number + 2, timeout=30)

@@ -26,6 +26,8 @@ from pytest_chainharness.clients.base import Placement
 from pytest_chainharness.clients.geth import GethAdapter, node_id, write_config
 from pytest_chainharness.clients.geth_pos import GethPosAdapter, _dialled
 from pytest_chainharness.providers._peering import AdminPeering
+from pytest_chainharness.providers._state import RunState
+from pytest_chainharness.providers.base import NodeState
 
 
 @pytest.fixture
@@ -68,10 +70,10 @@ class _Admin(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def admins() -> Iterator[tuple[list[str], list[tuple[int, str, list[Any]]]]]:
-    """Two recording admin endpoints, and the calls they received."""
+    """Four recording admin endpoints, and the calls they received."""
     calls: list[tuple[int, str, list[Any]]] = []
     handler = type("Handler", (_Admin,), {"calls": calls})
-    servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(2)]
+    servers = [ThreadingHTTPServer(("127.0.0.1", 0), handler) for _ in range(4)]
     for server in servers:
         threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -114,7 +116,81 @@ def test_a_restarted_node_dials_every_peer_and_its_peers_stop_dialling_it(
         ("admin_removePeer", f"enode://{node_id(node)}"),
         ("admin_removePeer", f"enode://{node_id(node)}"),
     ]
-    assert {port for port, _, _ in calls} == {int(u.rsplit(":", 1)[1]) for u in urls}
+    assert {port for port, _, _ in calls} == {int(u.rsplit(":", 1)[1]) for u in urls[:2]}
+
+
+class Restarts(AdminPeering):
+    """AdminPeering's restart and resume bookkeeping over node states a test sets."""
+
+    def __init__(self, testnet: Testnet, tmp_path: Path, urls: list[str]) -> None:
+        self.testnet = testnet
+        self.adapter = GethPosAdapter()
+        self.shared = RunState(tmp_path / "state.json", testnet)
+        self.states = dict.fromkeys(range(len(testnet.nodes)), NodeState.RUNNING)
+        self.urls = urls
+        self.root = tmp_path
+
+    def state(self, index: int) -> NodeState:
+        return self.states[index]
+
+    def admin_url(self, index: int) -> str:
+        return self.urls[index]
+
+    def datadir(self, index: int) -> Path:
+        path = self.root / f"node{index}"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def _place(self, index: int) -> Placement:
+        return _place(self.testnet, index, self.datadir(index))
+
+
+def test_a_peer_paused_while_a_node_starts_again_is_told_when_it_resumes(
+    testnet: Testnet,
+    tmp_path: Path,
+    admins: tuple[list[str], list[tuple[int, str, list[Any]]]],
+) -> None:
+    """The sequence of test_chain's disruptive restore on geth-pos: node2 stopped and
+    node3 paused, node2 started first. node3 never heard that node2 took their pair
+    over, both dialled it, and after the next partition the pair stayed apart for more
+    than the minute the heal test waits."""
+    urls, calls = admins
+    port = [int(u.rsplit(":", 1)[1]) for u in urls]
+    node2 = f"enode://{node_id(testnet.nodes[2])}@"
+    provider = Restarts(testnet, tmp_path, urls)
+    provider.states[2] = NodeState.STOPPED
+    provider.states[3] = NodeState.PAUSED
+    provider._before_restart(2)
+    assert sorted((p, method, params[0].split("@")[0] + "@") for p, method, params in calls) == [
+        (port[0], "admin_removePeer", node2),
+        (port[1], "admin_removePeer", node2),
+    ]
+    calls.clear()
+    provider.states[2] = provider.states[3] = NodeState.RUNNING
+    provider._after_resume(3)
+    assert [(p, method, params[0].split("@")[0] + "@") for p, method, params in calls] == [
+        (port[3], "admin_removePeer", node2)
+    ]
+    calls.clear()
+    provider._after_resume(3)  # told once
+    assert calls == []
+
+
+def test_a_paused_peer_is_not_told_of_a_node_that_stopped_again(
+    testnet: Testnet,
+    tmp_path: Path,
+    admins: tuple[list[str], list[tuple[int, str, list[Any]]]],
+) -> None:
+    """Stopped again, node2 tells every running peer itself at its next start."""
+    urls, calls = admins
+    provider = Restarts(testnet, tmp_path, urls)
+    provider.states[2] = NodeState.STOPPED
+    provider.states[3] = NodeState.PAUSED
+    provider._before_restart(2)
+    calls.clear()
+    provider.states[3] = NodeState.RUNNING  # node2 stays stopped
+    provider._after_resume(3)
+    assert calls == []
 
 
 class HealOnly(AdminPeering):

@@ -176,6 +176,11 @@ class NoAdminPeers:
     ) -> None:
         return None
 
+    def tell_restarted(
+        self, testnet: Testnet, node: NodeSpec, peer_admin: Mapping[int, str]
+    ) -> None:
+        return None
+
     def _no_admin_api(self) -> UnsupportedAction:
         name = getattr(self, "display_name", type(self).__name__)
         return UnsupportedAction(f"client {name} has no admin API for peers")
@@ -360,6 +365,14 @@ class ClientAdapter(Protocol):
         """Called just before a node that has run starts again (a restart, an upgrade,
         a retry on fresh ports), with the admin URL of every other running node: for a
         client whose peers must change what they know of it. Nothing for most clients."""
+        ...
+
+    def tell_restarted(
+        self, testnet: Testnet, node: NodeSpec, peer_admin: Mapping[int, str]
+    ) -> None:
+        """What ``before_restart`` tells the running peers of ``node``, told to the
+        peers in ``peer_admin`` only: the provider calls it for a peer that was paused
+        when ``node`` started again, once that peer resumes. Nothing for most clients."""
         ...
 
     def connected_peers(self, admin_url: str) -> set[str]:

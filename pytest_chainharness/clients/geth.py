@@ -225,6 +225,11 @@ class GethAdapter(GethEndpoints):
     ) -> None:
         return None
 
+    def tell_restarted(
+        self, testnet: Testnet, node: NodeSpec, peer_admin: Mapping[int, str]
+    ) -> None:
+        return None  # peers come back through admin_addPeer (the provider's add_peers)
+
     def add_peer(self, admin_url: str, address: str) -> None:
         rpc_call(admin_url, "admin_addPeer", [address])
 

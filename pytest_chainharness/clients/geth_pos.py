@@ -412,9 +412,15 @@ class GethPosAdapter(GethEndpoints):
         # _dialled): it dials all its peers at once, where a peer that used to dial it
         # would only come back on its own redial clock, up to 35 s later. Its peers drop
         # it from their static lists first, so each pair keeps one dialler; a peer that is
-        # stopped now does the same for its own pairs when it starts again.
+        # stopped now does the same for its own pairs when it starts again; one that is
+        # paused is told when it resumes (tell_restarted).
         peers = [address for _, address in _peer_enodes(testnet, node, place)]
         write_config(datadir, f"{place.listen}:{place.ports['p2p']}", peers)
+        self.tell_restarted(testnet, node, peer_admin)
+
+    def tell_restarted(
+        self, testnet: Testnet, node: NodeSpec, peer_admin: Mapping[int, str]
+    ) -> None:
         me = f"enode://{node_id(node)}@{node.host}:{node.ports['p2p']}"  # matched by id
         for admin_url in peer_admin.values():
             with contextlib.suppress(RPCError):  # it may stop meanwhile

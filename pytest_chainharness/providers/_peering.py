@@ -131,15 +131,37 @@ class AdminPeering:
 
     def _before_restart(self, index: int) -> None:
         """Tell the client that node ``index``, which has run, is about to start again."""
-        others = {
-            other.index: self.admin_url(other.index)
+        states = {
+            other.index: self.state(other.index)
             for other in self.testnet.nodes
-            if other.index != index and self.state(other.index) is NodeState.RUNNING
+            if other.index != index
         }
+        others = {i: self.admin_url(i) for i, state in states.items() if state is NodeState.RUNNING}
+        with self.shared.edit() as data:
+            waiting: dict[str, list[int]] = data.setdefault("tell_on_resume", {})
+            # Starting again, it tells every running peer itself.
+            waiting.pop(str(index), None)
+            # A paused peer cannot be told now, and would go on as before: geth-pos's
+            # stayed a second dialler of its pair, and the pair missed each other for
+            # more than a minute after the next partition (test_chain's heal test on
+            # geth-pos, after test_disruptive_mark_restores_the_network).
+            for i, state in states.items():
+                if state is NodeState.PAUSED and index not in waiting.setdefault(str(i), []):
+                    waiting[str(i)].append(index)
         node = self.testnet.nodes[index]
         self.adapter.before_restart(
             self.testnet, node, self.datadir(index), self._place(index), others
         )
+
+    def _after_resume(self, index: int) -> None:
+        """Tell a resumed node what the peers that started again meanwhile told the rest."""
+        with self.shared.edit() as data:
+            started = (data.get("tell_on_resume") or {}).pop(str(index), [])
+        admin = {index: self.admin_url(index)}
+        for other in started:
+            # One that stopped since tells everyone again at its next start.
+            if self.state(other) is NodeState.RUNNING:
+                self.adapter.tell_restarted(self.testnet, self.testnet.nodes[other], admin)
 
     def _peer(self, index: int, add: bool, address: str) -> None:
         """Make node ``index`` add (or drop) the peer at ``address``, if it is running."""

@@ -489,6 +489,7 @@ class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
 
     def resume(self, index: int) -> None:
         self._require(index, "resume").unpause()
+        self._after_resume(index)
 
     def _require(self, index: int, action: str) -> Container:
         container = self._container(index)

@@ -246,6 +246,7 @@ class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
         pid = self._require_pid(index, "resume")
         os.killpg(pid, signal.SIGCONT)
         self._wait_letter(pid, ("R", "S", "D"))
+        self._after_resume(index)
 
     def _wait_letter(self, pid: int, letters: tuple[str, ...]) -> None:
         deadline = time.monotonic() + 2.0
