@@ -11,10 +11,14 @@ from pytest_chainharness.tools import find_anvil, find_cometbft, find_geth, find
 
 
 def find_geth_pos(root: Path | None = None) -> Path:
-    """geth-pos's binaries, as the adapter looks them up (ToolNotFound names the install)."""
+    """geth-pos's binaries, as the adapter looks them up (ToolNotFound names the install),
+    and the previous geth the upgrade tests go to (``tools install geth-pos`` builds it)."""
     from pytest_chainharness.clients.geth_pos import GethPosAdapter
+    from pytest_chainharness.tools import POS_GETH_PREVIOUS
 
-    return GethPosAdapter(root=root).find_binary()
+    adapter = GethPosAdapter(root=root)
+    adapter.find_binary(POS_GETH_PREVIOUS)
+    return adapter.find_binary()
 
 
 ROOT = Path(__file__).resolve().parent
@@ -96,12 +100,15 @@ def docker_required() -> None:
 
 @pytest.fixture(scope="session")
 def geth_pos_image_required(docker_required: None) -> None:
-    """Skip when the geth-pos image is absent (it is built when geth-pos is installed)."""
+    """Skip when a geth-pos image is absent (they are built when geth-pos is installed):
+    the run's and the previous geth's, which the upgrade tests go to."""
     from pytest_chainharness._docker import image_exists
-    from pytest_chainharness.images import GETH_POS_IMAGE
+    from pytest_chainharness.images import GETH_POS_IMAGE, geth_pos_image
+    from pytest_chainharness.tools import POS_GETH_PREVIOUS
 
-    if not image_exists(GETH_POS_IMAGE):
-        pytest.skip(f"image {GETH_POS_IMAGE} is missing: chainharness images build --only geth-pos")
+    for image in (GETH_POS_IMAGE, geth_pos_image(POS_GETH_PREVIOUS)):
+        if not image_exists(image):
+            pytest.skip(f"image {image} is missing: chainharness images build --only geth-pos")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,8 @@ Machines that reach no container registry still get every image the docker backe
     chainharness/geth-pos:v1.17.10-prysm-v7.0.0
                                      python + geth 1.17 + prysm's beacon node, validator and
                                      prysmctl (``tools install geth-pos``) + the node supervisor
+    chainharness/geth-pos:v1.17.9-prysm-v7.0.0
+                                     (every installed geth v1.14+ gets one: upgrades swap it)
 
 Teams with a registry point the image options at real images instead
 (``ethereum/client-go:v1.13.15``, ``eclipse-mosquitto:2``); both kinds work.
@@ -55,6 +57,7 @@ __all__ = [
     "PYTHON_IMAGE",
     "build_images",
     "geth_image",
+    "geth_pos_image",
 ]
 
 BUILD_COMMAND = "chainharness images build"
@@ -63,7 +66,14 @@ GETH_IMAGE = "chainharness/geth"
 ANVIL_IMAGE = f"chainharness/anvil:v{ANVIL_VERSION}"
 MOSQUITTO_IMAGE = "chainharness/mosquitto:2"
 PYTHON_IMAGE = "chainharness/python:3.11"
-GETH_POS_IMAGE = f"chainharness/geth-pos:v{POS_GETH_VERSION}-prysm-v{PRYSM_VERSION}"
+
+
+def geth_pos_image(version: str) -> str:
+    """The geth-pos image of one geth version (prysm is the same in all of them)."""
+    return f"chainharness/geth-pos:v{version.lstrip('v')}-prysm-v{PRYSM_VERSION}"
+
+
+GETH_POS_IMAGE = geth_pos_image(POS_GETH_VERSION)
 #: Where the geth-pos image keeps the node supervisor (``clients/pos_node.py``, standard
 #: library only), run by the image's python3.
 POS_NODE_IN_IMAGE = "/usr/local/lib/chainharness/pos_node.py"
@@ -257,25 +267,38 @@ def _build_anvil_image(
     done(ANVIL_IMAGE)
 
 
+def _pos_geths(root: Path | None) -> dict[str, Path]:
+    """The installed geths a geth-pos image is for: v1.14+ (proof of stake only)."""
+    return {v: b for v, b in geth_versions_installed(root).items() if version_key(v) >= (1, 14)}
+
+
 def _build_geth_pos_image(
     root: Path | None, force: bool, done: Callable[[str], None], say: Callable[[str], None]
 ) -> None:
     from ._docker import image_exists
 
     try:
-        files = {"/usr/local/bin/geth": find_geth(version=POS_GETH_VERSION, root=root)}
-        files |= {f"/usr/local/bin/{name}": find_prysm(name, root) for name in PRYSM_BINARIES}
+        find_geth(version=POS_GETH_VERSION, root=root)
+        prysm = {f"/usr/local/bin/{name}": find_prysm(name, root) for name in PRYSM_BINARIES}
     except ToolNotFound as exc:
         say(f"no geth-pos image: {exc}")
         return
-    if not force and image_exists(GETH_POS_IMAGE):
+    # One image per installed geth: upgrades swap the image (the previous geth included).
+    wanted = {
+        geth_pos_image(version): binary
+        for version, binary in _pos_geths(root).items()
+        if force or not image_exists(geth_pos_image(version))
+    }
+    if not wanted:
         return
     if not image_exists(PYTHON_IMAGE):
         raise ToolNotFound(f"the image {PYTHON_IMAGE} is missing: {BUILD_COMMAND} --only os")
-    # The supervisor runs a node's three parts as one process tree, as on the host.
-    files[POS_NODE_IN_IMAGE] = Path(__file__).parent / "clients" / "pos_node.py"
-    _build_from_base(GETH_POS_IMAGE, files, ["python3", POS_NODE_IN_IMAGE], base=PYTHON_IMAGE)
-    done(GETH_POS_IMAGE)
+    for tag, geth in wanted.items():
+        # The supervisor runs a node's three parts as one process tree, as on the host.
+        files = {"/usr/local/bin/geth": geth, **prysm}
+        files[POS_NODE_IN_IMAGE] = Path(__file__).parent / "clients" / "pos_node.py"
+        _build_from_base(tag, files, ["python3", POS_NODE_IN_IMAGE], base=PYTHON_IMAGE)
+        done(tag)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -296,8 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "list":
         tags = [BASE_IMAGE, MOSQUITTO_IMAGE, PYTHON_IMAGE, ANVIL_IMAGE, GETH_POS_IMAGE]
         tags += [geth_image(v) for v in _clique_geths(Path.cwd())]
+        tags += [geth_pos_image(v) for v in _pos_geths(Path.cwd()) if v != POS_GETH_VERSION]
         for tag in tags:
-            print(f"{tag:36} {'present' if image_exists(tag) else 'missing'}")
+            print(f"{tag:44} {'present' if image_exists(tag) else 'missing'}")
         return 0
     try:
         built = build_images(root=Path.cwd(), force=args.force, only=args.only or IMAGE_GROUPS)

@@ -68,6 +68,11 @@ def test_image_for_version() -> None:
         "ethereum/client-go:v1.13.14"
     )
     assert image_for_version("localhost:5000/geth", "1.2.3") == "localhost:5000/geth:v1.2.3"
+    # What follows the version stays: geth-pos's images name prysm's release too.
+    assert image_for_version("chainharness/geth-pos:v1.17.10-prysm-v7.0.0", "1.17.9") == (
+        "chainharness/geth-pos:v1.17.9-prysm-v7.0.0"
+    )
+    assert image_for_version("my/node:latest", "2.0") == "my/node:v2.0"
     assert image_for_version("chainharness/geth:v1.13.15", "my/node:dev") == "my/node:dev"
 
 

@@ -26,6 +26,7 @@ SPLIT = ROOT / "scenarios" / "faults" / "geth-pos-split-2-2.yaml"
 
 RUN = f"""
 from pytest_chainharness.contracts import unsupported_opcodes
+from pytest_chainharness.tools import POS_GETH_PREVIOUS, POS_GETH_VERSION
 
 SOURCE = {str(SOURCE)!r}
 
@@ -76,6 +77,24 @@ def test_a_killed_node_comes_back_and_converges(chain):
     head = chain.wait_converged(timeout=120)
     assert head.number > before
     assert node.w3.eth.get_block(before)["hash"] == chain.nodes[0].w3.eth.get_block(before)["hash"]
+
+
+def test_a_rolling_upgrade_to_the_previous_geth_and_back(chain):
+    # geth is swapped (a binary on processes, an image on docker); the datadir and the
+    # beacon node's stay. Generous timeouts: a restarted beacon node syncs again from
+    # its finalized state (docs/pos.md).
+    assert all(n.client_version.startswith(POS_GETH_VERSION) for n in chain.nodes)
+    before = chain.wait_converged(timeout=60).number
+    down = chain.rolling_upgrade(POS_GETH_PREVIOUS, timeout=120)
+    assert down.ok, str(down)
+    assert all(n.client_version.startswith(POS_GETH_PREVIOUS) for n in chain.nodes)
+    # Back two at a time: half the stake stays up, so blocks go on meanwhile.
+    up = chain.rolling_upgrade(POS_GETH_VERSION, max_unavailable=2, timeout=120)
+    assert up.ok, str(up)
+    assert all(n.client_version.startswith(POS_GETH_VERSION) for n in chain.nodes)
+    head = chain.wait_converged(timeout=120)
+    assert head.number > before
+    chain.wait_finalized(at_least=before + 1, timeout=120)  # finality went on
 """
 
 
@@ -84,7 +103,7 @@ def test_a_four_node_network_with_finality_and_a_split(
     inner: pytest.Pytester, runs_dir: Path, backend: str, request: pytest.FixtureRequest
 ) -> None:
     """The split is the shipped scenario, scenarios/faults/geth-pos-split-2-2.yaml, in the
-    same run."""
+    same run. The rolling upgrade needs the previous geth (and, on docker, its image)."""
     if backend == "docker":
         request.getfixturevalue("geth_pos_image_required")
     inner.makepyfile(test_pos=RUN)
@@ -99,7 +118,7 @@ def test_a_four_node_network_with_finality_and_a_split(
         "test_pos.py",
         "scenarios",
     )
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     out = result.stdout.str()
     if backend == "docker":
         assert f"client geth-pos (image {GETH_POS_IMAGE})" in out

@@ -42,6 +42,7 @@ __all__ = [
     "DOCTOR_TOOLS",
     "GETH_VERSIONS",
     "INSTALL_COMMAND",
+    "POS_GETH_PREVIOUS",
     "POS_GETH_VERSION",
     "PRYSM_BINARIES",
     "PRYSM_VERSION",
@@ -85,6 +86,9 @@ COMETBFT_VERSION = "0.38.26"
 SOLC_VERSION = "0.8.37"
 #: geth-pos: a current geth (proof of stake only) and the prysm release it runs beside.
 POS_GETH_VERSION = "1.17.10"
+#: The geth release before it, installed beside it: what a rolling upgrade of a geth-pos
+#: network goes to and back from (``node.upgrade("1.17.9")``).
+POS_GETH_PREVIOUS = "1.17.9"
 PRYSM_VERSION = "7.0.0"
 #: What a geth-pos node runs besides geth, and the genesis tool.
 PRYSM_BINARIES = ("beacon-chain", "validator", "prysmctl")
@@ -384,14 +388,16 @@ def find_prysm(name: str, root: Path | None = None) -> Path:
         return built
     raise ToolNotFound(
         f"prysm {PRYSM_VERSION}'s {name} was not found at {built}. Install geth-pos with: "
-        f"{INSTALL_COMMAND} geth-pos   (builds geth {POS_GETH_VERSION} and prysm "
-        f"{PRYSM_VERSION} from the Go module proxy; needs Go)"
+        f"{INSTALL_COMMAND} geth-pos   (builds geth {POS_GETH_VERSION} and "
+        f"{POS_GETH_PREVIOUS}, and prysm {PRYSM_VERSION}, from the Go module proxy; needs Go)"
     )
 
 
 def install_geth_pos(*, dest: Path | None = None) -> list[Path]:
-    """Everything ``--chain-client=geth-pos`` runs: geth ``POS_GETH_VERSION`` and prysm."""
-    return install_geth([POS_GETH_VERSION], dest=dest) + install_prysm(dest=dest)
+    """Everything ``--chain-client=geth-pos`` runs: geth ``POS_GETH_VERSION`` (and
+    ``POS_GETH_PREVIOUS``, for upgrades) and prysm."""
+    geths = install_geth([POS_GETH_VERSION, POS_GETH_PREVIOUS], dest=dest)
+    return geths + install_prysm(dest=dest)
 
 
 def find_cometbft(root: Path | None = None) -> Path:
@@ -550,15 +556,16 @@ def _checks(root: Path | None) -> list[Check]:
             f"{INSTALL_COMMAND} solc",
         )
     )
-    checks.append(
+    checks += [
         Check(
-            f"geth-pos geth {POS_GETH_VERSION}",
-            functools.partial(find_geth, version=POS_GETH_VERSION, root=root),
+            f"geth-pos geth {version}",
+            functools.partial(find_geth, version=version, root=root),
             ("version",),
-            f"Version: {POS_GETH_VERSION}",
+            f"Version: {version}",
             f"{INSTALL_COMMAND} geth-pos",
         )
-    )
+        for version in (POS_GETH_VERSION, POS_GETH_PREVIOUS)
+    ]
     checks += [
         Check(
             f"geth-pos {name}",
