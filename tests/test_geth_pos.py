@@ -81,20 +81,22 @@ def test_a_killed_node_comes_back_and_converges(chain):
 
 def test_a_rolling_upgrade_to_the_previous_geth_and_back(chain):
     # geth is swapped (a binary on processes, an image on docker); the datadir and the
-    # beacon node's stay. Generous timeouts: a restarted beacon node syncs again from
-    # its finalized state (docs/pos.md).
+    # beacon node's stay. One node at a time both ways, with finality caught up in
+    # between: a restarted beacon node syncs again from its finalized state (docs/pos.md),
+    # and going back two at a time took half the stake away, finality stood, and node2
+    # had 200 slots to sync at 0.8 blocks/s (CI of f9b7d7a).
     assert all(n.client_version.startswith(POS_GETH_VERSION) for n in chain.nodes)
     before = chain.wait_converged(timeout=60).number
     down = chain.rolling_upgrade(POS_GETH_PREVIOUS, timeout=120)
     assert down.ok, str(down)
     assert all(n.client_version.startswith(POS_GETH_PREVIOUS) for n in chain.nodes)
-    # Back two at a time: half the stake stays up, so blocks go on meanwhile.
-    up = chain.rolling_upgrade(POS_GETH_VERSION, max_unavailable=2, timeout=120)
+    middle = chain.wait_converged(timeout=60).number
+    assert middle > before
+    chain.wait_finalized(at_least=middle, timeout=180)  # finality went on, and caught up
+    up = chain.rolling_upgrade(POS_GETH_VERSION, timeout=120)
     assert up.ok, str(up)
     assert all(n.client_version.startswith(POS_GETH_VERSION) for n in chain.nodes)
-    head = chain.wait_converged(timeout=120)
-    assert head.number > before
-    chain.wait_finalized(at_least=before + 1, timeout=120)  # finality went on
+    assert chain.wait_converged(timeout=120).number > middle
 """
 
 
