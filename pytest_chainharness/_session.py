@@ -380,7 +380,7 @@ class ChainSession:
 
     def restore(self) -> None:
         """Bring a disturbed network back: heal, clear latency, put every node back on the
-        run's version, restart/resume every node, converge."""
+        run's version, restart/resume every node and every part of one, converge."""
         chain = self._chain
         if chain is None:
             return
@@ -393,6 +393,11 @@ class ChainSession:
                 node.resume()
             elif state is not NodeState.RUNNING:
                 node.start()
+            for part, part_state in node.parts.items():  # in start order: geth first
+                if part_state == NodeState.PAUSED.value:
+                    node.resume(part=part)
+                elif part_state == NodeState.STOPPED.value:  # a new one starts by itself
+                    node.start(part=part)
             if chain.provider.version_ref(node.index) != default:
                 node.upgrade(default)
         chain.wait_converged(timeout=60)

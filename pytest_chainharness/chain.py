@@ -115,34 +115,70 @@ class Node:
 
     @property
     def running(self) -> bool:
-        """Started and not paused: the node answers RPC."""
-        return self._chain.provider.state(self.index) is NodeState.RUNNING
+        """Started and not paused: the node answers RPC (on geth-pos: its geth runs)."""
+        return self._chain.provider.serving_state(self.index) is NodeState.RUNNING
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """Each part's state (``running``, ``paused``, ``stopped``; ``new`` while it waits
+        for the part before it to serve) for a client whose node runs several processes
+        (geth-pos: ``geth``, ``beacon``, ``validator``); {} for the others. The ``part=``
+        of ``kill``, ``stop``, ``start``, ``restart``, ``pause`` and ``resume`` takes one
+        of these names."""
+        return {name: state.value for name, state in self._chain.provider.parts(self.index).items()}
 
     # -- actions (all through the provider) -----------------------------------------------
 
-    def stop(self) -> None:
-        """Graceful stop; the datadir is kept."""
+    def _on_part(self, part: str, action: str) -> None:
+        self._chain._act(
+            self,
+            f"{action} {part}",
+            lambda: self._chain.provider.act_on_part(self.index, part, action),
+        )
+
+    def stop(self, *, part: str | None = None) -> None:
+        """Graceful stop; the datadir is kept. With ``part``, that part alone."""
+        if part is not None:
+            self._on_part(part, "stop")
+            return
         self._chain._act(self, "stop", lambda: self._chain.provider.stop(self.index))
 
-    def start(self, *, timeout: float = 30.0) -> None:
-        """Start a stopped node on its datadir; returns once its RPC answers."""
+    def start(self, *, timeout: float = 30.0, part: str | None = None) -> None:
+        """Start a stopped node on its datadir; returns once its RPC answers. With
+        ``part``, that stopped part of a running node (its RPC awaited when it serves
+        it)."""
+        if part is not None:
+            self._on_part(part, "start")
+            if part == self._chain.adapter.main_part:
+                self._chain._wait_rpc([self], timeout=timeout)
+            return
         self._chain._act(self, "start", lambda: self._chain.provider.start(self.index))
         self._chain._wait_rpc([self], timeout=timeout)
         self._chain._catch_up_and_seal(self)
 
-    def restart(self, *, timeout: float = 30.0) -> None:
-        self.stop()
-        self.start(timeout=timeout)
+    def restart(self, *, timeout: float = 30.0, part: str | None = None) -> None:
+        self.stop(part=part)
+        self.start(timeout=timeout, part=part)
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, the datadir is kept."""
+    def kill(self, *, part: str | None = None) -> None:
+        """SIGKILL: no shutdown, the datadir is kept. With ``part``, that part alone: the
+        rest of the node runs on without it until ``start(part=...)``."""
+        if part is not None:
+            self._on_part(part, "kill")
+            return
         self._chain._act(self, "kill", lambda: self._chain.provider.kill(self.index))
 
-    def pause(self) -> None:
-        """Freeze the node (SIGSTOP / container pause)."""
+    def pause(self, *, part: str | None = None) -> None:
+        """Freeze the node (SIGSTOP / container pause); with ``part``, that part alone."""
+        if part is not None:
+            self._on_part(part, "pause")
+            return
         self._chain._act(self, "pause", lambda: self._chain.provider.pause(self.index))
 
-    def resume(self) -> None:
+    def resume(self, *, part: str | None = None) -> None:
+        if part is not None:
+            self._on_part(part, "resume")
+            return
         self._chain._act(self, "resume", lambda: self._chain.provider.resume(self.index))
 
     def logs(self, tail: int = 200) -> str:
@@ -368,7 +404,10 @@ class Chain:
         for node in self.nodes:
             state = node.state
             height = head = peers = "-"
-            if state == NodeState.RUNNING.value:
+            down = {p: st for p, st in node.parts.items() if st != NodeState.RUNNING.value}
+            if state == NodeState.RUNNING.value and down:
+                state += " (" + ", ".join(f"{p} {st}" for p, st in down.items()) + ")"
+            if node.running:
                 try:
                     h = node.head()
                     height, head = str(h.number), h.hash[:18]

@@ -17,6 +17,7 @@ from web3.exceptions import TransactionNotFound
 
 from pytest_chainharness import (
     Chain,
+    ChainHarnessError,
     ChainTimeout,
     Head,
     Node,
@@ -146,6 +147,26 @@ def test_pause_and_resume(chain: Chain) -> None:
     node.resume()
     assert node.running
     chain.wait_converged()
+
+
+@pytest.mark.disruptive  # stops a node for a moment on geth-pos
+def test_a_fault_on_a_part_the_node_does_not_have_changes_nothing(chain: Chain) -> None:
+    node = chain.nodes[1]
+    if not chain.adapter.parts:
+        assert node.parts == {}
+        with pytest.raises(UnsupportedAction, match="runs each node as one process"):
+            node.kill(part="geth")
+    else:  # geth-pos (tests/test_matrix.py)
+        assert set(node.parts.values()) == {"running"}
+        with pytest.raises(ValueError, match="no part 'gteh'; its parts: geth, beacon"):
+            node.kill(part="gteh")
+    assert node.running
+    if chain.adapter.parts:
+        stopped = chain.nodes[2]
+        stopped.stop()
+        assert set(stopped.parts.values()) == {"stopped"}  # as the node is
+        with pytest.raises(ChainHarnessError, match="the node is stopped"):
+            stopped.start(part="geth")
 
 
 @pytest.mark.disruptive

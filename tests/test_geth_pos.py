@@ -25,6 +25,8 @@ SOURCE = ROOT / "tests" / "contracts" / "Transient.sol"
 SPLIT = ROOT / "scenarios" / "faults" / "geth-pos-split-2-2.yaml"
 
 RUN = f"""
+import pytest
+
 from pytest_chainharness.contracts import unsupported_opcodes
 from pytest_chainharness.tools import POS_GETH_PREVIOUS, POS_GETH_VERSION
 
@@ -79,6 +81,55 @@ def test_a_killed_node_comes_back_and_converges(chain):
     assert node.w3.eth.get_block(before)["hash"] == chain.nodes[0].w3.eth.get_block(before)["hash"]
 
 
+@pytest.mark.disruptive
+def test_geth_alone_killed_and_the_beacon_node_alone_paused(chain):
+    node = chain.nodes[3]
+    assert node.parts == {{"geth": "running", "beacon": "running", "validator": "running"}}
+    node.kill(part="geth")
+    # The node runs on without its geth: not a node the waits read, and back by itself
+    # only once asked.
+    assert node.state == "running"
+    assert node.parts == {{"geth": "stopped", "beacon": "running", "validator": "running"}}
+    assert not node.running and node not in chain.running_nodes()
+    assert "geth stopped" in chain.status_table()
+    top = max(h.number for h in chain.heads().values())
+    chain.wait_for_height(top + 2, timeout=60)  # the other three go on
+    node.start(part="geth")
+    assert node.running
+    assert chain.wait_converged(timeout=120).number > top
+    # Without its beacon node, geth is told of no new head (no block import by gossip
+    # since the merge): it stands while the others go on.
+    node.pause(part="beacon")
+    assert node.parts["beacon"] == "paused" and node.running
+    stood = node.head().number
+    chain.wait_for_height(stood + 3, nodes=[0, 1, 2], timeout=60)
+    assert node.head().number <= stood + 1  # one may have been on its way
+    node.resume(part="beacon")
+    assert chain.wait_converged(timeout=120).number >= stood + 3
+
+
+@pytest.mark.disruptive
+def test_parts_left_down_by_a_disruptive_test(chain):
+    chain.nodes[2].kill(part="validator")
+    chain.nodes[1].pause(part="beacon")
+    chain.nodes[0].stop(part="geth")
+
+
+def test_are_running_again_in_the_next_test(chain, bus):
+    for node in chain.nodes:
+        assert set(node.parts.values()) == {{"running"}}, (node.name, node.parts)
+    head = chain.wait_converged(timeout=60)
+    bus.wait_for("block", lambda e: e.payload["number"] > head.number, nodes="all", timeout=60)
+    # Each fault on a part was published as such.
+    faults = {{(e.node, e.payload["action"]) for e in bus.events("fault")}}
+    for action in ("kill validator", "start validator"):
+        assert ("node2", action) in faults
+    for action in ("pause beacon", "resume beacon"):
+        assert ("node1", action) in faults
+    for action in ("stop geth", "start geth"):
+        assert ("node0", action) in faults
+
+
 def test_a_rolling_upgrade_to_the_previous_geth_and_back(chain):
     # geth is swapped (a binary on processes, an image on docker); the datadir and the
     # beacon node's stay. One node at a time both ways, with finality caught up in
@@ -120,7 +171,7 @@ def test_a_four_node_network_with_finality_and_a_split(
         "test_pos.py",
         "scenarios",
     )
-    result.assert_outcomes(passed=5)
+    result.assert_outcomes(passed=8)
     out = result.stdout.str()
     if backend == "docker":
         assert f"client geth-pos (image {GETH_POS_IMAGE})" in out

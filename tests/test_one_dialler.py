@@ -133,6 +133,9 @@ class Restarts(AdminPeering):
     def state(self, index: int) -> NodeState:
         return self.states[index]
 
+    def serving_state(self, index: int) -> NodeState:
+        return self.states[index]  # geth's, as its peers see it (a paused geth alone too)
+
     def admin_url(self, index: int) -> str:
         return self.urls[index]
 

@@ -40,6 +40,8 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
     txpool_metric: str | None = None
     image = ANVIL_IMAGE
     host_binary = False
+    parts: tuple[str, ...] = ()
+    main_part: str | None = None
     hung_restart_after: float | None = 10.0
     stalled_peering_restart_after: float | None = None  # one node: no peers
 

@@ -11,7 +11,7 @@ import signal
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from .._errors import UnsupportedAction
@@ -29,6 +29,7 @@ __all__ = [
     "Placement",
     "Repairer",
     "Route",
+    "parts_socket",
 ]
 
 
@@ -85,6 +86,13 @@ class Route:
 CommandRunner = Callable[
     [list[str], Path, dict[str, str], float], "subprocess.CompletedProcess[str]"
 ]
+
+
+def parts_socket(ipc_path: str) -> str:
+    """Where a node's supervisor answers faults on one part (``pos_node.ask``): beside
+    the node's admin socket, in the run's admin folder, which a container sees at the
+    same path, so the host reaches it there on every backend."""
+    return str(PurePosixPath(ipc_path).with_suffix(".parts"))
 
 
 @dataclass(frozen=True)
@@ -254,6 +262,14 @@ class ClientAdapter(Protocol):
     #: upgrade on docker swaps that binary, not the image, and ``--chain-backend=auto``
     #: leaves the client on the host.
     host_binary: bool
+    #: The processes a node runs under the node supervisor (``clients/pos_node``), each
+    #: of which a fault can reach alone (``Node.kill(part=...)``); () for a node that is
+    #: one process.
+    parts: tuple[str, ...]
+    #: The part that serves the node's RPC and dials its peers (geth-pos: geth): while
+    #: it is down the node is not running for the waits, and its start is a restart for
+    #: the peering (``before_restart``). None when ``parts`` is empty.
+    main_part: str | None
 
     @property
     def display_name(self) -> str:

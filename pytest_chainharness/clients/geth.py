@@ -139,6 +139,8 @@ class GethAdapter(GethEndpoints):
     txpool_metric: str | None = "txpool_pending"
     image = geth_image(DEFAULT_GETH_VERSION)
     host_binary = False
+    parts: tuple[str, ...] = ()
+    main_part: str | None = None
     hung_restart_after: float | None = 10.0
     stalled_peering_restart_after: float | None = 4.0
 

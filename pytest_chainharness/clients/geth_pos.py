@@ -41,14 +41,14 @@ from .._errors import ChainHarnessError, NetworkStartError, UnsupportedAction
 from .._proc import run_bounded
 from .._rpc import RPCError, rpc_call
 from .._testnet import NodeSpec, Testnet, derive_key
-from ..images import GETH_POS_IMAGE, POS_NODE_IN_IMAGE
+from ..images import GETH_POS_IMAGE
 from ..tools import (
     POS_GETH_VERSION,
     binary_version,
     find_geth,
     find_prysm,
 )
-from .base import CommandRunner, Head, Helper, Placement, Repairer, Route
+from .base import CommandRunner, Head, Helper, Placement, Repairer, Route, parts_socket
 from .geth import GethEndpoints, geth_flags, node_id, write_config
 
 if TYPE_CHECKING:
@@ -76,6 +76,8 @@ MIN_SLOT_SECONDS = 2
 _STATE_FLAGS = ("--state.scheme", "hash")
 #: prysm's default is 2, which leaves its sync fetcher one batch per peer (see command).
 _BURST_FACTOR = 10
+#: The node supervisor, as this package has it (a container mounts it at the same path).
+_SUPERVISOR = Path(__file__).resolve().with_name("pos_node.py")
 #: Electra reads deposits from this address's logs (nothing is deployed there).
 _DEPOSIT_CONTRACT = "0x4242424242424242424242424242424242424242"
 #: Between making the genesis and its time: every node's geth init and start-up.
@@ -129,6 +131,11 @@ class GethPosAdapter(GethEndpoints):
     txpool_metric: str | None = "txpool_pending"
     image = GETH_POS_IMAGE
     host_binary = False
+    # Each a process of its own under the node's supervisor, so a fault can take one
+    # down while the others run (a beacon node that loses its geth, a validator that
+    # loses its beacon node).
+    parts: tuple[str, ...] = ("geth", "beacon", "validator")
+    main_part: str | None = "geth"
     backends: tuple[str, ...] = ("docker", "process")
     event_kinds: tuple[str, ...] = ("beacon_head", "finalized")
     # Not restarted while it starts: a beacon node opens its API only after its start-up
@@ -337,9 +344,12 @@ class GethPosAdapter(GethEndpoints):
                     "wait_for": f"{near}:{ports['beacon_rpc']}",
                 }
             )
-        plan = json.dumps({"parts": parts})
+        plan = json.dumps({"parts": parts, "control": parts_socket(place.ipc_path)})
         if place.runner is not None:
-            return ["python3", POS_NODE_IN_IMAGE, plan]
+            # This package's supervisor, mounted (container_mounts), not the image's
+            # copy: an image built by an older release would not speak the control
+            # socket this harness asks.
+            return ["python3", str(_SUPERVISOR), plan]
         return [sys.executable, "-m", "pytest_chainharness.clients.pos_node", plan]
 
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
@@ -356,7 +366,7 @@ class GethPosAdapter(GethEndpoints):
         return "geth"
 
     def container_mounts(self, datadir: Path, binary: Path | None) -> dict[Path, str]:
-        return {}
+        return {_SUPERVISOR: "ro"}
 
     def helpers(self, testnet: Testnet, admin: Path, alive_while: Path) -> list[Helper]:
         return []

@@ -12,7 +12,11 @@ reaches all three parts. What this supervisor adds:
   a node that silently stops producing blocks;
 - SIGTERM and SIGINT are passed on to every part, as ``docker stop`` sends them to
   the container's first process only;
-- the parts die with it even when it is SIGKILLed alone (``PR_SET_PDEATHSIG``).
+- the parts die with it even when it is SIGKILLed alone (``PR_SET_PDEATHSIG``);
+- faults on one part: with ``"control": PATH`` in the plan it answers on that Unix
+  socket (``ask``), and stops, kills, starts again, pauses or resumes one part while the
+  others run. A part stopped or killed that way does not end the node; it stays down
+  until it is started again (with its ``again`` arguments: its datadir exists by then).
 
 Standard library only: it runs inside the node's container as well.
 
@@ -34,9 +38,11 @@ part may say:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -44,9 +50,10 @@ import sys
 import threading
 import time
 import urllib.request
+from concurrent.futures import Future
 from typing import IO, Any
 
-__all__ = ["main"]
+__all__ = ["Supervisor", "ask", "main"]
 
 _PR_SET_PDEATHSIG = 1
 #: How long the parts get to stop after SIGTERM before they are killed.
@@ -116,42 +123,40 @@ def _trust_peers(
         out.flush()
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m pytest_chainharness.clients.pos_node PLAN", file=sys.stderr)
-        return 2
-    plan: dict[str, Any] = json.loads(args[0])
-    out = sys.stdout.buffer
-    lock = threading.Lock()
-    stopping = threading.Event()
-    parts: list[tuple[str, subprocess.Popen[bytes]]] = []
+class Supervisor:
+    """The node's parts, their output, and what the control socket asks of them."""
 
-    def on_signal(signum: int, frame: object) -> None:
-        stopping.set()
-        for _, proc in parts:
-            if proc.poll() is None:
-                proc.send_signal(signum)
+    def __init__(self, plan: dict[str, Any], out: IO[bytes]) -> None:
+        self.specs: dict[str, dict[str, Any]] = {str(p["name"]): p for p in plan["parts"]}
+        self.out = out
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        #: name → its process, in start order (a part not started yet is absent).
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: Parts stopped or killed on request: their exit does not end the node.
+        self.held: set[str] = set()
+        self.paused: set[str] = set()
+        self.copiers: list[threading.Thread] = []
+        #: Starts asked for on the control socket, for the main thread to carry out.
+        self.starts: queue.Queue[tuple[str, Future[None]]] = queue.Queue()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    copiers = []
-    for part in plan["parts"]:
-        name = str(part["name"])
-        deadline = time.monotonic() + _WAIT_FOR
-        while (
-            part.get("wait_for")
-            and not stopping.is_set()
-            and all(p.poll() is None for _, p in parts)
-            and time.monotonic() < deadline
-            and not _serves(str(part["wait_for"]))
-        ):
-            time.sleep(0.05)
-        if stopping.is_set() or any(p.poll() is not None for _, p in parts):
-            break  # stopped, or an earlier part died: the loop below ends the node
-        with lock:
-            out.write(f"chainharness | starting {name}\n".encode())
-            out.flush()
+    def say(self, text: str) -> None:
+        with self.lock:
+            self.out.write(f"chainharness | {text}\n".encode())
+            self.out.flush()
+
+    def on_signal(self, signum: int, frame: object) -> None:
+        self.stopping.set()
+        with self.lock:
+            for name, proc in self.procs.items():
+                if proc.poll() is None:
+                    proc.send_signal(signum)
+                    if name in self.paused:
+                        proc.send_signal(signal.SIGCONT)  # a frozen part never acts on it
+
+    def start(self, name: str) -> None:
+        part = self.specs[name]
+        self.say(f"starting {name}")
         argv = [str(a) for a in part["argv"]]
         again = part.get("again")
         trust: dict[str, Any] | None = None
@@ -168,42 +173,216 @@ def main(argv: list[str] | None = None) -> int:
             cwd=part.get("cwd"),
             preexec_fn=_die_with_parent,
         )
-        parts.append((name, proc))
+        with self.lock:
+            self.procs[name] = proc
+            self.held.discard(name)
+            self.paused.discard(name)
         assert proc.stdout is not None
-        copier = threading.Thread(target=_copy, args=(name, proc.stdout, out, lock), daemon=True)
+        copier = threading.Thread(
+            target=_copy, args=(name, proc.stdout, self.out, self.lock), daemon=True
+        )
         copier.start()
-        copiers.append(copier)
+        self.copiers.append(copier)
         if trust:
             threading.Thread(
                 target=_trust_peers,
-                args=(name, str(trust["api"]), [str(a) for a in trust["peers"]], stopping),
-                kwargs={"out": out, "lock": lock},
+                args=(name, str(trust["api"]), [str(a) for a in trust["peers"]], self.stopping),
+                kwargs={"out": self.out, "lock": self.lock},
                 daemon=True,
             ).start()
-    status = 0
-    while not stopping.is_set():
-        ended = [(name, proc.returncode) for name, proc in parts if proc.poll() is not None]
-        if ended:
-            name, code = ended[0]
-            with lock:
-                out.write(f"chainharness | {name} exited with status {code}: stopping\n".encode())
-                out.flush()
-            status = code if code else 1
-            break
-        time.sleep(0.2)
-    for _, proc in parts:
-        if proc.poll() is None:
-            proc.terminate()
-    deadline = time.monotonic() + _STOP_GRACE
-    for _, proc in parts:
+
+    def start_all(self) -> None:
+        for name, part in self.specs.items():
+            deadline = time.monotonic() + _WAIT_FOR
+            while (
+                part.get("wait_for")
+                and not self.stopping.is_set()
+                and self.ended() is None
+                and time.monotonic() < deadline
+                and not _serves(str(part["wait_for"]))
+            ):
+                time.sleep(0.05)
+            if self.stopping.is_set() or self.ended() is not None:
+                return  # stopped, or an earlier part died: run() ends the node
+            self.start(name)
+
+    def ended(self) -> tuple[str, int] | None:
+        """A part that exited without being asked to, with its status."""
+        with self.lock:
+            for name, proc in self.procs.items():
+                code = proc.poll()
+                if code is not None and name not in self.held:
+                    return name, code
+        return None
+
+    def states(self) -> dict[str, str]:
+        """``new`` (not started yet: it waits for the part before it), ``running``,
+        ``paused`` or ``stopped``."""
+        with self.lock:
+            return {
+                name: (
+                    "new"
+                    if name not in self.procs
+                    else "stopped"
+                    if self.procs[name].poll() is not None
+                    else "paused"
+                    if name in self.paused
+                    else "running"
+                )
+                for name in self.specs
+            }
+
+    def act(self, op: str, name: str) -> None:
+        """One request of the control socket on one part (``ValueError``: refused)."""
+        if name not in self.specs:
+            raise ValueError(f"no part {name!r}; the parts are {', '.join(self.specs)}")
+        state = self.states()[name]
+        proc = self.procs.get(name)
+        if op == "start":
+            if threading.current_thread() is not threading.main_thread():
+                # A child's PR_SET_PDEATHSIG fires when the *thread* that forked it ends:
+                # started from this short-lived request thread, the part would be killed
+                # as soon as the answer went out.
+                done: Future[None] = Future()
+                self.starts.put((name, done))
+                done.result()
+                return
+            if state != "stopped":
+                raise ValueError(f"{name} is {state}, not stopped")
+            self.start(name)
+            return
+        if op not in ("stop", "kill", "pause", "resume"):
+            raise ValueError(f"unknown action {op!r}")
+        if proc is None or state in ("new", "stopped"):
+            raise ValueError(f"{name} is {state}")
+        if op in ("pause", "resume"):
+            want = "running" if op == "pause" else "paused"
+            if state != want:
+                raise ValueError(f"{name} is {state}, not {want}")
+            with self.lock:
+                proc.send_signal(signal.SIGSTOP if op == "pause" else signal.SIGCONT)
+                (self.paused.add if op == "pause" else self.paused.discard)(name)
+            return
+        with self.lock:
+            self.held.add(name)  # before the signal: its exit must not end the node
+            if op == "kill":
+                proc.kill()
+            else:
+                proc.terminate()
+            if name in self.paused:
+                proc.send_signal(signal.SIGCONT)
+                self.paused.discard(name)
         try:
-            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            proc.wait(timeout=_STOP_GRACE)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    for copier in copiers:
-        copier.join(timeout=2.0)
-    return status
+        self.say(f"{name} {'killed' if op == 'kill' else 'stopped'} on request")
+
+    def serve(self, path: str) -> None:
+        """Answer control requests on the Unix socket at ``path`` (see ``ask``)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a socket left by the node's previous run
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(path)
+        os.chmod(path, 0o600)
+        server.listen()
+        threading.Thread(target=self._accept, args=(server,), daemon=True).start()
+
+    def _accept(self, server: socket.socket) -> None:
+        while True:
+            conn, _ = server.accept()
+            # A stop waits up to its grace: the state questions every wait asks meanwhile
+            # must not queue behind it.
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rwb") as stream:
+            try:
+                request = json.loads(stream.readline())
+                if request.get("op") != "state":
+                    self.act(str(request.get("op")), str(request.get("part")))
+                answer: dict[str, Any] = {"parts": self.states()}
+            except (ValueError, TypeError, AttributeError) as exc:
+                answer = {"error": str(exc)}
+            with contextlib.suppress(OSError):  # the asker gave up
+                stream.write(json.dumps(answer).encode() + b"\n")
+
+    def run(self) -> int:
+        """Wait until the node is stopped or a part ends on its own; stop every part."""
+        status = 0
+        while not self.stopping.is_set():
+            ended = self.ended()
+            if ended:
+                name, code = ended
+                self.say(f"{name} exited with status {code}: stopping")
+                status = code if code else 1
+                break
+            try:
+                name, done = self.starts.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self.act("start", name)
+            except ValueError as exc:
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+        while not self.starts.empty():  # asked while the node stopped
+            self.starts.get_nowait()[1].set_exception(ValueError("the node is stopping"))
+        with self.lock:
+            procs = list(self.procs.items())
+        for name, proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                if name in self.paused:
+                    proc.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + _STOP_GRACE
+        for _, proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for copier in self.copiers:
+            copier.join(timeout=2.0)
+        return status
+
+
+def ask(path: str, op: str, part: str = "", *, timeout: float = 30.0) -> dict[str, str]:
+    """Ask the supervisor listening at ``path`` to ``op`` (``state``, ``start``, ``stop``,
+    ``kill``, ``pause``, ``resume``) one part; returns every part's state afterwards.
+    ``ValueError`` with the supervisor's reason when it refuses; ``OSError`` when nothing
+    answers there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)  # a stop waits for the part, up to its grace
+        conn.connect(path)
+        with conn.makefile("rwb") as stream:
+            stream.write(json.dumps({"op": op, "part": part}).encode() + b"\n")
+            stream.flush()
+            line = stream.readline()
+    if not line:
+        raise OSError(f"the node supervisor at {path} closed the connection")
+    answer: dict[str, Any] = json.loads(line)
+    if "error" in answer:
+        raise ValueError(answer["error"])
+    parts: dict[str, str] = answer["parts"]
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m pytest_chainharness.clients.pos_node PLAN", file=sys.stderr)
+        return 2
+    plan: dict[str, Any] = json.loads(args[0])
+    node = Supervisor(plan, sys.stdout.buffer)
+    signal.signal(signal.SIGTERM, node.on_signal)
+    signal.signal(signal.SIGINT, node.on_signal)
+    if plan.get("control"):
+        node.serve(str(plan["control"]))
+    node.start_all()
+    return node.run()
 
 
 if __name__ == "__main__":

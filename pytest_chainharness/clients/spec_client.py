@@ -67,6 +67,8 @@ class SpecAdapter(NoAdminPeers):
     admin_peering = False
     own_host_roles: tuple[str, ...] = ()
     backends: tuple[str, ...] = ("docker", "process")
+    parts: tuple[str, ...] = ()
+    main_part: str | None = None
     event_kinds: tuple[str, ...] = ()
 
     def __init__(self, spec: ClientSpec, root: Path | None = None, name: str = "") -> None:

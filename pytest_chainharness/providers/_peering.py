@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._errors import UnsupportedAction
 from .._rpc import RPCError
@@ -38,6 +39,10 @@ class AdminPeering:
 
     def admin_url(self, index: int) -> str:
         raise NotImplementedError
+
+    if TYPE_CHECKING:  # NodeParts', beside this in every provider's bases
+
+        def serving_state(self, index: int) -> NodeState: ...
 
     def datadir(self, index: int) -> Path:
         raise NotImplementedError
@@ -132,7 +137,7 @@ class AdminPeering:
     def _before_restart(self, index: int) -> None:
         """Tell the client that node ``index``, which has run, is about to start again."""
         states = {
-            other.index: self.state(other.index)
+            other.index: self.serving_state(other.index)  # a paused geth of geth-pos too
             for other in self.testnet.nodes
             if other.index != index
         }
@@ -165,7 +170,7 @@ class AdminPeering:
 
     def _peer(self, index: int, add: bool, address: str) -> None:
         """Make node ``index`` add (or drop) the peer at ``address``, if it is running."""
-        if self.state(index) is not NodeState.RUNNING:
+        if self.serving_state(index) is not NodeState.RUNNING:
             return  # a stopped node re-reads its peers when it starts
         # The node may go away meanwhile; its next start reapplies the config.
         with contextlib.suppress(RPCError):

@@ -115,6 +115,21 @@ class Provider(Protocol):
         """Current state of one node."""
         ...
 
+    def parts(self, index: int) -> dict[str, NodeState]:
+        """Each part's state, for a client whose nodes run several processes
+        (``ClientAdapter.parts``); {} for the others."""
+        ...
+
+    def serving_state(self, index: int) -> NodeState:
+        """The node's state as its RPC and peers see it: its main part's, if it has
+        parts (geth-pos: a node whose geth is stopped serves nothing)."""
+        ...
+
+    def act_on_part(self, index: int, part: str, action: str) -> None:
+        """``stop``, ``kill``, ``start``, ``pause`` or ``resume`` one part of a running
+        node, the others left as they are; a part stopped so does not stop the node."""
+        ...
+
     def logs(self, index: int, tail: int = 200) -> str:
         """The last ``tail`` lines of the node's output."""
         ...

@@ -56,6 +56,7 @@ from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
 from ._links import ProxiedLinks
 from ._netfilter import netfilter_missing, rules_for, set_rules
+from ._parts import NodeParts
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
@@ -118,7 +119,7 @@ def ensure_image(client: docker.DockerClient, image: str, option: str) -> None:
         raise missing_image_error(image, option) from exc
 
 
-class DockerProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
+class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
     """Runs a ``Testnet`` as containers."""
 
     name = "docker"

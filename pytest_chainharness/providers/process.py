@@ -41,6 +41,7 @@ from ..clients.base import ClientAdapter, Placement
 from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
 from ._links import ProxiedLinks
+from ._parts import NodeParts
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
@@ -48,7 +49,7 @@ from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
 __all__ = ["ProcessProvider"]
 
 
-class ProcessProvider(AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
+class ProcessProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
     """Runs a ``Testnet`` as local processes."""
 
     name = "process"

@@ -176,11 +176,11 @@ class ScenarioRun:
             case "send":
                 return self._send(a["txs"], a["value"], a["node"])
             case "kill" | "stop" | "pause" | "resume":
-                getattr(self._node(a["node"]), step.action)()
-                return f"node{a['node']} {step.action}"
+                getattr(self._node(a["node"]), step.action)(part=a["part"])
+                return f"node{a['node']}{_part(a)} {step.action}"
             case "start" | "restart":
-                getattr(self._node(a["node"]), step.action)(timeout=a["timeout"])
-                return f"node{a['node']} {step.action}ed"
+                getattr(self._node(a["node"]), step.action)(timeout=a["timeout"], part=a["part"])
+                return f"node{a['node']}{_part(a)} {step.action}ed"
             case "partition":
                 how = chain.cut(*a["groups"])
                 self.methods.add(how)
@@ -501,3 +501,8 @@ def _health_check(spec: dict[str, Any]) -> Callable[[Node], object]:
         return True
 
     return check
+
+
+def _part(args: dict[str, Any]) -> str:
+    """`` geth`` for a step on one part of the node, else nothing."""
+    return f" {args['part']}" if args.get("part") else ""

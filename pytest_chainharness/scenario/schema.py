@@ -269,7 +269,12 @@ def _with(spec: dict[str, _Field], short: str | None) -> Checker:
     return lambda ctx, value, line, where: _fields(ctx, value, line, where, spec, short=short)
 
 
-_NODE = {"node": _Field("node", required=True), "timeout": _Field(float, default=30.0)}
+_NODE = {
+    "node": _Field("node", required=True),
+    "timeout": _Field(float, default=30.0),
+    # One part of a node whose client runs several (geth-pos: geth, beacon, validator).
+    "part": _Field(str, default=None),
+}
 _HEALTH = {
     "follows": _Field(float, default=None),
     "rpc": _Field(dict, default=None),
