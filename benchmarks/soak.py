@@ -80,8 +80,13 @@ def one_run(backend: str, seed: int, tests: list[str], select: str) -> RunResult
                     # The logs are kept, but the why is only in pytest's report.
                     text = problem.text or problem.get("message") or ""
                     reasons[name] = "\n".join(text.splitlines()[-40:])
-        elif proc.returncode != 0:
-            failed.append(f"(no report; exit {proc.returncode})")
+        if proc.returncode != 0 and not failed:
+            # Every test passed and pytest still failed (an error at session start or
+            # end, a warning turned error at exit): only its own output says why.
+            name = f"(exit {proc.returncode}, no failed test)"
+            failed.append(name)
+            output = (proc.stdout + proc.stderr).splitlines()
+            reasons[name] = "\n".join(output[-60:])
         kept = [
             line.split(" kept in ", 1)[1].split(" ", 1)[0]
             for line in proc.stdout.splitlines()

@@ -42,6 +42,7 @@ import queue
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -119,6 +120,14 @@ class Agent:
             else None
         )
         self._recorded: set[bytes] = set()
+        #: Every event carries this agent's id and its number (``src``, ``seq``): the bus
+        #: tells by them an event still on its way from one that never comes. paho sends
+        #: what it queued during a reconnect only after it has marked itself connected and
+        #: run on_connect, so a block published in between overtook the queued ones (the
+        #: soak: node0's 157 to 161 came after 162, after a broker restart).
+        self.source = uuid.uuid4().hex[:12]
+        self._seq = 0
+        self._publish_lock = threading.Lock()
         #: Watched contracts: lower-case address → watch key → the spec from the bus.
         self.watches: dict[str, dict[str, dict[str, Any]]] = {}
         self._new_watches: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -160,21 +169,28 @@ class Agent:
         self.record.flush()
 
     def publish(self, kind: str, payload: dict[str, Any]) -> None:
-        event = {"kind": kind, "node": self.node, "payload": payload, "ts": time.time()}
-        text = json.dumps(event)
-        # Our own events go to our own file first: the run's history stays complete even
-        # if the broker drops something while it restarts (see bus.merge_history).
-        self.own.write(text + "\n")
-        self.own.flush()
-        self.client.publish(topic(self.run, kind, self.node), text, qos=1)
-        if kind in ("block", "peers"):
-            # The latest of each is retained, so a bus that connects later knows it too.
-            self.client.publish(
-                f"chainharness/{self.run}/last/{kind}/{self.node}",
-                json.dumps(event),
-                qos=1,
-                retain=True,
-            )
+        # One at a time: the numbers go out in the order they are given.
+        with self._publish_lock:
+            self._seq += 1
+            event = {
+                "kind": kind,
+                "node": self.node,
+                "payload": payload,
+                "ts": time.time(),
+                "src": self.source,
+                "seq": self._seq,
+            }
+            text = json.dumps(event)
+            # Our own events go to our own file first: the run's history stays complete
+            # even if the broker drops something while it restarts (bus.merge_history).
+            self.own.write(text + "\n")
+            self.own.flush()
+            self.client.publish(topic(self.run, kind, self.node), text, qos=1)
+            if kind in ("block", "peers"):
+                # The latest of each is retained, so a bus that connects later knows it.
+                self.client.publish(
+                    f"chainharness/{self.run}/last/{kind}/{self.node}", text, qos=1, retain=True
+                )
 
     # -- node ------------------------------------------------------------------------------
 

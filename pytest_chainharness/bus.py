@@ -51,6 +51,32 @@ class Event:
         return {"kind": self.kind, "node": self.node, "payload": self.payload, "ts": self.ts}
 
 
+@dataclass
+class _Arrivals:
+    """The numbered events (``seq``) of one agent (``src``) as this bus got them."""
+
+    source: str
+    #: Every event of this agent up to this number arrived (or came before we listened).
+    upto: int
+    #: Numbers above ``upto`` that arrived before the ones below them.
+    early: set[int] = field(default_factory=set)
+
+    def take(self, seq: int) -> None:
+        if seq <= self.upto:
+            return
+        self.early.add(seq)
+        while self.upto + 1 in self.early:
+            self.upto += 1
+            self.early.remove(self.upto)
+
+    def gap(self) -> str:
+        """The numbers still on their way, or "" when none is."""
+        if not self.early:
+            return ""
+        last = min(self.early) - 1
+        return str(self.upto + 1) if last == self.upto + 1 else f"{self.upto + 1} to {last}"
+
+
 class SyncBus:
     """A connection to the run's broker, with the run's event history since it connected
     (and each node's latest block and peer count from before)."""
@@ -74,6 +100,10 @@ class SyncBus:
         #: carries ``replaces`` and takes the height over).
         self._hash_at: dict[str, dict[int, str]] = {}
         self._arrivals: dict[str, set[str]] = {}
+        #: Node → its current agent's numbered events: a wait counts a node's events only
+        #: while none of its agent's earlier ones is still on its way (below).
+        self._order: dict[str, _Arrivals] = {}
+        self._sources: dict[str, set[str]] = {}
         self._kinds: set[str] = set(HARNESS_KINDS)
         self._cond = threading.Condition()
         self._subscribed = threading.Event()
@@ -142,6 +172,8 @@ class SyncBus:
                 return
             self._seen.add(key)
             self._events.append(event)
+            if not message.retain:  # a retained copy is older than our subscription
+                self._sequence(event.node, data.get("src"), data.get("seq"))
             if event.kind == "block" and event.node is not None:
                 self._index_block(event)
             self._kinds.add(event.kind)
@@ -213,7 +245,11 @@ class SyncBus:
         match = predicate or (lambda event: True)
 
         def found() -> list[Event] | None:
-            hits = [e for e in self._events if e.kind == kind and self._stands(e) and match(e)]
+            hits = [
+                e
+                for e in self._events
+                if e.kind == kind and self._stands(e) and self._caught_up(e.node) and match(e)
+            ]
             if wanted is None:
                 return hits[:1] or None
             first: dict[str, Event] = {}
@@ -270,6 +306,27 @@ class SyncBus:
         first = self._first_block.get(event.node)
         self._first_block[event.node] = number if first is None else min(first, number)
 
+    def _sequence(self, node: str | None, source: Any, seq: Any) -> None:
+        """Note a numbered event of a node's agent (events of others carry no number)."""
+        if node is None or not isinstance(source, str) or not isinstance(seq, int):
+            return
+        order = self._order.get(node)
+        if order is not None and order.source == source:
+            order.take(seq)
+        elif source not in self._sources.setdefault(node, set()):
+            # The first we hear of this agent (we connected, or the node's agent started
+            # again): what it published before is not ours to wait for. A late event of
+            # an agent replaced since changes nothing.
+            self._sources[node].add(source)
+            self._order[node] = _Arrivals(source, seq)
+
+    def _caught_up(self, node: str | None) -> bool:
+        """No event of the node's agent is still on its way to us: a broker restart's
+        backlog may arrive after newer events, and until it has, this bus's history of
+        the node has a hole that the chain does not."""
+        order = self._order.get(node) if node is not None else None
+        return order is None or not order.early
+
     def _stands(self, event: Event) -> bool:
         """False for an event of a block (a ``block``, or a ``log`` by its ``block_hash``)
         that its node has replaced since: its chain no longer holds it."""
@@ -294,7 +351,7 @@ class SyncBus:
         later) cannot be checked and counts as announced."""
         with self._cond:
             first = self._first_block.get(node)
-            if first is None:
+            if first is None or not self._caught_up(node):
                 return False
             return number < first or block_hash.lower() in self._block_hashes[node]
 
@@ -316,12 +373,25 @@ class SyncBus:
                 continue
             shown = "; ".join(_describe(e) for e in mine) or "(none)"
             lines.append(f"  {node or 'run'}: {shown}")
+        with self._cond:
+            gaps = {node: order.gap() for node, order in self._order.items() if order.early}
+        for node, gap in gaps.items():
+            lines.append(
+                f"  {node}: its agent's events {gap} have not arrived, and later ones have "
+                "(waits hold until they do; if they never come the broker lost them)"
+            )
         return "\n".join(lines)
 
     def close(self) -> None:
         for client in (self._pub, self._client):
-            client.loop_stop()
+            # Disconnect while its loop runs, so the loop sends it and closes the socket.
             client.disconnect()
+            client.loop_stop()
+            # paho closes its wake-up socket pair only when the client is collected; its
+            # callbacks (our methods) made it a cycle with us, left to the garbage
+            # collector, which may finalize the sockets first: a ResourceWarning at exit
+            # (the soak: a run whose every test passed ended with exit 1).
+            client.on_connect = client.on_subscribe = client.on_message = None
 
     def _check_node(self, name: str) -> None:
         if name not in self.nodes:

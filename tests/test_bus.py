@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -417,6 +419,69 @@ def test_a_block_published_while_the_bus_subscribes_is_not_lost(tmp_path: Path) 
     finally:
         if bus is not None:
             bus.close()
+        _stop(broker, agent)
+
+
+def test_a_backlog_that_comes_after_newer_events_holds_the_waits_until_it_is_in(
+    tmp_path: Path,
+) -> None:
+    """The soak's mechanism (docker): after a broker restart node0's agent sent 162 before
+    the 157 to 161 that paho had queued, and the test read the history between the two.
+    The events are numbered per agent; a wait counts a node only without a hole."""
+    endpoint, broker, agent = _broker_and_client(tmp_path, "ch-order")
+    base = "chainharness/ch-order/events/block/node0"
+
+    def send(number: int, seq: int, source: str = "a1") -> None:
+        payload = {"number": number, "hash": f"0x{number:064x}", "parent": "0x", "txs": []}
+        event = {"kind": "block", "node": "node0", "payload": payload, "ts": 1000.0 + seq}
+        text = json.dumps({**event, "src": source, "seq": seq})
+        agent.publish(base, text, qos=1).wait_for_publish(5)
+
+    bus = SyncBus(endpoint, "ch-order", ["node0"])
+    try:
+        send(156, 10)  # the first this bus hears of the agent: nothing before it is owed
+        bus.wait_for("block", lambda e: e.payload["number"] == 156, timeout=10)
+        send(162, 16)  # overtook 157..161
+        with pytest.raises(ChainTimeout) as info:
+            bus.wait_for("block", lambda e: e.payload["number"] == 162, timeout=1)
+        assert "node0: its agent's events 11 to 15 have not arrived" in str(info.value)
+        assert not bus.has_block("node0", f"0x{162:064x}", 162)
+        for number in range(157, 162):
+            send(number, number - 146)
+        event = bus.wait_for("block", lambda e: e.payload["number"] == 162, timeout=10)[0]
+        assert event.payload["number"] == 162
+        assert sorted(block_numbers(bus.events("block", node="node0"))) == list(range(156, 163))
+        assert bus.has_block("node0", f"0x{162:064x}", 162)
+        # The node's agent started again: its own numbers, and a hole of the one before
+        # (its backlog gone with it) no longer holds anything.
+        send(170, 30)
+        send(171, 1, source="a2")
+        bus.wait_for("block", lambda e: e.payload["number"] == 171, timeout=10)
+        send(163, 17)  # a late one of the old agent changes nothing
+        bus.wait_for("block", lambda e: e.payload["number"] == 171, timeout=1)
+    finally:
+        bus.close()
+        _stop(broker, agent)
+
+
+def test_a_closed_bus_leaves_no_socket_to_the_garbage_collector(tmp_path: Path) -> None:
+    """The soak (docker): every test passed, and pytest ended with exit 1 on two
+    ResourceWarnings at exit, paho's wake-up socket pair. paho closes it when a client is
+    collected; the bus's callbacks made each client a cycle with the bus, which the
+    garbage collector may finalize sockets first. Closed and dropped, the clients (and
+    so their sockets) must go at once, without it."""
+    endpoint, broker, agent = _broker_and_client(tmp_path, "ch-close")
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        bus = SyncBus(endpoint, "ch-close", ["node0"])
+        clients = [weakref.ref(bus._client), weakref.ref(bus._pub)]
+        bus.close()
+        del bus
+        assert [ref() for ref in clients] == [None, None]
+    finally:
+        if enabled:
+            gc.enable()
         _stop(broker, agent)
 
 

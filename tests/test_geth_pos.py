@@ -130,6 +130,20 @@ def test_are_running_again_in_the_next_test(chain, bus):
         assert ("node0", action) in faults
 
 
+@pytest.mark.disruptive
+def test_latency_on_one_node_through_its_links(chain, funded_account):
+    before = chain.wait_converged(timeout=60).number
+    with chain.latency(3, 250) as how:
+        # Every link of node3 (geth's and the beacon node's) through a delaying proxy.
+        assert how == "toxiproxy"
+        assert chain.provider.latencies()[3]["ms"] == 250
+        tx = chain.transfer(funded_account, funded_account.address, 1)
+        assert {{r["status"] for r in chain.wait_for_tx(tx, timeout=60).values()}} == {{1}}
+        chain.wait_for_height(before + 3, timeout=60)  # node3 keeps up
+    assert chain.provider.latencies() == {{}}
+    chain.wait_converged(timeout=60)
+
+
 def test_a_rolling_upgrade_to_the_previous_geth_and_back(chain):
     # geth is swapped (a binary on processes, an image on docker); the datadir and the
     # beacon node's stay. One node at a time both ways, with finality caught up in
@@ -171,7 +185,7 @@ def test_a_four_node_network_with_finality_and_a_split(
         "test_pos.py",
         "scenarios",
     )
-    result.assert_outcomes(passed=8)
+    result.assert_outcomes(passed=9)
     out = result.stdout.str()
     if backend == "docker":
         assert f"client geth-pos (image {GETH_POS_IMAGE})" in out
