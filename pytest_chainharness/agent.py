@@ -25,8 +25,10 @@ beside every node. It publishes, on ``chainharness/<run>/events/<kind>/<node>``:
 - ``finalized`` (with ``--beacon``) each time the execution client's finalized block
   changes: number, hash (the block ``Chain.wait_finalized`` reads).
 
-All at QoS 1. While the broker is down paho keeps what is published in its queue and
-sends it after reconnecting, so a broker restart loses no event. Every event the agent
+All at QoS 1, each numbered (``src``: this agent, ``seq``: 1, 2, ...). While the broker
+is down paho keeps what is published in its queue and sends it after reconnecting, so a
+broker restart loses no event; it may come after newer ones, which the numbers let a
+``SyncBus`` tell from a loss (``SyncBus._caught_up``). Every event the agent
 publishes is also appended to its own JSON Lines file (``--own``); with ``--record`` it
 appends every event of the run it receives (tests' and the harness's too) to another.
 ``bus.merge_history`` makes the run's ``events.jsonl`` from these files.
