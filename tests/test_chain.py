@@ -17,7 +17,6 @@ from web3.exceptions import TransactionNotFound
 
 from pytest_chainharness import (
     Chain,
-    ChainHarnessError,
     ChainTimeout,
     Head,
     Node,
@@ -129,7 +128,9 @@ def test_killed_node_catches_up(chain: Chain) -> None:
     height = max(h.number for h in chain.heads().values())
     chain.wait_for_height(height + 3, timeout=30)  # three signers of four keep sealing
     node3.start()
-    head = chain.wait_converged(timeout=30)
+    # A proof-of-stake node syncs again from its finalized state first: 20 to 50 s, and
+    # past 30 s under load (docs/pos.md); a Clique node is back within seconds.
+    head = chain.wait_converged(timeout=120)
     assert head.number >= height + 3
     # The head the nodes agreed on is on node3's chain (its head itself may have moved on
     # by now: a block a second; the soak caught `heads()["node3"] == head` failing so).
@@ -149,7 +150,6 @@ def test_pause_and_resume(chain: Chain) -> None:
     chain.wait_converged()
 
 
-@pytest.mark.disruptive  # stops a node for a moment on geth-pos
 def test_a_fault_on_a_part_the_node_does_not_have_changes_nothing(chain: Chain) -> None:
     node = chain.nodes[1]
     if not chain.adapter.parts:
@@ -161,12 +161,7 @@ def test_a_fault_on_a_part_the_node_does_not_have_changes_nothing(chain: Chain) 
         with pytest.raises(ValueError, match="no part 'gteh'; its parts: geth, beacon"):
             node.kill(part="gteh")
     assert node.running
-    if chain.adapter.parts:
-        stopped = chain.nodes[2]
-        stopped.stop()
-        assert set(stopped.parts.values()) == {"stopped"}  # as the node is
-        with pytest.raises(ChainHarnessError, match="the node is stopped"):
-            stopped.start(part="geth")
+    # A part of a stopped or paused node: tests/test_pos_node.py (TestTheProviderSide).
 
 
 @pytest.mark.disruptive
