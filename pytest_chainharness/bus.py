@@ -172,8 +172,7 @@ class SyncBus:
                 return
             self._seen.add(key)
             self._events.append(event)
-            if not message.retain:  # a retained copy is older than our subscription
-                self._sequence(event.node, data.get("src"), data.get("seq"))
+            self._sequence(event.node, data.get("src"), data.get("seq"), message.retain)
             if event.kind == "block" and event.node is not None:
                 self._index_block(event)
             self._kinds.add(event.kind)
@@ -306,17 +305,20 @@ class SyncBus:
         first = self._first_block.get(event.node)
         self._first_block[event.node] = number if first is None else min(first, number)
 
-    def _sequence(self, node: str | None, source: Any, seq: Any) -> None:
+    def _sequence(self, node: str | None, source: Any, seq: Any, retained: bool) -> None:
         """Note a numbered event of a node's agent (events of others carry no number)."""
         if node is None or not isinstance(source, str) or not isinstance(seq, int):
             return
         order = self._order.get(node)
         if order is not None and order.source == source:
             order.take(seq)
-        elif source not in self._sources.setdefault(node, set()):
-            # The first we hear of this agent (we connected, or the node's agent started
-            # again): what it published before is not ours to wait for. A late event of
-            # an agent replaced since changes nothing.
+        elif not retained and source not in self._sources.setdefault(node, set()):
+            # The first live event we hear of this agent (we connected, or the node's
+            # agent started again): what it published before is not ours to wait for. A
+            # retained copy starts nothing: it is older than our subscription, and what
+            # came between is not ours (amqtt also flags a session's backlog retained,
+            # which the branch above takes). A late event of a replaced agent counts
+            # for nothing.
             self._sources[node].add(source)
             self._order[node] = _Arrivals(source, seq)
 
