@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from itertools import combinations
@@ -20,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from pytest_chainharness import ChainHarnessError
 from pytest_chainharness._ports import PortAllocator
 from pytest_chainharness._testnet import Testnet, build_testnet
 from pytest_chainharness.clients.base import Placement
@@ -219,3 +221,49 @@ def test_a_heal_asks_one_node_of_each_pair_to_dial(testnet: Testnet) -> None:
     provider = HealOnly(testnet)
     provider.heal()
     assert sorted(provider.calls) == [(a, True, f"node{b}") for a, b in combinations(range(4), 2)]
+
+
+#: Node → the nodes it is linked to (None: its admin channel did not answer).
+Links = dict[int, set[int] | None]
+
+
+class PartitionOnly(HealOnly):
+    """AdminPeering's client-level partition over scripted peer lists: each look at the
+    links takes the next of ``looks`` (the last one repeats)."""
+
+    def __init__(self, testnet: Testnet, looks: list[Links]) -> None:
+        super().__init__(testnet)
+        self.looks = looks
+
+    def peer_links(self) -> dict[int, set[int] | None]:
+        return self.looks.pop(0) if len(self.looks) > 1 else self.looks[0]
+
+
+CUT: Links = {0: {1, 2}, 1: {0, 2}, 2: {0, 1}, 3: set()}
+
+
+def test_a_partition_holds_only_once_every_node_says_so_for_a_while(testnet: Testnet) -> None:
+    """Under -n 2 beside a soak, node3 kept 2 peers through a [[0, 1, 2], [3]] partition:
+    its admin call timed out on the one look taken, which counted as no link, and a dial
+    in flight could land after that look."""
+    landed: Links = {**CUT, 2: {0, 1, 3}, 3: {2}}
+    provider = PartitionOnly(testnet, [{**CUT, 3: None}, landed, CUT])
+    started = time.monotonic()
+    assert provider.partition([[0, 1, 2], [3]]) == "peers"
+    assert time.monotonic() - started >= 1.0  # clean for a while, not at one look
+    assert (2, False, "node3") in provider.calls
+    assert (3, False, "node2") in provider.calls
+
+
+def test_a_partition_that_does_not_take_is_an_error_and_is_healed(
+    testnet: Testnet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pytest_chainharness.providers._peering._PARTITION_TAKES", 1.5)
+    stuck: Links = {**CUT, 2: {0, 1, 3}, 3: {2}}
+    provider = PartitionOnly(testnet, [stuck])
+    with pytest.raises(ChainHarnessError, match=r"did not take within 1\.5s: node2-node3, node3-"):
+        provider.partition([[0, 1, 2], [3]])
+    # Healed again: each pair asked to dial, the lower-numbered node of it.
+    assert [c for c in provider.calls if c[1]] == [
+        (a, True, f"node{b}") for a, b in combinations(range(4), 2)
+    ]
