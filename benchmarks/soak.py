@@ -1,7 +1,7 @@
 """Flakiness soak: run the integration and bus tests R times per backend, count failures.
 
     .venv/bin/python benchmarks/soak.py [--runs 50] [--backend process|docker|both]
-                                        [--budget SECONDS] [TEST ...]
+                                        [--budget SECONDS] [--parallel N] [TEST ...]
 
 Each run is a whole pytest session (its own 4-node network) on one backend with a fresh
 seed, so a failure can be replayed: the seed is printed with it
@@ -24,8 +24,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -111,18 +113,29 @@ def main() -> int:
     parser.add_argument("--backend", choices=["process", "docker", "both"], default="both")
     parser.add_argument("-k", dest="select", default=DEFAULT_DESELECT, help="pytest -k")
     parser.add_argument("--budget", type=float, default=None, help="seconds; then stop")
+    parser.add_argument(
+        "--parallel", type=int, default=1, help="runs at once, each its own network (default 1)"
+    )
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
+    if args.parallel < 1:
+        parser.error("--parallel must be at least 1")
     backends = ["process", "docker"] if args.backend == "both" else [args.backend]
     started = time.monotonic()
     results: list[RunResult] = []
     rng = random.Random()
-    for run in range(args.runs):
+    jobs = [
+        (run, backend, rng.randrange(2**31)) for run in range(args.runs) for backend in backends
+    ]
+    lock = threading.Lock()
+
+    def run_one(job: tuple[int, str, int]) -> None:
+        run, backend, seed = job
         if args.budget is not None and time.monotonic() - started > args.budget:
-            break
-        for backend in backends:
-            result = one_run(backend, rng.randrange(2**31), args.tests, args.select)
+            return  # out of time: no new run starts
+        result = one_run(backend, seed, args.tests, args.select)
+        with lock:
             results.append(result)
             print(
                 f"{backend} run {run + 1}: {'ok' if result.ok else 'FAILED'} {result.tests} "
@@ -132,6 +145,11 @@ def main() -> int:
             )
             for name, why in result.reasons.items():
                 print(f"  {name}:\n    " + why.replace("\n", "\n    "), file=sys.stderr)
+
+    # Runs side by side load the cores as CI's xdist workers do, and a soak of 50 runs
+    # per backend fits in an afternoon (each run is mostly waiting on its chain).
+    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
+        list(pool.map(run_one, jobs))
     summary = {
         backend: _summary([r for r in results if r.backend == backend]) for backend in backends
     }
