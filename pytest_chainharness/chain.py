@@ -388,15 +388,24 @@ class Chain:
     def _read_heads(self, nodes: Sequence[Node]) -> dict[str, Head | RPCError]:
         """Every node's head, asked of all at once: one after the other, 32 busy nodes
         took longer to answer than a block takes, so no look ever saw them agree."""
+        return self._ask_all(nodes, _head_or_error)
+
+    def _catching_up(self, nodes: Sequence[Node]) -> dict[str, str]:
+        """The nodes still catching up by a sync of their own, with why (``RPCError``
+        when one does not answer)."""
+        found = self._ask_all(nodes, lambda node: self.adapter.catching_up(node._spec))
+        return {name: why for name, why in found.items() if why is not None}
+
+    def _ask_all(self, nodes: Sequence[Node], ask: Callable[[Node], T]) -> dict[str, T]:
         if len(nodes) < 2:
-            return {node.name: _head_or_error(node) for node in nodes}
+            return {node.name: ask(node) for node in nodes}
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(
                     max_workers=len(self.nodes), thread_name_prefix="chainharness-heads"
                 )
             pool = self._pool
-        return dict(zip((n.name for n in nodes), pool.map(_head_or_error, nodes), strict=True))
+        return dict(zip((n.name for n in nodes), pool.map(ask, nodes), strict=True))
 
     def status_table(self) -> str:
         """One line per node: state, height, head hash, peers."""
@@ -412,6 +421,9 @@ class Chain:
                     h = node.head()
                     height, head = str(h.number), h.hash[:18]
                     peers = str(node.peer_count()) if self.adapter.has_peers else "n/a"
+                    why = self.adapter.catching_up(node._spec)
+                    if why is not None:
+                        state += f" (catching up: {why})"
                 except RPCError as exc:
                     head = f"rpc error: {str(exc)[-40:]}"
             rows.append((node.name, state, height, head, peers))
@@ -504,7 +516,8 @@ class Chain:
         self._poll(f"height {height}", check, timeout, seen=lambda: _blocks(heads))
 
     def wait_converged(self, *, timeout: float = 30.0) -> Head:
-        """Return the head once every running node reports the same one."""
+        """Return the head once every running node reports the same one and none is
+        still catching up by a sync of its own (a beacon node's initial sync)."""
         self._some_running("the running nodes to converge")
 
         heads: dict[str, Head] = {}
@@ -519,7 +532,9 @@ class Chain:
             if not running:
                 return None
             distinct = set(heads.values())
-            return distinct.pop() if len(distinct) == 1 else None
+            if len(distinct) != 1 or self._catching_up(running):
+                return None
+            return distinct.pop()
 
         what = "all running nodes to converge on one head"
         return self._poll(what, check, timeout, seen=lambda: _blocks(heads))

@@ -67,20 +67,27 @@ class UpgradeResult:
 
 
 def default_health(timeout: float = 30.0) -> Health:
-    """Healthy = answers RPC, has a peer, and follows the chain past where it was."""
+    """Healthy = answers RPC, has a peer, follows the chain past where it was, and is
+    not catching up by a sync of its own (the next node must not go down before this one
+    takes its part again: a beacon node in initial sync attests nothing)."""
 
     def check(node: Node) -> object:
         chain = node._chain
         others = [n for n in chain.running_nodes() if n is not node]
         goal = max((n.head().number for n in others), default=node.head().number) + 1
         deadline = time.monotonic() + timeout
+        syncing: str | None = None
         while time.monotonic() < deadline:
             try:
                 if node.head().number >= goal and (node.peer_count() > 0 or not others):
-                    return True
+                    syncing = chain.adapter.catching_up(node._spec)
+                    if syncing is None:
+                        return True
             except RPCError:
                 pass
             time.sleep(0.1)
+        if syncing is not None:
+            raise AssertionError(f"{node.name} is still catching up after {timeout:g}s: {syncing}")
         raise AssertionError(
             f"{node.name} did not follow the chain to height {goal} within {timeout:g}s"
         )

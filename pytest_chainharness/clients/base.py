@@ -419,6 +419,13 @@ class ClientAdapter(Protocol):
         and the status table read heads through this)."""
         ...
 
+    def catching_up(self, node: NodeSpec) -> str | None:
+        """Why the node, though it answers, is still catching up by a sync of its own
+        (a beacon node's initial sync), or None when it follows its peers. Such a node
+        has not converged even when its head matches: a fault then can strand it.
+        ``RPCError`` when it does not answer."""
+        ...
+
     def peer_count(self, node: NodeSpec) -> int:
         """How many peers the node has (asked only when ``has_peers``)."""
         ...

@@ -460,6 +460,18 @@ class GethPosAdapter(GethEndpoints):
                 "/eth/v1/node/syncing says el_offline; see the node's 'beacon |' lines"
             )
 
+    def catching_up(self, node: NodeSpec) -> str | None:
+        # A beacon node in initial sync has no gossip subscriptions yet, though its geth
+        # may already be at the others' head: split off with a peer no further ahead, it
+        # never ends its sync, and that peer cannot publish a block (no one on the topic).
+        syncing = self._beacon(node, "/eth/v1/node/syncing").get("data") or {}
+        if not syncing.get("is_syncing"):
+            return None
+        return (
+            f"its beacon node is syncing (head slot {syncing.get('head_slot', '?')}, "
+            f"{syncing.get('sync_distance', '?')} slots behind)"
+        )
+
     def peer_count(self, node: NodeSpec) -> int:
         # Both halves must be connected: the smaller count is the node's.
         beacon = self._beacon(node, "/eth/v1/node/peer_count")

@@ -1,0 +1,163 @@
+"""A node still catching up by a sync of its own has not converged, whatever its head.
+
+Found in CI (stop 33, geth-pos on processes): the rolling upgrade's last node had its
+geth at the others' head while its beacon node was still in initial sync, which holds no
+gossip subscriptions. ``wait_converged`` returned on the heads alone; the 2|2 split that
+followed left that node with one peer no further ahead than itself, so its sync never
+ended, and that peer could not publish a block to anyone: both stood at #94 for the
+whole split. Here the nodes are scripted HTTP servers that answer what geth and prysm
+answer, and the real ``GethPosAdapter`` and ``Chain`` read them.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from pytest_chainharness import Chain, ChainTimeout
+from pytest_chainharness._testnet import build_testnet
+from pytest_chainharness.clients.geth_pos import GethPosAdapter
+from pytest_chainharness.providers.base import NodeState
+from pytest_chainharness.upgrade import default_health
+
+HEAD = "0x" + "ab" * 32
+
+
+@dataclass
+class Script:
+    """What one scripted node answers."""
+
+    height: int = 141
+    syncing: bool = False
+
+
+class _Node(BaseHTTPRequestHandler):
+    script: Script
+
+    def do_POST(self) -> None:  # geth's JSON-RPC
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        result: Any = {
+            "eth_getBlockByNumber": {"number": hex(self.script.height), "hash": HEAD},
+            "net_peerCount": "0x3",
+        }[body["method"]]
+        self._send({"jsonrpc": "2.0", "id": body["id"], "result": result})
+
+    def do_GET(self) -> None:  # prysm's beacon API
+        data = {
+            "/eth/v1/node/syncing": {
+                "head_slot": "138",
+                "sync_distance": "4",
+                "is_syncing": self.script.syncing,
+                "is_optimistic": False,
+                "el_offline": False,
+            },
+            "/eth/v1/node/peer_count": {"connected": "3"},
+        }[self.path]
+        self._send({"data": data})
+
+    def _send(self, answer: dict[str, Any]) -> None:
+        raw = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class AllRunning:
+    """The provider side the waits read: every node and part running."""
+
+    def state(self, index: int) -> NodeState:
+        return NodeState.RUNNING
+
+    serving_state = state
+
+    def parts(self, index: int) -> dict[str, str]:
+        return {}
+
+
+@pytest.fixture
+def scripts() -> list[Script]:
+    return [Script() for _ in range(4)]
+
+
+@pytest.fixture
+def chain(scripts: list[Script]) -> Iterator[Chain]:
+    adapter = GethPosAdapter()
+    testnet = build_testnet(
+        nodes=4, client="geth-pos", period=1, seed=7, accounts=4, adapter=adapter
+    )
+    servers = []
+    for spec, script in zip(testnet.nodes, scripts, strict=True):
+        handler = type("Handler", (_Node,), {"script": script})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        spec.host = "127.0.0.1"
+        spec.ports["rpc"] = spec.ports["beacon_http"] = server.server_port
+    made = Chain(testnet, AllRunning(), adapter)  # type: ignore[arg-type]
+    yield made
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def _stops_syncing(script: Script, after: float) -> threading.Timer:
+    timer = threading.Timer(after, lambda: setattr(script, "syncing", False))
+    timer.start()
+    return timer
+
+
+def test_converged_waits_for_a_beacon_node_in_initial_sync(
+    chain: Chain, scripts: list[Script]
+) -> None:
+    scripts[3].syncing = True
+    timer = _stops_syncing(scripts[3], 1.5)
+    t0 = time.monotonic()
+    head = chain.wait_converged(timeout=20)
+    elapsed = time.monotonic() - t0
+    timer.join()
+    assert (head.number, head.hash) == (141, HEAD)
+    assert elapsed >= 1.4, f"returned after {elapsed:.2f}s, while node3 was still syncing"
+
+
+def test_a_node_that_never_ends_its_sync_is_named_when_the_wait_times_out(
+    chain: Chain, scripts: list[Script]
+) -> None:
+    scripts[3].syncing = True
+    with pytest.raises(ChainTimeout) as caught:
+        chain.wait_converged(timeout=1)
+    lines = [line for line in str(caught.value).splitlines() if "catching up" in line]
+    assert [line.split()[0] for line in lines] == ["node3"], str(caught.value)
+    assert "its beacon node is syncing (head slot 138, 4 slots behind)" in lines[0]
+
+
+def test_the_upgrade_health_check_waits_for_the_sync_and_says_why_it_gave_up(
+    chain: Chain, scripts: list[Script]
+) -> None:
+    # Past the others' head already: only the sync holds the check.
+    scripts[2].height = 142
+    scripts[2].syncing = True
+    with pytest.raises(AssertionError, match="node2 is still catching up after 1s: its beacon"):
+        default_health(timeout=1)(chain.nodes[2])
+    timer = _stops_syncing(scripts[2], 1.0)
+    t0 = time.monotonic()
+    assert default_health(timeout=20)(chain.nodes[2]) is True
+    timer.join()
+    assert time.monotonic() - t0 >= 0.9
+
+
+def test_a_synced_network_converges_at_once(chain: Chain) -> None:
+    t0 = time.monotonic()
+    assert chain.wait_converged(timeout=20).number == 141
+    assert time.monotonic() - t0 < 1.0
