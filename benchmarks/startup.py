@@ -284,13 +284,27 @@ def cometbft_main(runs: int, sizes: list[int]) -> int:
 
 def tree_rss_mb(pid: int) -> float:
     """RSS of a process and all its descendants (a geth-pos node's supervisor and parts)."""
-    total, todo = 0.0, [pid]
+    return sum(rss_mb(p) for p in _descendants(pid))
+
+
+def _descendants(pid: int) -> list[int]:
+    found, todo = [], [pid]
     while todo:
         current = todo.pop()
-        total += rss_mb(current)
+        found.append(current)
         for task in Path(f"/proc/{current}/task").glob("*/children"):
             todo += [int(c) for c in task.read_text().split()]
-    return total
+    return found
+
+
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system) the running processes ``pids`` have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
 
 
 def _finalized(rpc: str) -> bool:
@@ -324,8 +338,13 @@ def pos_harness_run(nodes: int, seed: int) -> dict[str, float]:
         phases: dict[str, float] = {}
         try:
             t0 = time.perf_counter()
+            setup_cpu = _children_cpu()
             launch(Chain(testnet, provider, adapter), phases=phases, timeout=120)
             ready = time.perf_counter() - t0
+            # The CPU the start took: the set-up's tools (waited for: genesis, geth init)
+            # and every node's supervisor and parts so far; the 2 cores give 2 s a second.
+            supervisors = [int(e["pid"]) for e in provider.shared.load()["nodes"].values()]
+            cpu = _children_cpu() - setup_cpu + sum(cpu_s(_descendants(p)) for p in supervisors)
             finalized = _wait_finalized([n.rpc_url for n in testnet.nodes], t0)
             rss = [tree_rss_mb(int(e["pid"])) for e in provider.shared.load()["nodes"].values()]
         finally:
@@ -334,7 +353,7 @@ def pos_harness_run(nodes: int, seed: int) -> dict[str, float]:
             teardown = time.perf_counter() - t1
     return {
         "ready_s": ready, "first_finalized_s": finalized, "teardown_s": teardown,
-        "rss_mb_per_node": max(rss), **phases,
+        "rss_mb_per_node": max(rss), "cpu_s_to_ready": cpu, **phases,
     }  # fmt: skip
 
 
@@ -351,6 +370,7 @@ def pos_by_hand_run(nodes: int) -> dict[str, float]:
     base = PortAllocator().take(1)[0]
     with tempfile.TemporaryDirectory(prefix="chainharness-bench-hand-") as tmp:
         t0 = time.perf_counter()
+        script_cpu = _children_cpu()
         # Its own process group: on a timeout everything it started goes with it.
         script = subprocess.Popen(
             ["bash", str(ROOT / "benchmarks" / "geth_pos_by_hand.sh"), str(geth), str(prysm),
@@ -385,6 +405,8 @@ def pos_by_hand_run(nodes: int) -> dict[str, float]:
                     raise TimeoutError(f"by-hand geth-pos network not ready: {sorted(pending)}")
                 time.sleep(0.05)
             ready = time.perf_counter() - t0
+            # The script and what it waited for (genesis, geth init), and the nodes so far.
+            cpu = _children_cpu() - script_cpu + cpu_s(pids)
             finalized = _wait_finalized(rpcs, t0)
             # Three processes per node, in the order the script started them.
             rss = [sum(rss_mb(p) for p in pids[3 * i : 3 * i + 3]) for i in range(nodes)]
@@ -394,7 +416,7 @@ def pos_by_hand_run(nodes: int) -> dict[str, float]:
             teardown = time.perf_counter() - t1
     return {
         "ready_s": ready, "first_finalized_s": finalized, "teardown_s": teardown,
-        "rss_mb_per_node": max(rss),
+        "rss_mb_per_node": max(rss), "cpu_s_to_ready": cpu,
     }  # fmt: skip
 
 
@@ -416,7 +438,7 @@ def pos_main(runs: int) -> int:
         "ratio_harness_over_hand": {k: h[k]["median"] / b[k]["median"] for k in b},
     }
     print(json.dumps(result, indent=2))
-    keys = ["ready_s", "first_finalized_s", "teardown_s", "rss_mb_per_node"]
+    keys = ["ready_s", "first_finalized_s", "teardown_s", "rss_mb_per_node", "cpu_s_to_ready"]
     print(f"\n4 geth-pos nodes on processes, 2 s slots, median of {runs} (min-max)")
     print(f"{'':>10}  " + "  ".join(f"{k:>20}" for k in keys))
     for name, row in (("harness", h), ("by hand", b)):

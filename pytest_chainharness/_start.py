@@ -86,6 +86,8 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
     moved = dict(started)
     # When every node last answered RPC: only then is a missing peer a stalled dial.
     everyone_up_at: float | None = None
+    #: Nodes asked to dial their peers (a client that ``dials_when_told``).
+    told: set[int] = set()
 
     def restart_on_fresh_ports(index: int, *, kill: bool) -> None:
         retries[index] += 1
@@ -95,6 +97,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
         provider.start(index)
         started[index] = nudged[index] = time.monotonic()
         answered.discard(index)
+        told.discard(index)
 
     def restart_stalled(index: int) -> None:
         retries[index] += 1
@@ -102,6 +105,7 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
         provider.start(index)
         started[index] = nudged[index] = moved[index] = time.monotonic()
         answered.discard(index)
+        told.discard(index)
 
     while True:
         all_ready = True
@@ -170,6 +174,10 @@ def _await(chain: Chain, deadline: float, *, phase: str) -> None:
             everyone_up_at = None
         elif everyone_up_at is None:
             everyone_up_at = time.monotonic()
+        if phase == "peers" and chain.adapter.dials_when_told and everyone_up_at is not None:
+            for index in sorted(set(range(len(chain.nodes))) - told):
+                told.add(index)
+                provider.add_peers(index)
         if all_ready:
             return
         if time.monotonic() >= deadline:

@@ -78,6 +78,7 @@ def default_health(timeout: float = 30.0) -> Health:
         deadline = time.monotonic() + timeout
         syncing: str | None = None
         while time.monotonic() < deadline:
+            chain.tick_repair()  # as every wait does: a client's stall must not run out the clock
             try:
                 if node.head().number >= goal and (node.peer_count() > 0 or not others):
                     syncing = chain.adapter.catching_up(node._spec)

@@ -12,6 +12,7 @@ answer, and the real ``GethPosAdapter`` and ``Chain`` read them.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 
 from pytest_chainharness import Chain, ChainTimeout
 from pytest_chainharness._testnet import build_testnet
+from pytest_chainharness.clients import geth_pos
 from pytest_chainharness.clients.geth_pos import GethPosAdapter
 from pytest_chainharness.providers.base import NodeState
 from pytest_chainharness.upgrade import default_health
@@ -36,6 +38,8 @@ class Script:
 
     height: int = 141
     syncing: bool = False
+    head_slot: int = 138
+    beacon_peers: int = 3
 
 
 class _Node(BaseHTTPRequestHandler):
@@ -52,13 +56,13 @@ class _Node(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # prysm's beacon API
         data = {
             "/eth/v1/node/syncing": {
-                "head_slot": "138",
+                "head_slot": str(self.script.head_slot),
                 "sync_distance": "4",
                 "is_syncing": self.script.syncing,
                 "is_optimistic": False,
                 "el_offline": False,
             },
-            "/eth/v1/node/peer_count": {"connected": "3"},
+            "/eth/v1/node/peer_count": {"connected": str(self.script.beacon_peers)},
         }[self.path]
         self._send({"data": data})
 
@@ -75,15 +79,22 @@ class _Node(BaseHTTPRequestHandler):
 
 
 class AllRunning:
-    """The provider side the waits read: every node and part running."""
+    """The provider side the waits read: every node and part running; the part actions
+    it was asked for, in order."""
+
+    def __init__(self) -> None:
+        self.actions: list[tuple[int, str, str]] = []
 
     def state(self, index: int) -> NodeState:
         return NodeState.RUNNING
 
     serving_state = state
 
-    def parts(self, index: int) -> dict[str, str]:
-        return {}
+    def parts(self, index: int) -> dict[str, NodeState]:
+        return dict.fromkeys(("geth", "beacon", "validator"), NodeState.RUNNING)
+
+    def act_on_part(self, index: int, part: str, action: str) -> None:
+        self.actions.append((index, part, action))
 
 
 @pytest.fixture
@@ -105,7 +116,7 @@ def chain(scripts: list[Script]) -> Iterator[Chain]:
         servers.append(server)
         spec.host = "127.0.0.1"
         spec.ports["rpc"] = spec.ports["beacon_http"] = server.server_port
-    made = Chain(testnet, AllRunning(), adapter)  # type: ignore[arg-type]
+    made = Chain(testnet, AllRunning(), adapter, repair=False)  # type: ignore[arg-type]
     yield made
     for server in servers:
         server.shutdown()
@@ -161,3 +172,39 @@ def test_a_synced_network_converges_at_once(chain: Chain) -> None:
     t0 = time.monotonic()
     assert chain.wait_converged(timeout=20).number == 141
     assert time.monotonic() - t0 < 1.0
+
+
+def test_a_beacon_node_whose_initial_sync_stands_with_peers_is_started_again(
+    chain: Chain, scripts: list[Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen on docker: a restarted beacon node stood at slot 110, syncing, with three
+    peers, for 110 s; started again it chose its peers afresh and synced."""
+    monkeypatch.setattr(geth_pos, "STUCK_SYNC_AFTER", 1.0)
+    provider: AllRunning = chain.provider  # type: ignore[assignment]
+    scripts[1].syncing = True  # standing, with peers: the one to restart
+    scripts[2].syncing = True  # alone (a partition): a restart would not help
+    scripts[2].beacon_peers = 0
+    scripts[3].syncing = True  # moving: a sound sync
+    repair = geth_pos.StuckSync(chain, chain.adapter)  # type: ignore[arg-type]
+    done: list[str] = []
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline:
+        scripts[3].head_slot += 1
+        what = repair.tick()
+        if what is not None:
+            done.append(what)
+            # Looks for the next 2 s go on: standing again, it is not started again so
+            # soon (3 x STUCK_SYNC_AFTER).
+            deadline = min(deadline, time.monotonic() + 2.0)
+        time.sleep(0.3)
+    assert provider.actions == [(1, "beacon", "stop"), (1, "beacon", "start")]
+    assert len(done) == 1
+    assert done[0].startswith("node1: its beacon node's initial sync stood at slot 138 for ")
+    assert re.findall(r"node\d", done[0]) == ["node1"]
+
+
+def test_a_synced_network_is_left_alone(chain: Chain, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(geth_pos, "STUCK_SYNC_AFTER", 0.0)
+    repair = geth_pos.StuckSync(chain, chain.adapter)  # type: ignore[arg-type]
+    assert repair.tick() is None
+    assert chain.provider.actions == []  # type: ignore[attr-defined]

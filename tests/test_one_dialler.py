@@ -11,6 +11,9 @@ tests/test_geth_pos.py and tests/test_chain.py.
 from __future__ import annotations
 
 import json
+import shutil
+import socketserver
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -25,8 +28,8 @@ from pytest_chainharness import ChainHarnessError
 from pytest_chainharness._ports import PortAllocator
 from pytest_chainharness._testnet import Testnet, build_testnet
 from pytest_chainharness.clients.base import Placement
-from pytest_chainharness.clients.geth import GethAdapter, node_id, write_config
-from pytest_chainharness.clients.geth_pos import GethPosAdapter, _dialled
+from pytest_chainharness.clients.geth import GethAdapter, node_id
+from pytest_chainharness.clients.geth_pos import GethPosAdapter
 from pytest_chainharness.providers._peering import AdminPeering
 from pytest_chainharness.providers._state import RunState
 from pytest_chainharness.providers.base import NodeState
@@ -86,19 +89,92 @@ def admins() -> Iterator[tuple[list[str], list[tuple[int, str, list[Any]]]]]:
             server.server_close()
 
 
-def test_every_pair_has_exactly_one_dialler(testnet: Testnet, tmp_path: Path) -> None:
-    dials: dict[str, set[str]] = {}
+class _Ipc(socketserver.BaseRequestHandler):
+    """A node's admin IPC endpoint, recording (node, method, params)."""
+
+    calls: list[tuple[int, str, list[Any]]]
+    index: int
+
+    def handle(self) -> None:
+        body = json.loads(self.request.makefile().readline())
+        self.calls.append((self.index, body["method"], body["params"]))
+        answer = {"jsonrpc": "2.0", "id": body["id"], "result": True}
+        self.request.sendall(json.dumps(answer).encode() + b"\n")
+
+
+class _TrustedPeers(BaseHTTPRequestHandler):
+    """A beacon node's API, recording (node, path, body) of every POST."""
+
+    posts: list[tuple[int, str, dict[str, Any]]]
+    index: int
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.posts.append((self.index, self.path, body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+def test_the_first_start_dials_nobody_until_told_then_one_dialler_per_pair(
+    testnet: Testnet, tmp_path: Path
+) -> None:
+    """All four gethes start in the same second: a dial that reached a peer's link
+    before that peer listened was not made again for 35 s, the longest wait of a start.
+    So no static peer at the first start, and ``redial`` (the start's, once every node
+    answers) asks the one dialler of each pair, and has every beacon node trust the
+    other three."""
+    calls: list[tuple[int, str, list[Any]]] = []
+    posts: list[tuple[int, str, dict[str, Any]]] = []
+    servers: list[socketserver.BaseServer] = []
+    short = Path(tempfile.mkdtemp(prefix="ch-ipc-", dir="/tmp"))  # socket paths <= 108
+    adapter = GethPosAdapter()
+    try:
+        places = []
+        for node in testnet.nodes:
+            ipc = type("Ipc", (_Ipc,), {"calls": calls, "index": node.index})
+            unix = socketserver.ThreadingUnixStreamServer(str(short / f"{node.name}.ipc"), ipc)
+            api = type("Api", (_TrustedPeers,), {"posts": posts, "index": node.index})
+            http = ThreadingHTTPServer(("127.0.0.1", 0), api)
+            for each in (unix, http):
+                threading.Thread(target=each.serve_forever, daemon=True).start()
+                servers.append(each)
+            node.ports["beacon_http"] = http.server_port
+            datadir = tmp_path / node.name
+            datadir.mkdir()
+            (datadir / "genesis.ssz").write_bytes(b"")  # the network's, made already
+            place = Placement.local(
+                testnet, node, datadir, Path("geth"), ipc_path=str(short / f"{node.name}.ipc")
+            )
+            adapter.write_files(testnet, node, datadir, place)
+            assert _static_ids(datadir) == set(), node.name
+            places.append(place)
+        assert calls == []
+        assert posts == []
+        for node, place in zip(testnet.nodes, places, strict=True):
+            adapter.redial(testnet, node, place)
+    finally:
+        for server in servers:
+            server.shutdown()
+            server.server_close()
+        shutil.rmtree(short)
+    assert {method for _, method, _ in calls} == {"admin_addPeer"}
+    dials = {(i, params[0].split("@")[0].removeprefix("enode://")) for i, _, params in calls}
+    assert len(dials) == len(calls)  # each asked once
+    ids = [node_id(n) for n in testnet.nodes]
+    for a, b in combinations(range(4), 2):
+        assert ((a, ids[b]) in dials) != ((b, ids[a]) in dials), (a, b)
     for node in testnet.nodes:
-        datadir = tmp_path / node.name
-        datadir.mkdir()
-        # write_files' peer list (the rest of write_files needs the binaries)
-        write_config(
-            datadir, "127.0.0.1:1", _dialled(testnet, node, _place(testnet, node.index, datadir))
-        )
-        dials[node_id(node)] = _static_ids(datadir)
-    for a, b in combinations(testnet.nodes, 2):
-        one, other = node_id(a), node_id(b)
-        assert (other in dials[one]) != (one in dials[other]), (a.name, b.name)
+        trusted = {
+            body["addr"].rsplit("/", 1)[1]
+            for i, path, body in posts
+            if i == node.index and path == "/prysm/node/trusted_peers"
+        }
+        others = {n.identity["beacon_peer_id"] for n in testnet.nodes if n is not node}
+        assert trusted == others, node.name
 
 
 def test_a_restarted_node_dials_every_peer_and_its_peers_stop_dialling_it(

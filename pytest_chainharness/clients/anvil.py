@@ -44,6 +44,7 @@ class AnvilAdapter(EthereumQueries, NoAdminPeers):
     main_part: str | None = None
     hung_restart_after: float | None = 10.0
     stalled_peering_restart_after: float | None = None  # one node: no peers
+    dials_when_told = False
 
     def __init__(self, root: Path | None = None) -> None:
         self._root = root

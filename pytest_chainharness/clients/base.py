@@ -247,6 +247,11 @@ class ClientAdapter(Protocol):
     #: failed dial for ~35 s); None: never (a client that redials on its own: a restart
     #: would only drop its peers' links).
     stalled_peering_restart_after: float | None
+    #: The node dials no peer at its first start: once every node answers, the start
+    #: asks each one to (``redial``), so no dial goes to a peer not listening yet (geth
+    #: does not dial a peer again for 35 s after a failed dial). False: it dials its
+    #: peers by itself from the start.
+    dials_when_told: bool
     #: The docker backend's image when ``--chain-image`` names none.
     image: str
     #: Event kinds its nodes' agents publish beyond the harness's (``block``, ``peers``,

@@ -143,6 +143,7 @@ class GethAdapter(GethEndpoints):
     main_part: str | None = None
     hung_restart_after: float | None = 10.0
     stalled_peering_restart_after: float | None = 4.0
+    dials_when_told = False
 
     def __init__(self, root: Path | None = None, extra_args: list[str] | None = None) -> None:
         self._root = root

@@ -39,7 +39,7 @@ from eth_keys.datatypes import PrivateKey
 
 from .._errors import ChainHarnessError, NetworkStartError, UnsupportedAction
 from .._proc import run_bounded
-from .._rpc import RPCError, rpc_call
+from .._rpc import RPCError, http_json, rpc_call
 from .._testnet import NodeSpec, Testnet, derive_key
 from ..images import GETH_POS_IMAGE
 from ..tools import (
@@ -74,6 +74,10 @@ MIN_SLOT_SECONDS = 2
 #: (the default path scheme keeps recent state in memory, and after a SIGKILL geth
 #: rewinds and snap-syncs again, which a small network can take minutes over).
 _STATE_FLAGS = ("--state.scheme", "hash")
+#: How long a beacon node's initial sync may stand at one slot, with peers, before the
+#: repairer starts it again (StuckSync): a sound one waits 5 to 16 s at a time (its
+#: peer look every 5 s, a 15 s refresh when no peer has blocks for it).
+STUCK_SYNC_AFTER = 40.0
 #: prysm's default is 2, which leaves its sync fetcher one batch per peer (see command).
 _BURST_FACTOR = 10
 #: The node supervisor, as this package has it (a container mounts it at the same path).
@@ -144,6 +148,10 @@ class GethPosAdapter(GethEndpoints):
     # ef6ff1b). The start's timeout reports a node that never answers.
     hung_restart_after: float | None = None
     stalled_peering_restart_after: float | None = None  # prysm redials its peers every 5 s
+    # geth's dials are the ones told (redial): all four gethes start in the same second,
+    # and a dial that reached a peer's link before that peer listened was not made again
+    # for 35 s, the longest wait of a start (ready 42.8 s, the last EL link at 42.4 s).
+    dials_when_told = True
 
     def __init__(self, root: Path | None = None) -> None:
         self.root = root
@@ -187,8 +195,9 @@ class GethPosAdapter(GethEndpoints):
         (datadir / "geth" / "nodekey").write_text(node.identity["node_key"])
         (datadir / "jwt.hex").write_text(node.identity["jwt_secret"])
         (datadir / "beacon.key").write_text(node.identity["beacon_key"])
-        listen = f"{place.listen}:{place.ports['p2p']}"
-        write_config(datadir, listen, _dialled(testnet, node, place))
+        # No static peer at the first start (dials_when_told): the start has the node
+        # dial them once they listen (redial); a restart dials all of them (before_restart).
+        write_config(datadir, f"{place.listen}:{place.ports['p2p']}", [])
 
     def _network_genesis(self, testnet: Testnet, place: Placement) -> dict[str, bytes]:
         with self._genesis_lock:
@@ -299,17 +308,13 @@ class GethPosAdapter(GethEndpoints):
         ]  # fmt: skip
         for cidr in place.refuse:
             beacon += ["--p2p-denylist", cidr]
-        peers = [
-            f"/ip4/{route.host}/tcp/{route.ports['beacon_p2p']}/p2p/{other.identity['beacon_peer_id']}"
-            for other, route in _routes(testnet, node, place)
-        ]
-        first_start = ["--min-sync-peers", "0"]  # nobody is ahead to sync from yet
-        for peer in peers:
-            first_start += ["--peer", peer]
+        peers = _beacon_peers(testnet, node, place)
         beacon_part: dict[str, Any] = {
             "name": "beacon",
             "argv": beacon,
-            "first": first_start,
+            # Nobody is ahead to sync from yet. No --peer: the start trusts its peers
+            # through its API once every node serves (redial).
+            "first": ["--min-sync-peers", "0"],
             "wait_for": f"{near}:{ports['authrpc']}",
         }
         if peers:
@@ -345,12 +350,13 @@ class GethPosAdapter(GethEndpoints):
                 }
             )
         plan = json.dumps({"parts": parts, "control": parts_socket(place.ipc_path)})
-        if place.runner is not None:
-            # This package's supervisor, mounted (container_mounts), not the image's
-            # copy: an image built by an older release would not speak the control
-            # socket this harness asks.
-            return ["python3", str(_SUPERVISOR), plan]
-        return [sys.executable, "-m", "pytest_chainharness.clients.pos_node", plan]
+        # The supervisor by its path, standard library only: as a module of this package
+        # it imported the package first (web3 among it), 1.1 to 1.3 s of CPU per node
+        # while the start is short of CPU. A container runs this package's copy, mounted
+        # (container_mounts), not the image's: an image built by an older release would
+        # not speak the control socket this harness asks.
+        python = sys.executable if place.runner is None else "python3"
+        return [python, str(_SUPERVISOR), plan]
 
     def environment(self, testnet: Testnet, node: NodeSpec, place: Placement) -> dict[str, str]:
         return {}
@@ -437,10 +443,21 @@ class GethPosAdapter(GethEndpoints):
                 rpc_call(admin_url, "admin_removePeer", [me])
 
     def redial(self, testnet: Testnet, node: NodeSpec, place: Placement) -> None:
-        # The beacon node retries its peers every 5 s; geth redials a static peer on its
-        # own clock (35 s after the last dial), and asking again for a static peer
-        # changes nothing. Adding one more dialler would bring back the race above.
-        return None
+        # Only the pairs it dials (_dialled): one more dialler would bring back the race
+        # there. Asked once, at the start: geth dials a static peer again on its own clock
+        # (35 s after the last dial), and asking again for a known one changes nothing.
+        # The beacon node retries its peers every 5 s by itself.
+        for address in _dialled(testnet, node, place):
+            rpc_call(f"ipc://{place.ipc_path}", "admin_addPeer", [address], timeout=5.0)
+        # Its beacon node trusts every peer; it dials them on its next reconnect tick
+        # (every 5 s), when the others listen and their sync service answers a status.
+        # With --peer it dialled them as its p2p service started: a peer not listening
+        # yet was put off by libp2p's backoff, and one whose sync service did not run
+        # yet dropped the link after 10 s; the last beacon link came 10 s after the
+        # last beacon API (pos_node._trust_peers does the same after a restart).
+        api = f"http://{node.host}:{node.ports['beacon_http']}/prysm/node/trusted_peers"
+        for peer in _beacon_peers(testnet, node, place):
+            http_json(api, method="POST", body=json.dumps({"addr": peer}), parse=False)
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -509,7 +526,70 @@ class GethPosAdapter(GethEndpoints):
         return "prague"  # Prague/Electra from genesis, nothing later
 
     def repairer(self, chain: Chain) -> Repairer | None:
-        return None  # fork choice settles forks by itself
+        # Fork choice settles forks by itself; a beacon node's initial sync can stand.
+        return StuckSync(chain, self)
+
+
+class StuckSync:
+    """Restart a beacon node whose initial sync stands still while it has peers.
+
+    Seen on docker (a rolling upgrade, 2026-12-07): node2's beacon node, started again,
+    synced to slot 110 from the one peer it chose, then had that peer's next block refused
+    ("not descendant of finalized checkpoint": a branch the restart before it had made)
+    and stood at slot 110 with three peers for 110 s, is_syncing the whole time. Started
+    again, it chose its peers afresh and was past the finalized epoch within 30 s. A node
+    that is alone (a partition) or has no peer ahead is not helped by a restart and is
+    left alone: it has no peer, or its head moves again once one is ahead.
+    """
+
+    name = "beacon-resync"
+
+    def __init__(self, chain: Chain, adapter: GethPosAdapter) -> None:
+        self.chain = chain
+        self.adapter = adapter
+        #: Node name → (head slot, since when it stands there) while its beacon syncs.
+        self._standing: dict[str, tuple[str, float]] = {}
+        #: Node name → when it was last restarted here.
+        self._restarted: dict[str, float] = {}
+        self._checked = 0.0
+
+    def tick(self) -> str | None:
+        now = time.monotonic()
+        if now - self._checked < 1.0:
+            return None
+        self._checked = now
+        done: list[str] = []
+        standing: dict[str, tuple[str, float]] = {}
+        for node in self.chain.running_nodes():
+            if node.parts.get("beacon") != "running":
+                continue
+            try:
+                syncing = self.adapter._beacon(node._spec, "/eth/v1/node/syncing")["data"]
+                if not syncing.get("is_syncing"):
+                    continue
+                peers = self.adapter._beacon(node._spec, "/eth/v1/node/peer_count")
+                if int(peers["data"]["connected"]) == 0:
+                    continue
+            except (RPCError, KeyError, TypeError, ValueError):
+                continue
+            slot = str(syncing.get("head_slot"))
+            seen, since = self._standing.get(node.name, (slot, now))
+            since = since if seen == slot else now
+            standing[node.name] = (slot, since)
+            if (
+                now - since < STUCK_SYNC_AFTER
+                or now - self._restarted.get(node.name, -1e9) < STUCK_SYNC_AFTER * 3
+            ):
+                continue
+            node.restart(part="beacon")
+            self._restarted[node.name] = now
+            del standing[node.name]
+            done.append(
+                f"{node.name}: its beacon node's initial sync stood at slot {slot} for "
+                f"{now - since:.0f}s with peers; started it again"
+            )
+        self._standing = standing
+        return "; ".join(done) or None
 
 
 def _dialled(testnet: Testnet, node: NodeSpec, place: Placement) -> list[str]:
@@ -524,6 +604,14 @@ def _dialled(testnet: Testnet, node: NodeSpec, place: Placement) -> list[str]:
     its pairs over (``before_restart``).
     """
     return [address for other, address in _peer_enodes(testnet, node, place) if other > node.index]
+
+
+def _beacon_peers(testnet: Testnet, node: NodeSpec, place: Placement) -> list[str]:
+    """The multiaddr of every other node's beacon node, as ``node`` dials it."""
+    return [
+        f"/ip4/{route.host}/tcp/{route.ports['beacon_p2p']}/p2p/{other.identity['beacon_peer_id']}"
+        for other, route in _routes(testnet, node, place)
+    ]
 
 
 def _peer_enodes(testnet: Testnet, node: NodeSpec, place: Placement) -> list[tuple[int, str]]:

@@ -62,6 +62,7 @@ class SpecAdapter(NoAdminPeers):
     # node's own behaviour, and the start's timeout reports it. Only a spec that says
     # how to redial has its stalled nodes restarted (see __init__).
     hung_restart_after: float | None = None
+    dials_when_told = False
     poa = False
     evm = False
     admin_peering = False
