@@ -446,7 +446,6 @@ class GethPosAdapter(GethEndpoints):
         # Only the pairs it dials (_dialled): one more dialler would bring back the race
         # there. Asked once, at the start: geth dials a static peer again on its own clock
         # (35 s after the last dial), and asking again for a known one changes nothing.
-        # The beacon node retries its peers every 5 s by itself.
         for address in _dialled(testnet, node, place):
             rpc_call(f"ipc://{place.ipc_path}", "admin_addPeer", [address], timeout=5.0)
         # Its beacon node trusts every peer; it dials them on its next reconnect tick
@@ -465,7 +464,7 @@ class GethPosAdapter(GethEndpoints):
         self.head(node)
         engine = f"engine API on port {node.ports['authrpc']}, JWT in jwt.hex"
         try:
-            syncing = self._beacon(node, "/eth/v1/node/syncing").get("data") or {}
+            syncing = self._syncing(node)
         except RPCError as exc:
             raise RPCError(
                 f"{node.name}: its beacon node does not answer ({exc}); prysm opens its API "
@@ -481,7 +480,7 @@ class GethPosAdapter(GethEndpoints):
         # A beacon node in initial sync has no gossip subscriptions yet, though its geth
         # may already be at the others' head: split off with a peer no further ahead, it
         # never ends its sync, and that peer cannot publish a block (no one on the topic).
-        syncing = self._beacon(node, "/eth/v1/node/syncing").get("data") or {}
+        syncing = self._syncing(node)
         if not syncing.get("is_syncing"):
             return None
         return (
@@ -512,6 +511,12 @@ class GethPosAdapter(GethEndpoints):
         if not block or int(block["number"], 16) == 0:
             return None
         return Head(int(block["number"], 16), str(block["hash"]))
+
+    def _syncing(self, node: NodeSpec) -> dict[str, Any]:
+        """The beacon node's ``/eth/v1/node/syncing`` data (``is_syncing``, ``head_slot``,
+        ``sync_distance``, ``el_offline``)."""
+        data = self._beacon(node, "/eth/v1/node/syncing").get("data")
+        return data if isinstance(data, dict) else {}
 
     def _beacon(self, node: NodeSpec, path: str) -> dict[str, Any]:
         url = f"http://{node.host}:{node.ports['beacon_http']}{path}"
@@ -564,7 +569,7 @@ class StuckSync:
             if node.parts.get("beacon") != "running":
                 continue
             try:
-                syncing = self.adapter._beacon(node._spec, "/eth/v1/node/syncing")["data"]
+                syncing = self.adapter._syncing(node._spec)
                 if not syncing.get("is_syncing"):
                     continue
                 peers = self.adapter._beacon(node._spec, "/eth/v1/node/peer_count")
