@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_chainharness.tools import tools_dir
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -24,12 +26,13 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def inner(
     pytester: pytest.Pytester, runs_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> pytest.Pytester:
-    """A pytester whose sessions find this project's tools folder.
+    """A pytester whose sessions find the tools folder the set-up filled
+    (``$CHAINHARNESS_TOOLS``, else this project's ``.tools``).
 
     Inner sessions run on the process backend unless a test asks for docker, so tests
     of process behaviour do not change with whether an engine happens to answer.
     """
-    monkeypatch.setenv("CHAINHARNESS_TOOLS", str(ROOT / ".tools"))
+    monkeypatch.setenv("CHAINHARNESS_TOOLS", str(tools_dir(ROOT)))
     pytester.makeini("[pytest]\nchain_backend = process\n")
     return pytester
 

@@ -20,6 +20,7 @@ from pytest_chainharness._load import (
     parse_run_time,
     parse_slo,
 )
+from pytest_chainharness.tools import tools_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -236,7 +237,7 @@ class TestAgainstANetwork:
 
 @pytest.mark.usefixtures("geth_required", "mosquitto_required")
 def test_standalone_cli_and_locustfile(tmp_path: Path) -> None:
-    env = {**os.environ, "CHAINHARNESS_TOOLS": str(ROOT / ".tools")}
+    env = {**os.environ, "CHAINHARNESS_TOOLS": str(tools_dir(ROOT))}
     state = tmp_path / "state.json"
     cli = [sys.executable, "-m", "pytest_chainharness.cli"]
 

@@ -19,6 +19,7 @@ import pytest
 from pytest_chainharness import Chain
 from pytest_chainharness._report import _probe
 from pytest_chainharness._report_html import MAX_POINTS, TracedTest, _thin, bands, collect
+from pytest_chainharness.tools import tools_dir
 from tests.test_lifecycle import assert_nothing_left
 
 CHROMIUM = shutil.which("chromium")
@@ -67,7 +68,7 @@ def four_node_report(
     (work / "pytest.ini").write_text("[pytest]\nchain_backend = process\n")
     (work / "test_report_run.py").write_text(SPLIT_AND_LOAD)
     report, allure = work / "report", work / "allure"
-    env = {**os.environ, "CHAINHARNESS_TOOLS": str(ROOT / ".tools"), "CHAINHARNESS_RUNS": str(runs)}
+    env = {**os.environ, "CHAINHARNESS_TOOLS": str(tools_dir(ROOT)), "CHAINHARNESS_RUNS": str(runs)}
     done = subprocess.run(
         [
             sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--chain-nodes=4",
