@@ -8,8 +8,10 @@ is one whose owner process is gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,9 +20,9 @@ import docker.errors
 import docker
 
 if __package__:
-    from ._proc import alive
+    from ._proc import alive, every_step
 else:  # imported by the watchdog script, which runs outside the package
-    from _proc import alive  # type: ignore[import-not-found,no-redef]
+    from _proc import alive, every_step  # type: ignore[import-not-found,no-redef]
 
 __all__ = [
     "LABEL_OWNER",
@@ -29,6 +31,7 @@ __all__ = [
     "engine_status",
     "image_exists",
     "owner_label",
+    "remove_network",
     "remove_run",
     "sweep_stale",
 ]
@@ -116,36 +119,73 @@ def _owner_gone(owner: str) -> bool:
 
 
 def remove_run(run_id: str, client: docker.DockerClient | None = None) -> dict[str, int]:
-    """Remove every container, then every network, labelled with ``run_id``."""
+    """Remove every container, then every network, labelled with ``run_id``. The
+    networks go even if a container would not: a network left over outlives the run."""
     own = client is None
     client = client or docker_client()
     removed = {"containers": 0, "networks": 0}
-    try:
-        selector: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={run_id}"}
+    selector: dict[str, str | list[str] | bool] = {"label": f"{LABEL_RUN}={run_id}"}
+
+    def remove(container: Any) -> int:
+        try:
+            container.remove(force=True, v=True)
+        except docker.errors.NotFound:
+            return 0
+        return 1
+
+    def containers() -> None:
         # sparse: no inspect per container, which races with anyone else removing them.
-        containers = client.containers.list(all=True, filters=selector, sparse=True)
-
-        def remove(container: Any) -> int:
-            try:
-                container.remove(force=True, v=True)
-            except docker.errors.NotFound:
-                return 0
-            return 1
-
+        found = client.containers.list(all=True, filters=selector, sparse=True)
         # The engine removes containers faster side by side than one after another.
-        if containers:
-            with ThreadPoolExecutor(max_workers=min(16, len(containers))) as pool:
-                removed["containers"] = sum(pool.map(remove, containers))
+        if found:
+            with ThreadPoolExecutor(max_workers=min(16, len(found))) as pool:
+                removed["containers"] = sum(pool.map(remove, found))
+
+    def networks() -> None:
         for network in client.networks.list(filters=selector):
-            try:
-                network.remove()
-                removed["networks"] += 1
-            except docker.errors.NotFound:
-                pass
+            removed["networks"] += remove_network(network)
+
+    try:
+        every_step(containers, networks)
     finally:
         if own:
             client.close()
     return removed
+
+
+#: How long a network's removal is retried while it still has endpoints.
+NETWORK_RELEASE_TIMEOUT = 30.0
+
+
+def remove_network(network: Any, timeout: float = NETWORK_RELEASE_TIMEOUT) -> int:
+    """Remove ``network``, forcing off whatever endpoints it still has; 1 if removed, 0
+    if it was gone already.
+
+    A container's removal can return before the engine has released its endpoint on
+    the network (seen on a loaded machine: "network ... has active endpoints" right after
+    every container of the run was removed), and a container the run does not know of
+    may have been attached to it. The network is the run's, so each endpoint is
+    disconnected with force, and the removal is retried until ``timeout``.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            network.remove()
+            return 1
+        except docker.errors.NotFound:
+            return 0
+        except docker.errors.APIError as exc:
+            if "active endpoints" not in str(exc) or time.monotonic() > deadline:
+                raise
+        try:
+            network.reload()
+        except docker.errors.NotFound:
+            return 0
+        for endpoint in network.attrs.get("Containers") or {}:
+            # Gone meanwhile, or released by the engine itself: the next try shows.
+            with contextlib.suppress(docker.errors.APIError):
+                network.disconnect(endpoint, force=True)
+        time.sleep(0.2)
 
 
 def runs_on_engine(client: docker.DockerClient) -> dict[str, str]:

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "RUN_MARKER",
     "become_subreaper",
+    "every_step",
     "find_marked",
     "hand_over",
     "kill_pids",
@@ -28,6 +29,23 @@ __all__ = [
 RUN_MARKER = "CHAINHARNESS_RUN"
 
 _PR_SET_CHILD_SUBREAPER = 36
+
+
+def every_step(*steps: Callable[[], object]) -> None:
+    """Run each teardown step in order, whether or not one before it failed, then raise
+    the first failure (the later ones as its notes). A step skipped because an earlier
+    one raised leaks whatever it would have removed."""
+    failures: list[BaseException] = []
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            failures.append(exc)
+    if failures:
+        first = failures[0]
+        for later in failures[1:]:
+            first.add_note(f"later teardown step also failed: {type(later).__name__}: {later}")
+        raise first
 
 
 def hand_over(*handles: list[Any] | dict[Any, Any]) -> None:

@@ -30,7 +30,15 @@ from ._accounts import ATTACHED_FIXED_SLOTS, FIXED_ACCOUNTS, claim, claim_attach
 from ._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from ._files import STATE_FILES, redact_file, write_private
 from ._options import Settings
-from ._proc import RUN_MARKER, alive, become_subreaper, find_marked, hand_over, kill_pids
+from ._proc import (
+    RUN_MARKER,
+    alive,
+    become_subreaper,
+    every_step,
+    find_marked,
+    hand_over,
+    kill_pids,
+)
 from ._rpc import RPCError
 from ._start import launch
 from ._testnet import Testnet, build_testnet, random_seed
@@ -39,7 +47,7 @@ from .chain import Chain
 from .clients import get_client
 from .clients.base import ClientAdapter
 from .providers import attach_provider, resolve_backend
-from .providers.base import NodeState, Provider
+from .providers.base import NodeState, Provider, admin_dir
 from .providers.process import ProcessProvider
 
 __all__ = ["ChainSession", "RunInfo", "runs_root"]
@@ -320,6 +328,7 @@ class ChainSession:
                 self.run.run_id,
                 str(self.run.run_dir),
                 provider.name,
+                str(admin_dir(self.run.run_id)),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -463,21 +472,36 @@ class ChainSession:
         record = self._read()
         if record is not None and record.get("status") == "up":
             provider = self._provider or attach_provider(record["provider"], self.adapter())
-            provider.teardown()
-            # The broker and agents are marked processes on every backend.
-            kill_pids(find_marked(self.run.run_id))
-            from ._broker import reap_children
-            from .bus import merge_history
-
-            reap_children()
-            if (provider.artifacts_dir / "events-bus.jsonl").exists():
-                merge_history(provider.artifacts_dir)
+            every_step(
+                provider.teardown,
+                # The broker and agents are marked processes on every backend.
+                lambda: kill_pids(find_marked(self.run.run_id)),
+                lambda: self._end_history(provider),
+                self._end_watchdog,
+                self._redact,
+            )
         else:
             # A start that failed half-way tore itself down; sweep anyway in case a
             # worker died in the middle of it.
-            sweep_run(self.run.run_id, self.run.run_dir, self.adapter())
+            every_step(
+                lambda: sweep_run(self.run.run_id, self.run.run_dir, self.adapter()),
+                self._end_watchdog,
+                self._redact,
+            )
+
+    def _end_history(self, provider: Provider) -> None:
+        from ._broker import reap_children
+        from .bus import merge_history
+
+        reap_children()
+        if (provider.artifacts_dir / "events-bus.jsonl").exists():
+            merge_history(provider.artifacts_dir)
+
+    def _end_watchdog(self) -> None:
         if self._watchdog is not None:
             self._watchdog.poll()  # killed with the nodes (same run marker); collect its status
+
+    def _redact(self) -> None:
         # The logs stay for a few runs; the keys and the bus password do not.
         for name in STATE_FILES:
             redact_file(self.run.run_dir / name)

@@ -21,6 +21,7 @@ from pytest_chainharness.chain import Chain
 from pytest_chainharness.clients import GethAdapter
 from pytest_chainharness.providers import default_image
 from pytest_chainharness.providers.docker import DockerProvider, image_for_version
+from tests.test_lifecycle import admin_dirs_of
 
 ROOT = Path(__file__).resolve().parent.parent
 CHAINHARNESS = str(Path(sys.executable).parent / "chainharness")
@@ -53,11 +54,12 @@ def run_objects(runs_dir: Path) -> list[str]:
 def assert_nothing_left(runs_dir: Path) -> None:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and (
-        run_objects(runs_dir) != [] or any(runs_dir.glob("*/nodes"))
+        run_objects(runs_dir) != [] or any(runs_dir.glob("*/nodes")) or admin_dirs_of(runs_dir)
     ):
         time.sleep(0.1)
     assert run_objects(runs_dir) == []
     assert list(runs_dir.glob("*/nodes")) == []
+    assert admin_dirs_of(runs_dir) == []
 
 
 def test_image_for_version() -> None:
@@ -203,6 +205,45 @@ class TestLeaks:
         result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=2")
         result.assert_outcomes(errors=1)
         assert_nothing_left(runs_dir)
+
+    def test_an_endpoint_left_on_the_run_network_does_not_stop_the_teardown(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        """A CI run's teardown once failed with "network ... has active endpoints" right
+        after it had removed every container of the run (the engine had not released one
+        endpoint yet), and the run's datadirs stayed. Here a container the run does not
+        know holds an endpoint on the run's network until the end: the teardown forces
+        it off, removes the network, and the run exits 0 with nothing left."""
+        stranger = f"chainharness-test-stranger-{os.getpid()}"
+        inner.makepyfile(
+            f"""
+            import docker
+
+            def test_a_stranger_joins_the_run_network(chain):
+                client = docker.from_env()
+                client.containers.run(
+                    {default_image("geth")!r},
+                    entrypoint=["sleep", "300"],
+                    name={stranger!r},
+                    network=chain.provider.describe()["network"],
+                    detach=True,
+                )
+                client.close()
+            """
+        )
+        try:
+            result = inner.runpytest_subprocess("--chain-backend=docker", "--chain-nodes=1")
+            result.assert_outcomes(passed=1)
+            assert result.ret == 0, "\n".join(result.errlines[-30:])
+            assert_nothing_left(runs_dir)
+            client = docker_client()
+            try:
+                # Only forced off the network: a container that is not the run's stays.
+                assert client.containers.get(stranger).status == "running"
+            finally:
+                client.close()
+        finally:
+            subprocess.run(["docker", "rm", "-f", stranger], capture_output=True, check=False)
 
     def test_stale_run_of_a_dead_owner_is_swept_at_start(
         self, inner: pytest.Pytester, runs_dir: Path

@@ -20,6 +20,7 @@ from pytest_chainharness._start import launch
 from pytest_chainharness.chain import Chain
 from pytest_chainharness.clients import GethAdapter
 from pytest_chainharness.providers import ProcessProvider
+from pytest_chainharness.providers.base import admin_dir
 from pytest_chainharness.tools import find_geth
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,12 +43,19 @@ def processes_under(path: Path) -> list[int]:
     return found
 
 
+def admin_dirs_of(runs_dir: Path) -> list[Path]:
+    """The admin socket folders (under the system's temp folder) of the runs under ``runs_dir``."""
+    runs = runs_dir.glob("ch-*") if runs_dir.exists() else []
+    return [admin_dir(run.name) for run in runs if admin_dir(run.name).exists()]
+
+
 def assert_nothing_left(runs_dir: Path) -> None:
     deadline = time.monotonic() + 5
-    while processes_under(runs_dir) and time.monotonic() < deadline:
+    while (processes_under(runs_dir) or admin_dirs_of(runs_dir)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert processes_under(runs_dir) == []
     assert list(runs_dir.glob("*/nodes")) == []
+    assert admin_dirs_of(runs_dir) == []
 
 
 class TestWholeRuns:
@@ -126,6 +134,31 @@ class TestWholeRuns:
         )
         assert seen == code, output[-2000:]
         assert_nothing_left(runs_dir)
+
+    def test_a_teardown_step_that_fails_skips_none_of_the_others(
+        self, inner: pytest.Pytester, runs_dir: Path
+    ) -> None:
+        """Each teardown step runs whatever failed before it: a step skipped leaks what
+        it would have removed (a CI run once kept its datadirs and keys when the docker
+        network's removal raised). The failure still fails the run, and says what failed."""
+        inner.makeconftest(
+            """
+            from pytest_chainharness.providers.process import ProcessProvider
+
+            def refuse(self):
+                raise RuntimeError("the helpers would not stop")
+
+            ProcessProvider.stop_helpers = refuse
+            """
+        )
+        inner.makepyfile("def test_up(chain):\n    chain.wait_for_height(1)\n")
+        result = inner.runpytest_subprocess("--chain-nodes=2")
+        result.assert_outcomes(passed=1)
+        assert result.ret != 0
+        assert "RuntimeError: the helpers would not stop" in result.stderr.str()
+        assert_nothing_left(runs_dir)
+        (run,) = runs_dir.iterdir()
+        assert '"password": "<redacted>"' in (run / "network.json").read_text()
 
 
 def two_node_chain(

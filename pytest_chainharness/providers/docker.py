@@ -50,6 +50,7 @@ from .._docker import (
 )
 from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from .._ports import PortAllocator
+from .._proc import every_step
 from .._testnet import Testnet
 from ..clients.base import ClientAdapter, Placement, Route
 from ._helpers import HelperHost
@@ -665,14 +666,19 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
     # -- teardown and attach ---------------------------------------------------------------
 
     def teardown(self) -> None:
+        every_step(
+            self._save_all_logs,
+            self._save_service_logs,
+            lambda: remove_run(self.run_id, self._client),
+            lambda: shutil.rmtree(self.run_dir / "nodes", ignore_errors=True),
+            self.stop_helpers,
+            lambda: remove_admin_dir(self.run_id),
+        )
+
+    def _save_all_logs(self) -> None:
         if self.testnet.nodes:
             with ThreadPoolExecutor(max_workers=min(16, len(self.testnet.nodes))) as pool:
                 list(pool.map(self._save_logs, range(len(self.testnet.nodes))))
-        self._save_service_logs()
-        remove_run(self.run_id, self._client)
-        shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
-        self.stop_helpers()
-        remove_admin_dir(self.run_id)
 
     def release(self) -> None:
         # The containers need no handle; the host's helpers do.

@@ -30,6 +30,7 @@ from .._ports import PortAllocator
 from .._proc import (
     RUN_MARKER,
     alive,
+    every_step,
     find_marked,
     hand_over,
     kill_pids,
@@ -330,6 +331,14 @@ class ProcessProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, H
     # -- teardown and attach ---------------------------------------------------------------
 
     def teardown(self) -> None:
+        every_step(
+            self._kill_nodes,
+            lambda: shutil.rmtree(self.run_dir / "nodes", ignore_errors=True),
+            self.stop_helpers,
+            lambda: remove_admin_dir(self.run_id),
+        )
+
+    def _kill_nodes(self) -> None:
         data = self.shared.load()
         pids = {int(e["pid"]) for e in data["nodes"].values() if e.get("pid")}
         pids.update(int(p) for p in data.get("started", []))
@@ -338,9 +347,6 @@ class ProcessProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, H
         for child in self._children.values():
             child.poll()
         self._children.clear()
-        shutil.rmtree(self.run_dir / "nodes", ignore_errors=True)
-        self.stop_helpers()
-        remove_admin_dir(self.run_id)
 
     def release(self) -> None:
         hand_over(self._children)
