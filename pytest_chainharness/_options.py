@@ -16,7 +16,7 @@ import pytest
 from ._errors import ChainHarnessError
 from .clients import CLIENTS, SPEC_CLIENTS, available_clients, get_client
 from .clients.spec import ClientSpec, ClientSpecError, find_spec_binary, is_spec_path, load_spec
-from .providers import BACKENDS, backend_refused, default_image
+from .providers import BACKENDS, backend_refused, default_image, get_backend, runs_images
 
 __all__ = ["Settings", "add_options", "read_settings"]
 
@@ -270,16 +270,11 @@ def read_settings(config: pytest.Config) -> Settings:
     refused = backend_refused(backend, client, adapter_class.backends) if adapter_class else None
     if refused is not None:
         raise pytest.UsageError(f"{where}={backend}: {refused}")
-    if backend == "docker" and not _attaching(config):
-        from ._docker import engine_status
-
-        up, why = engine_status()
-        if not up:
-            raise pytest.UsageError(
-                f"{where}=docker: {why}. Start one (scripts/docker.sh installs and starts "
-                "dockerd), set DOCKER_HOST, or use --chain-backend=process"
-            )
-    if spec is not None and not (spec.image and backend == "docker"):
+    if backend != "auto" and not _attaching(config):
+        unusable = get_backend(backend).unusable()
+        if unusable is not None:
+            raise pytest.UsageError(f"{where}={backend}: {unusable}")
+    if spec is not None and not (spec.image and runs_images(backend)):
         # Only a spec's own image carries its binary; everywhere else it is the host's.
         try:
             find_spec_binary(spec, root=config.rootpath)

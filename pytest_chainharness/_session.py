@@ -49,6 +49,7 @@ from .clients.base import ClientAdapter
 from .providers import attach_provider, resolve_backend
 from .providers.base import NodeState, Provider, admin_dir
 from .providers.process import ProcessProvider
+from .providers.registry import Backend, NewRun, backend_names, get_backend
 
 __all__ = ["ChainSession", "RunInfo", "runs_root"]
 
@@ -327,8 +328,8 @@ class ChainSession:
                 str(self.run.owner_pid),
                 self.run.run_id,
                 str(self.run.run_dir),
-                provider.name,
                 str(admin_dir(self.run.run_id)),
+                provider.name if get_backend(provider.name).leaves_objects else "",
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -451,11 +452,11 @@ class ChainSession:
             info["seed"] = record["provider"]["testnet"].get("seed", self.run.seed)
             info["started"] = True
         else:
-            backend, _ = resolve_backend(s.backend, s.image, self.adapter())
-            info["backend"] = backend
-            info["version"] = s.image if backend == "docker" else _binary_version(self, s)
+            name, _ = resolve_backend(s.backend, s.image, self.adapter())
+            info["backend"] = name
+            info["version"] = get_backend(name).version_from_settings(s) or _binary_version(self, s)
             info["started"] = False
-        if info["backend"] == "docker":
+        if get_backend(info["backend"]).runs_images:
             info["image"] = s.image
         if s.attach is not None:
             info["attached"] = str(s.attach)
@@ -541,10 +542,8 @@ def sweep_run(run_id: str, run_dir: Path, adapter: ClientAdapter) -> None:
         run_id=run_id,
         binary=Path(),
     ).teardown()
-    if (run_dir / "docker-state.json").exists():
-        from ._docker import remove_run
-
-        remove_run(run_id)
+    for name in backend_names():
+        get_backend(name).sweep_run(run_id, run_dir)
 
 
 def sweep_stale_runs(root: Path, adapter: ClientAdapter) -> list[str]:
@@ -581,15 +580,14 @@ def start_network(
     adapter = get_client(settings.client, root=root)
     # Leftovers of runs whose pytest was killed before its watchdog could act.
     sweep_stale_runs(run_dir.parent, adapter)
-    backend, _ = resolve_backend(settings.backend, settings.image, adapter)
-    if backend == "docker":
-        from ._docker import sweep_stale
-
-        sweep_stale()
-    if settings.services is not None and backend != "docker":
+    name, _ = resolve_backend(settings.backend, settings.image, adapter)
+    backend = get_backend(name)
+    backend.sweep_stale()
+    if settings.services is not None and not backend.hosts_services:
+        hosts = [n for n in backend_names() if get_backend(n).hosts_services]
         raise NetworkStartError(
             f"services ({settings.services}) run beside a containerised chain; this run uses "
-            "the process backend: use --chain-backend=docker (needs a Docker engine)"
+            f"the {name} backend: use --chain-backend={' or '.join(hosts)}"
         )
     (run_dir / "owner").write_text(str(owner) if owner else "kept")
     testnet = build_testnet(
@@ -602,27 +600,9 @@ def start_network(
         signers=settings.signers,
         adapter=adapter,
     )
-    provider: Provider
-    if backend == "docker":
-        from ._docker import owner_label
-        from .providers.docker import DockerProvider
-
-        provider = DockerProvider(
-            testnet,
-            adapter,
-            run_dir=run_dir,
-            run_id=run_id,
-            image=settings.image,
-            owner=owner_label(owner) if owner else owner_label(0).replace(":0", ":kept"),
-        )
-        client_version = None
-    else:
-        binary = adapter.find_binary(explicit=settings.binary)
-        # Before anything starts: a binary that cannot say its version (a wrapper that
-        # hangs, the wrong file) is ToolNotFound naming the command, not a node that
-        # later hangs in its init until the start timeout.
-        client_version = adapter.version(binary)
-        provider = ProcessProvider(testnet, adapter, run_dir=run_dir, run_id=run_id, binary=binary)
+    provider, client_version = backend.create(
+        NewRun(testnet, adapter, run_dir, run_id, settings, owner)
+    )
     if keep_provider is not None:
         keep_provider(provider)
     if before_launch is not None:
@@ -633,10 +613,10 @@ def start_network(
     record: dict[str, Any] = {"status": "up", "backend": provider.name}
     try:
         if settings.services is not None:
-            from .services import load_services, start_services
+            from .services import load_services
 
             specs = load_services(settings.services)
-            record["services"] = start_services(provider, specs).to_dict()
+            record["services"] = backend.start_services(provider, specs).to_dict()
         record["bus"] = _start_bus(settings, provider, adapter, backend, run_dir, run_id)
         record["client_version"] = (
             client_version if client_version is not None else provider.client_version(0)
@@ -652,23 +632,18 @@ def _start_bus(
     settings: Settings,
     provider: Provider,
     adapter: ClientAdapter,
-    backend: str,
+    backend: Backend,
     run_dir: Path,
     run_id: str,
 ) -> dict[str, Any]:
     """The run's broker and one agent per node; ``{"error": ...}`` when no broker can run
     here (the chain then works without a bus and the ``bus`` fixture says why)."""
-    from ._broker import (
-        parse_bus_url,
-        start_agents,
-        start_container_broker,
-        start_local_broker,
-    )
+    from ._broker import parse_bus_url, start_agents, start_local_broker
 
     if settings.bus is not None:
         endpoint = parse_bus_url(settings.bus)
-    elif backend == "docker":
-        endpoint = start_container_broker(provider, settings.bus_image)
+    elif (beside := backend.start_broker(provider, settings)) is not None:
+        endpoint = beside
     else:
         try:
             endpoint, _ = start_local_broker(run_dir, run_id)

@@ -34,7 +34,7 @@ from ._testnet import random_seed
 from .chain import Chain
 from .clients import available_clients, get_client
 from .clients.spec import find_spec_binary, is_spec_path, load_spec
-from .providers import BACKENDS, attach_provider, backend_refused, default_image
+from .providers import BACKENDS, attach_provider, backend_refused, default_image, runs_images
 
 __all__ = ["main"]
 
@@ -236,7 +236,7 @@ def _up(args: argparse.Namespace) -> int:
         adapter = get_client(client, root=Path.cwd())
         if is_spec_path(client):
             spec = load_spec(Path(client), root=Path.cwd(), check_binary=False)
-            if not (spec.image and backend == "docker"):  # else the image carries it
+            if not (spec.image and runs_images(backend)):  # else the image carries it
                 find_spec_binary(spec, root=Path.cwd())
     except (ValueError, ChainHarnessError) as exc:
         print(f"chainharness: --chain-client={args.chain_client}: {exc}")

@@ -28,7 +28,7 @@ from ._runlogs import keep_run_logs, kept_logs_dir
 from ._session import SESSION_KEY, ChainSession, RunInfo
 from .chain import Chain
 from .clients import get_client
-from .providers import resolve_backend
+from .providers import get_backend, resolve_backend
 
 if TYPE_CHECKING:
     from .bus import SyncBus
@@ -198,13 +198,14 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
         return [f"chainharness: attached to the network in {s.attach} (not started or stopped)"]
     adapter = get_client(s.client, root=config.rootpath)
     backend, why = resolve_backend(s.backend, s.image, adapter)
-    if backend == "docker" and not adapter.host_binary:
+    images = get_backend(backend).runs_images
+    if images and not adapter.host_binary:
         client = f"{adapter.display_name} (image {s.image})"
     else:
         try:
             binary = adapter.find_binary(explicit=s.binary)
-            # A host binary on docker runs mounted into the image: name both.
-            where = f"{binary} on image {s.image}" if backend == "docker" else str(binary)
+            # A host binary on an image backend runs mounted into the image: name both.
+            where = f"{binary} on image {s.image}" if images else str(binary)
             client = f"{adapter.display_name} {adapter.version(binary)} ({where})"
         except ToolNotFound as exc:
             client = f"{s.client} NOT FOUND: {exc}"

@@ -8,19 +8,23 @@ from typing import Any
 from ..clients.base import ClientAdapter
 from .base import NodeState, Provider
 from .process import ProcessProvider
+from .registry import Backend, backend_names, get_backend
 
 __all__ = [
     "BACKENDS",
+    "Backend",
     "NodeState",
     "ProcessProvider",
     "Provider",
     "attach_provider",
     "default_image",
+    "get_backend",
     "resolve_backend",
+    "runs_images",
 ]
 
 #: Values accepted by ``--chain-backend``.
-BACKENDS = ("auto", "docker", "process")
+BACKENDS = ("auto", *backend_names())
 
 
 def backend_refused(requested: str, client: str, runs_on: tuple[str, ...]) -> str | None:
@@ -43,33 +47,38 @@ def default_image(client: str, root: Path | None = None) -> str:
 def resolve_backend(
     requested: str, image: str, adapter: ClientAdapter | None = None
 ) -> tuple[str, str]:
-    """(backend, why) for a requested backend name; ``auto`` asks the engine (and picks
-    processes for a client whose binary is the host's: ``ClientAdapter.host_binary``)."""
-    if requested == "process":
-        return "process", "requested with --chain-backend=process"
-    if requested == "docker":
-        return "docker", f"requested with --chain-backend=docker, image {image}"
-    if adapter is not None and "docker" not in adapter.backends:
-        return "process", f"auto: client {adapter.display_name} runs on processes only"
-    if adapter is not None and adapter.host_binary:
-        return "process", (
-            f"auto: client {adapter.display_name} runs the host's binary "
-            "(--chain-backend=docker runs it in containers)"
-        )
-    from .._docker import engine_status, image_exists
+    """(backend, why) for a requested backend name; ``auto`` asks each candidate backend in
+    turn (a client whose binary is the host's runs on processes:
+    ``ClientAdapter.host_binary``) and falls back to processes."""
+    if requested != "auto":
+        how = f"requested with --chain-backend={requested}"
+        return requested, f"{how}, image {image}" if get_backend(requested).runs_images else how
+    candidates = [n for n in backend_names() if get_backend(n).auto_candidate]
+    if adapter is not None:
+        candidates = [n for n in candidates if n in adapter.backends]
+        if not candidates:
+            return "process", f"auto: client {adapter.display_name} runs on processes only"
+    reasons = []
+    for name in candidates:
+        backend = get_backend(name)
+        if adapter is not None and adapter.host_binary and backend.runs_images:
+            return "process", (
+                f"auto: client {adapter.display_name} runs the host's binary "
+                f"(--chain-backend={name} runs it in containers)"
+            )
+        chosen, why = backend.auto_choice(image)
+        if chosen:
+            return name, why
+        reasons.append(why)
+    return "process", "; ".join(reasons)
 
-    up, why = engine_status()
-    if not up:
-        return "process", f"auto: {why}"
-    if not image_exists(image):
-        return "process", f"auto: {why}, but image {image} is missing (chainharness images build)"
-    return "docker", f"auto: {why} and image {image} present"
+
+def runs_images(requested: str) -> bool:
+    """Whether the backend named by ``--chain-backend`` runs its nodes from images (never
+    for ``auto``: the host may have to serve the binary)."""
+    return requested != "auto" and get_backend(requested).runs_images
 
 
 def attach_provider(description: dict[str, Any], adapter: ClientAdapter) -> Provider:
     """A provider for a network another process started, from its ``describe()``."""
-    if description["provider"] == "docker":
-        from .docker import DockerProvider
-
-        return DockerProvider.attach(description, adapter)
-    return ProcessProvider.attach(description, adapter)
+    return get_backend(description["provider"]).attach(description, adapter)

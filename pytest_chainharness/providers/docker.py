@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker.errors
 from docker.models.containers import Container
@@ -45,8 +45,11 @@ from .._docker import (
     LABEL_ROLE,
     LABEL_RUN,
     docker_client,
+    engine_status,
+    image_exists,
     owner_label,
     remove_run,
+    sweep_stale,
 )
 from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
 from .._ports import PortAllocator
@@ -61,8 +64,15 @@ from ._parts import NodeParts
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
+from .registry import Backend, NewRun
 
-__all__ = ["DockerProvider", "image_for_version"]
+if TYPE_CHECKING:
+    from .._broker import BrokerEndpoint
+    from .._options import Settings
+    from ..services import Services, ServiceSpec
+    from .base import Provider
+
+__all__ = ["BACKEND", "DockerBackend", "DockerProvider", "image_for_version"]
 
 # Ryuk reaps a session's containers when the process that made them exits: under xdist
 # that is whichever worker happened to start the network, while other workers still use
@@ -713,3 +723,68 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
         )
         provider.refresh()
         return provider
+
+
+class DockerBackend(Backend):
+    """Containers on the Docker engine ``DOCKER_HOST`` (or the default socket) names."""
+
+    name = "docker"
+    runs_images = True
+    hosts_services = True
+    auto_candidate = True
+    leaves_objects = True
+
+    def unusable(self) -> str | None:
+        up, why = engine_status()
+        if up:
+            return None
+        return (
+            f"{why}. Start one (scripts/docker.sh installs and starts dockerd), set "
+            "DOCKER_HOST, or use --chain-backend=process"
+        )
+
+    def auto_choice(self, image: str) -> tuple[bool, str]:
+        up, why = engine_status()
+        if not up:
+            return False, f"auto: {why}"
+        if not image_exists(image):
+            return False, f"auto: {why}, but image {image} is missing (chainharness images build)"
+        return True, f"auto: {why} and image {image} present"
+
+    def create(self, run: NewRun) -> tuple[DockerProvider, str | None]:
+        owner = owner_label(run.owner) if run.owner else owner_label(0).replace(":0", ":kept")
+        provider = DockerProvider(
+            run.testnet,
+            run.adapter,
+            run_dir=run.run_dir,
+            run_id=run.run_id,
+            image=run.settings.image,
+            owner=owner,
+        )
+        return provider, None
+
+    def attach(self, description: dict[str, Any], adapter: ClientAdapter) -> DockerProvider:
+        return DockerProvider.attach(description, adapter)
+
+    def version_from_settings(self, settings: Settings) -> str | None:
+        return settings.image
+
+    def start_broker(self, provider: Provider, settings: Settings) -> BrokerEndpoint | None:
+        from .._broker import start_container_broker
+
+        return start_container_broker(provider, settings.bus_image)
+
+    def start_services(self, provider: Provider, specs: list[ServiceSpec]) -> Services:
+        from ..services import start_services
+
+        return start_services(provider, specs)
+
+    def sweep_stale(self) -> list[str]:
+        return sweep_stale()
+
+    def sweep_run(self, run_id: str, run_dir: Path) -> None:
+        if (run_dir / "docker-state.json").exists():
+            remove_run(run_id)
+
+
+BACKEND = DockerBackend()

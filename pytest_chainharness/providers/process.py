@@ -23,7 +23,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ChainHarnessError, NetworkStartError
 from .._ports import PortAllocator
@@ -46,8 +46,12 @@ from ._parts import NodeParts
 from ._peering import AdminPeering
 from ._state import RunState
 from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
+from .registry import Backend, NewRun
 
-__all__ = ["ProcessProvider"]
+if TYPE_CHECKING:
+    pass
+
+__all__ = ["BACKEND", "ProcessBackend", "ProcessProvider"]
 
 
 class ProcessProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
@@ -378,3 +382,26 @@ class ProcessProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, H
 def _own_host(index: int) -> str:
     """Node ``index``'s own loopback address (Linux answers on all of 127.0.0.0/8)."""
     return f"127.0.1.{index + 1}"
+
+
+class ProcessBackend(Backend):
+    """Processes on this host, each node on its own loopback address."""
+
+    name = "process"
+
+    def create(self, run: NewRun) -> tuple[ProcessProvider, str | None]:
+        binary = run.adapter.find_binary(explicit=run.settings.binary)
+        # Before anything starts: a binary that cannot say its version (a wrapper that
+        # hangs, the wrong file) is ToolNotFound naming the command, not a node that
+        # later hangs in its init until the start timeout.
+        version = run.adapter.version(binary)
+        provider = ProcessProvider(
+            run.testnet, run.adapter, run_dir=run.run_dir, run_id=run.run_id, binary=binary
+        )
+        return provider, version
+
+    def attach(self, description: dict[str, Any], adapter: ClientAdapter) -> ProcessProvider:
+        return ProcessProvider.attach(description, adapter)
+
+
+BACKEND = ProcessBackend()
