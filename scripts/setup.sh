@@ -2,7 +2,8 @@
 # Idempotent set-up for a fresh machine: a virtualenv with the package and its dev tools,
 # a Docker engine with the local images (scripts/docker.sh, chainharness images build),
 # Debian's mosquitto and chromium, geth v1.13.15 and v1.13.14, toxiproxy 2.12.0,
-# cometbft 0.38.26 and geth-pos (geth v1.17.10 and prysm v7.0.0) built from the Go module
+# cometbft 0.38.26, geth-pos (geth v1.17.10 and prysm v7.0.0) and Kubernetes v1.34.4 (for
+# scripts/k8s.sh, with Debian's etcd-server, containerd and CNI plugins) built from the Go module
 # proxy, anvil 1.7.1 and solc 0.8.37 from npm — all pinned, into git-ignored folders (.venv/, and .tools/ or $CHAINHARNESS_TOOLS
 # when set). Re-running skips what is already there; it ends by running every tool
 # (tools doctor), so a broken install fails here, with one line per broken tool.
@@ -29,8 +30,8 @@ fi
 
 # A tools folder named by the caller is where the runs will look: install there too.
 export CHAINHARNESS_TOOLS="${CHAINHARNESS_TOOLS:-$PWD/.tools}"
-tools=(geth toxiproxy cometbft geth-pos)
-.venv/bin/python -m pytest_chainharness.tools install geth toxiproxy cometbft geth-pos --dest "$CHAINHARNESS_TOOLS"
+tools=(geth toxiproxy cometbft geth-pos kubernetes)
+.venv/bin/python -m pytest_chainharness.tools install "${tools[@]}" --dest "$CHAINHARNESS_TOOLS"
 if command -v npm >/dev/null; then
   .venv/bin/python -m pytest_chainharness.tools install anvil solc --dest "$CHAINHARNESS_TOOLS"
   tools+=(anvil solc)
@@ -60,6 +61,14 @@ fi
 if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then
   tools+=(mosquitto)
 fi
+
+# The single-node Kubernetes cluster of scripts/k8s.sh (the kubernetes tests): etcd, a
+# containerd of its own and the CNI plugins.
+for package in etcd-server containerd runc containernetworking-plugins; do
+  if ! dpkg -s "$package" >/dev/null 2>&1; then
+    apt_install "$package" "the Kubernetes cluster tests will skip"
+  fi
+done
 
 # Debian's chromium: the run report's browser check (tests/test_report.py) renders the
 # report in it headless; playwright drives it, no browser is downloaded.

@@ -318,61 +318,86 @@ def install_cometbft(*, dest: Path | None = None) -> Path:
     )
 
 
-def install_prysm(*, dest: Path | None = None) -> list[Path]:
-    """Build prysm's beacon node, validator client and prysmctl into
-    ``dest/prysm/<version>/``.
+def wrapper_build(
+    module: str,
+    folder: Path,
+    *,
+    commands: Sequence[str],
+    works: Callable[[Path], bool],
+    go_mod: Callable[[Path], str],
+    ldflags: str,
+    what: str,
+) -> list[Path]:
+    """Build the ``cmd/<name>`` packages of ``module`` (``path@version``) for each name in
+    ``commands`` into ``folder``, unless each binary there already ``works``.
 
-    ``go install pkg@version`` refuses prysm: its go.mod has a ``replace``. So the build
-    runs in a small wrapper module that requires prysm, repeats that ``replace`` and
-    starts from prysm's own go.sum (without it one checksum lookup fails here).
+    The build runs inside a small wrapper module that requires ``module``: ``go install
+    pkg@version`` refuses a module whose go.mod has ``replace`` lines. ``go_mod(upstream)``
+    gives the wrapper's go.mod from the module's own folder; the wrapper starts from the
+    module's go.sum (without it, one checksum lookup fails on these machines).
     """
-    folder = (dest or tools_dir()) / "prysm" / PRYSM_VERSION
-    binaries = [folder / name for name in PRYSM_BINARIES]
-    if all(_prysm_reports(b) for b in binaries):
-        print(f"prysm {PRYSM_VERSION}: already installed in {folder}")
+    binaries = [folder / name for name in commands]
+    if all(works(b) for b in binaries):
+        print(f"{what}: already installed in {folder}")
         return binaries
     if shutil.which("go") is None:
-        raise ToolNotFound(f"building prysm {PRYSM_VERSION} needs Go (>= 1.25) on PATH")
-    print(f"prysm {PRYSM_VERSION}: building into {folder} (a few minutes the first time)")
+        raise ToolNotFound(f"building {what} needs Go on PATH")
+    print(f"{what}: building into {folder} (a few minutes the first time)", flush=True)
     src = folder / "build"
     shutil.rmtree(src, ignore_errors=True)
     src.mkdir(parents=True)
-    module = f"{_PRYSM_MODULE}@v{PRYSM_VERSION}"
     found = subprocess.run(
         ["go", "mod", "download", "-json", module],
         capture_output=True, text=True, cwd=src, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     if found.returncode != 0:
         tail = (found.stdout + found.stderr).strip()[-2000:]
-        raise ToolNotFound(f"installing prysm failed: `go mod download {module}`:\n{tail}")
+        raise ToolNotFound(f"installing {what} failed: `go mod download {module}`:\n{tail}")
     upstream = Path(json.loads(found.stdout)["Dir"])
-    replaces = [
-        line.strip()
-        for line in (upstream / "go.mod").read_text().splitlines()
-        if line.startswith("replace ")
-    ]
-    (src / "go.mod").write_text(
-        "module chainharness.local/prysm-build\n\ngo 1.25\n\n"
-        f"require {_PRYSM_MODULE} v{PRYSM_VERSION}\n\n" + "\n".join(replaces) + "\n"
-    )
+    (src / "go.mod").write_text(go_mod(upstream))
     (src / "go.sum").write_bytes((upstream / "go.sum").read_bytes())
-    imports = "".join(f'\t_ "{_PRYSM_MODULE}/cmd/{name}"\n' for name in PRYSM_BINARIES)
+    packages = [f"{module.split('@')[0]}/cmd/{name}" for name in commands]
+    imports = "".join(f'\t_ "{package}"\n' for package in packages)
     (src / "tools.go").write_text(f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n")
     env = {**os.environ, "GOFLAGS": "-mod=mod"}
-    _run_install(["go", "mod", "tidy"], what=f"prysm {PRYSM_VERSION}", env=env, cwd=src)
-    # Without these the binaries call themselves "Prysm/Unknown/Local build".
-    stamp = f"{_PRYSM_MODULE}/runtime/version"
-    ldflags = f"-X {stamp}.gitTag=v{PRYSM_VERSION} -X {stamp}.gitCommit=v{PRYSM_VERSION}"
+    _run_install(["go", "mod", "tidy"], what=what, env=env, cwd=src)
     _run_install(
-        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(folder) + "/",
-         *(f"{_PRYSM_MODULE}/cmd/{name}" for name in PRYSM_BINARIES)],
-        what=f"prysm {PRYSM_VERSION}", env=env, cwd=src,
+        ["go", "build", "-trimpath", f"-ldflags={ldflags}", "-o", str(folder) + "/", *packages],
+        what=what, env=env, cwd=src,
     )  # fmt: skip
     shutil.rmtree(src, ignore_errors=True)
-    broken = [b.name for b in binaries if not _prysm_reports(b)]
+    broken = [b.name for b in binaries if not works(b)]
     if broken:
-        raise ToolNotFound(f"built prysm into {folder} but {', '.join(broken)} does not run")
+        raise ToolNotFound(f"built {what} into {folder} but {', '.join(broken)} does not run")
     return binaries
+
+
+def install_prysm(*, dest: Path | None = None) -> list[Path]:
+    """Build prysm's beacon node, validator client and prysmctl into
+    ``dest/prysm/<version>/``, in a wrapper module that repeats prysm's ``replace``."""
+
+    def go_mod(upstream: Path) -> str:
+        replaces = [
+            line.strip()
+            for line in (upstream / "go.mod").read_text().splitlines()
+            if line.startswith("replace ")
+        ]
+        return (
+            "module chainharness.local/prysm-build\n\ngo 1.25\n\n"
+            f"require {_PRYSM_MODULE} v{PRYSM_VERSION}\n\n" + "\n".join(replaces) + "\n"
+        )
+
+    # Without these the binaries call themselves "Prysm/Unknown/Local build".
+    stamp = f"{_PRYSM_MODULE}/runtime/version"
+    return wrapper_build(
+        f"{_PRYSM_MODULE}@v{PRYSM_VERSION}",
+        (dest or tools_dir()) / "prysm" / PRYSM_VERSION,
+        commands=PRYSM_BINARIES,
+        works=_prysm_reports,
+        go_mod=go_mod,
+        ldflags=f"-X {stamp}.gitTag=v{PRYSM_VERSION} -X {stamp}.gitCommit=v{PRYSM_VERSION}",
+        what=f"prysm {PRYSM_VERSION}",
+    )
 
 
 def _prysm_reports(binary: Path) -> bool:
@@ -576,6 +601,18 @@ def _checks(root: Path | None) -> list[Check]:
         )
         for name in PRYSM_BINARIES
     ]
+    from .k8s import KUBE_BINARIES, KUBERNETES_VERSION, find_kube
+
+    checks += [
+        Check(
+            f"kubernetes {name}",
+            functools.partial(find_kube, name, root),
+            ("--version",),
+            f"Kubernetes v{KUBERNETES_VERSION}",
+            f"{INSTALL_COMMAND} kubernetes",
+        )
+        for name in KUBE_BINARIES
+    ]
     checks.append(
         Check(
             "mosquitto",
@@ -589,7 +626,16 @@ def _checks(root: Path | None) -> list[Check]:
 
 
 #: What ``doctor`` checks by default: everything scripts/setup.sh installs.
-DOCTOR_TOOLS = ("geth", "anvil", "toxiproxy", "cometbft", "geth-pos", "solc", "mosquitto")
+DOCTOR_TOOLS = (
+    "geth",
+    "anvil",
+    "toxiproxy",
+    "cometbft",
+    "geth-pos",
+    "solc",
+    "kubernetes",
+    "mosquitto",
+)
 
 
 def doctor(

@@ -26,7 +26,7 @@ from . import (
     tools_dir,
 )
 
-INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft", "solc", "geth-pos")
+INSTALLABLE = ("geth", "anvil", "toxiproxy", "cometbft", "solc", "geth-pos", "kubernetes")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 install_solc(dest=dest)
             if "geth-pos" in args.what:
                 install_geth_pos(dest=dest)
+            if "kubernetes" in args.what:
+                from .k8s import install_kubernetes
+
+                install_kubernetes(dest=dest)
             return 0
         if args.command == "doctor":
             unknown = sorted(set(args.what) - set(DOCTOR_TOOLS))
