@@ -21,6 +21,7 @@ import pytest
 from pytest_chainharness._errors import ToolNotFound
 from pytest_chainharness._proc import find_marked
 from pytest_chainharness.providers import default_image
+from pytest_chainharness.tools import tools_dir
 from pytest_chainharness.tools.k8s import (
     APISERVER_PORT,
     BRIDGE,
@@ -30,6 +31,8 @@ from pytest_chainharness.tools.k8s import (
     KubeCluster,
     find_kube,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("docker_required")
 
@@ -49,7 +52,7 @@ def cluster_root() -> Iterator[Path]:
         pytest.skip("the cluster's kubelet and containerd need root")
     for name in KUBE_BINARIES:
         try:
-            find_kube(name)
+            find_kube(name, ROOT)
         except ToolNotFound as exc:
             pytest.skip(f"kubernetes is not installed here (scripts/setup.sh builds it): {exc}")
     for tool in ("etcd", "containerd", "runc"):
@@ -70,7 +73,7 @@ def test_a_pod_from_a_harness_image_runs_and_stop_puts_the_host_back(cluster_roo
     from kubernetes import client, config
 
     before = _sysctls()
-    cluster = KubeCluster(root=cluster_root)
+    cluster = KubeCluster(root=cluster_root, tools=tools_dir(ROOT))
     image = default_image("geth")
     try:
         cluster.start([image])

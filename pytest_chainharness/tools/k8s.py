@@ -139,11 +139,12 @@ class KubeCluster:
     def start(self, images: Sequence[str] = (), timeout: float = 180.0) -> None:
         """Build what is missing, start every component, wait for the node, import
         ``images`` from the docker engine. Anything started is stopped again on failure."""
-        for need in ("etcd", "containerd", "runc", "openssl", "iptables", "ip"):
+        for need in ("etcd", "containerd", "runc", "openssl", "ip", "gcc"):
             if shutil.which(need) is None:
                 raise ToolNotFound(
                     f"{need} was not found: install Debian's etcd-server, containerd, runc, "
-                    "openssl, iptables and containernetworking-plugins (scripts/k8s.sh does)"
+                    "openssl, iproute2, gcc and containernetworking-plugins (scripts/k8s.sh "
+                    "installs the cluster's own)"
                 )
         if not Path("/usr/lib/cni/bridge").exists():
             raise ToolNotFound("no CNI plugins in /usr/lib/cni: apt-get install "
@@ -622,14 +623,14 @@ class KubeCluster:
                     cgroup.rmdir()
 
     def _netns_is_ours(self, netns: Path) -> bool:
-        # containerd names its pods' namespaces cni-<uuid> under /run/netns; ours are the
-        # ones whose bridge end is on BRIDGE (or that have nothing left at all).
+        # containerd names its pods' namespaces cni-<uuid> under /run/netns; ours hold an
+        # address in POD_SUBNET. Anything else there is someone else's and stays.
         out = subprocess.run(
             ["ip", "netns", "exec", netns.name, "ip", "-4", "-o", "addr"],
             capture_output=True, text=True, check=False,
         )  # fmt: skip
         subnet = POD_SUBNET.rsplit(".", 1)[0] + "."
-        return subnet in out.stdout or "inet " not in out.stdout.replace("127.0.0.1", "")
+        return subnet in out.stdout
 
     def _unmount_under(self, root: Path) -> None:
         mounts = []
