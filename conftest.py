@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,108 @@ def mosquitto_required() -> None:
 
     if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
         pytest.skip("mosquitto is not installed: apt-get install mosquitto (scripts/setup.sh)")
+
+
+def _k8s_missing() -> str | None:
+    """Why this machine cannot run the single-node cluster (None: it can)."""
+    import os
+    import shutil
+
+    from pytest_chainharness.tools.k8s import KUBE_BINARIES, find_kube
+
+    if os.geteuid() != 0:
+        return "the cluster's kubelet and containerd need root"
+    for name in KUBE_BINARIES:
+        try:
+            find_kube(name, ROOT)
+        except ToolNotFound as exc:
+            return f"kubernetes is not installed here (scripts/setup.sh builds it): {exc}"
+    for tool in ("etcd", "containerd", "runc"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed here: scripts/setup.sh installs it (as root)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(docker_required: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The kubeconfig of a single-node cluster on this machine (``scripts/k8s.sh``'s).
+
+    A cluster already started with ``scripts/k8s.sh start`` is used as it is. Otherwise
+    the first xdist worker that needs one starts it (in the session's shared temp folder)
+    and the last one done with it stops it; that stop must put the host back as it was
+    (no process, bridge, mount or cgroup left, the kubelet's sysctls restored), or the
+    session fails at its end with what was left.
+    """
+    import json
+    import os
+
+    from filelock import FileLock
+
+    from pytest_chainharness.tools import tools_dir
+    from pytest_chainharness.tools.k8s import KubeCluster
+
+    missing = _k8s_missing()
+    if missing:
+        pytest.skip(missing)
+    existing = KubeCluster(tools=tools_dir(ROOT))
+    if existing.answers():
+        yield existing.kubeconfig
+        return
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    users = shared / "k8s-users.json"
+    cluster = KubeCluster(root=shared / "k8s", tools=tools_dir(ROOT))
+    with FileLock(str(shared / "k8s.lock")):
+        count = json.loads(users.read_text())["users"] if users.exists() else 0
+        if count == 0:
+            before = _kubelet_sysctls()
+            cluster.start(_k8s_images())
+            users.write_text(json.dumps({"users": 1, "sysctls": before}))
+        else:
+            users.write_text(json.dumps({**json.loads(users.read_text()), "users": count + 1}))
+    try:
+        yield cluster.kubeconfig
+    finally:
+        with FileLock(str(shared / "k8s.lock")):
+            data = json.loads(users.read_text())
+            data["users"] -= 1
+            users.write_text(json.dumps(data))
+            if data["users"] == 0:
+                cluster.stop(quiet=True)
+                _assert_host_restored(cluster, data["sysctls"])
+
+
+def _k8s_images() -> list[str]:
+    from pytest_chainharness.images import BASE_IMAGE, MOSQUITTO_IMAGE, geth_image
+    from pytest_chainharness.providers import default_image
+
+    return [default_image("geth"), geth_image("1.13.14"), MOSQUITTO_IMAGE, BASE_IMAGE]
+
+
+def _kubelet_sysctls() -> dict[str, str]:
+    from pytest_chainharness.tools.k8s import KUBELET_SYSCTLS
+
+    return {n: Path("/proc/sys", *n.split(".")).read_text().strip() for n in KUBELET_SYSCTLS}
+
+
+def _assert_host_restored(cluster: object, sysctls: dict[str, str]) -> None:
+    import time
+
+    from pytest_chainharness._proc import find_marked
+    from pytest_chainharness.tools.k8s import BRIDGE, CLUSTER_MARKER
+
+    root: Path = cluster.root  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 5
+    while find_marked(CLUSTER_MARKER) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with open("/proc/self/mountinfo") as info:
+        mounts = [line.split()[4] for line in info if line.split()[4].startswith(str(root))]
+    left = {
+        "processes": find_marked(CLUSTER_MARKER),
+        "sysctls changed": _kubelet_sysctls() != sysctls,
+        "bridge": Path("/sys/class/net", BRIDGE).exists(),
+        "mounts": mounts,
+        "kubepods cgroup": Path("/sys/fs/cgroup/pids/kubepods").exists(),
+        "folder": root.exists(),
+    }
+    assert not any(left.values()), f"the cluster's stop left: {left}"

@@ -4,6 +4,12 @@
                                            [--sizes 1 4 8 16] [--runs 5] [--no-compose]
     .venv/bin/python benchmarks/startup.py --client cometbft [--runs 5]
     .venv/bin/python benchmarks/startup.py --client geth-pos [--runs 3]
+    .venv/bin/python benchmarks/startup.py --backend kubernetes [--kubeconfig PATH] [--runs 5]
+
+``--backend kubernetes``: 4 geth nodes as pods of the cluster ``--kubeconfig`` names
+(default: the one ``scripts/k8s.sh start`` writes), interleaved run by run with the same
+network on the docker backend (the baseline; goal: within 2x of it). The cluster's own
+start and build times are ``scripts/k8s.sh``'s, reported apart in docs/benchmarks.md.
 
 ``--client cometbft``: 4 CometBFT nodes on processes until every node has 3 peers and a
 height >= 2, started by the harness (its spec file) and, interleaved in the same run, by
@@ -48,12 +54,15 @@ from pytest_chainharness.chain import Chain
 from pytest_chainharness.clients import GethAdapter, get_client
 from pytest_chainharness.providers import ProcessProvider, default_image
 from pytest_chainharness.providers.docker import DockerProvider
+from pytest_chainharness.providers.kubernetes import KubernetesProvider
 
 ROOT = Path(__file__).resolve().parent.parent
 GOALS = {
     "process": {"ready_4": 2.5, "ready_16": 8.0, "teardown": 1.0, "rss_mb": 150.0},
     "docker": {"ready_4": 4.0, "teardown": 1.0, "compose_ratio_4": 3.0},
+    "kubernetes": {"ready_ratio_over_docker_4": 2.0},
 }
+KUBECONFIG = "/var/lib/chainharness-k8s/admin.kubeconfig"
 IMAGE = default_image("geth")
 
 
@@ -72,12 +81,23 @@ def container_rss_mb(provider: DockerProvider) -> list[float]:
     return found
 
 
-def one_run(nodes: int, seed: int, backend: str) -> dict[str, float]:
+def one_run(nodes: int, seed: int, backend: str, kubeconfig: str = KUBECONFIG) -> dict[str, float]:
     adapter = GethAdapter(root=ROOT)
     with tempfile.TemporaryDirectory(prefix="chainharness-bench-") as tmp:
         testnet = build_testnet(nodes=nodes, client="geth", period=1, seed=seed, accounts=512)
-        provider: ProcessProvider | DockerProvider
-        if backend == "docker":
+        provider: ProcessProvider | DockerProvider | KubernetesProvider
+        if backend == "kubernetes":
+            provider = KubernetesProvider(
+                testnet,
+                adapter,
+                run_dir=Path(tmp),
+                run_id=f"bench-{seed}",
+                image=IMAGE,
+                kubeconfig=kubeconfig,
+                namespace=f"bench-{seed}",
+                owner="bench:0",
+            )
+        elif backend == "docker":
             provider = DockerProvider(
                 testnet, adapter, run_dir=Path(tmp), run_id=f"bench-{seed}", image=IMAGE
             )
@@ -96,11 +116,15 @@ def one_run(nodes: int, seed: int, backend: str) -> dict[str, float]:
         time.sleep(1.0)  # RSS after a block or two, not mid-start
         if isinstance(provider, DockerProvider):
             rss = container_rss_mb(provider)
+        elif isinstance(provider, KubernetesProvider):
+            rss = [rss_mb(pid) for n in testnet.nodes for pid in provider._node_pids(n.index)]
         else:
             rss = [rss_mb(int(e["pid"])) for e in provider.shared.load()["nodes"].values()]
         t1 = time.perf_counter()
         provider.teardown()
         teardown = time.perf_counter() - t1
+        if isinstance(provider, KubernetesProvider):
+            provider.close()
     return {"ready_s": ready, "teardown_s": teardown, "rss_mb_per_node": max(rss), **phases}
 
 
@@ -468,9 +492,46 @@ def table(title: str, sizes: dict[str, dict[str, dict[str, float]]], runs: int) 
         print(f"{n:>3}  " + "  ".join(f"{c:>18}" for c in cells))
 
 
+def kubernetes_main(runs: int, sizes: list[int], kubeconfig: str) -> int:
+    """Pods beside containers: each run on kubernetes is followed by one on docker."""
+    results: dict[str, object] = {"image": IMAGE, "runs": runs, "goals": GOALS["kubernetes"]}
+    by_backend: dict[str, dict[str, dict[str, dict[str, float]]]] = {
+        "kubernetes": {},
+        "docker": {},
+    }
+    for n in sizes:
+        done: dict[str, list[dict[str, float]]] = {"kubernetes": [], "docker": []}
+        for i in range(runs):
+            done["kubernetes"].append(one_run(n, 1000 * n + i, "kubernetes", kubeconfig))
+            done["docker"].append(one_run(n, 1000 * n + i, "docker"))
+        for backend, rows in done.items():
+            by_backend[backend][str(n)] = {k: summarize([r[k] for r in rows]) for k in rows[0]}
+    results.update(by_backend)
+    results["ratio_kubernetes_over_docker"] = {
+        n: {
+            key: by_backend["kubernetes"][n][key]["median"] / by_backend["docker"][n][key]["median"]
+            for key in ("ready_s", "teardown_s")
+        }
+        for n in by_backend["kubernetes"]
+    }
+    print(json.dumps(results, indent=2))
+    for backend, table_rows in by_backend.items():
+        table(f"{backend} backend", table_rows, runs)
+    for n, ratio in results["ratio_kubernetes_over_docker"].items():  # type: ignore[attr-defined]
+        print(
+            f"\n{n} nodes: kubernetes takes x{ratio['ready_s']:.2f} of docker's time to ready "
+            f"(goal <= x{GOALS['kubernetes']['ready_ratio_over_docker_4']:.1f}) and "
+            f"x{ratio['teardown_s']:.2f} to tear down"
+        )
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["process", "docker", "both"], default="both")
+    parser.add_argument(
+        "--backend", choices=["process", "docker", "both", "kubernetes"], default="both"
+    )
+    parser.add_argument("--kubeconfig", default=KUBECONFIG, help="for --backend kubernetes")
     parser.add_argument(
         "--sizes", type=int, nargs="+", help="network sizes (geth: 1 4 8 16; cometbft: 4)"
     )
@@ -482,6 +543,8 @@ def main() -> int:
         return pos_main(args.runs)
     if args.client == "cometbft":
         return cometbft_main(args.runs, args.sizes or [4])
+    if args.backend == "kubernetes":
+        return kubernetes_main(args.runs, args.sizes or [4], args.kubeconfig)
     args.sizes = args.sizes or [1, 4, 8, 16]
     adapter = GethAdapter(root=ROOT)
     backends = ["process", "docker"] if args.backend == "both" else [args.backend]

@@ -20,9 +20,11 @@ import docker.errors
 import docker
 
 if __package__:
-    from ._proc import alive, every_step
+    from ._proc import every_step, owner_gone
+    from ._proc import owner_tag as owner_label
 else:  # imported by the watchdog script, which runs outside the package
-    from _proc import alive, every_step  # type: ignore[import-not-found,no-redef]
+    from _proc import every_step, owner_gone  # type: ignore[import-not-found,no-redef]
+    from _proc import owner_tag as owner_label  # type: ignore[no-redef]
 
 __all__ = [
     "LABEL_OWNER",
@@ -104,18 +106,6 @@ def image_id(ref: str) -> str | None:
     finally:
         client.close()
     return str(ids[0]) if ids else None
-
-
-def owner_label(pid: int | None = None) -> str:
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
-
-
-def _owner_gone(owner: str) -> bool:
-    host, _, pid = owner.rpartition(":")
-    # Another host's run (a shared remote engine) is never judged from here.
-    if host != socket.gethostname() or not pid.isdigit():
-        return False
-    return not alive(int(pid))
 
 
 def remove_run(run_id: str, client: docker.DockerClient | None = None) -> dict[str, int]:
@@ -211,7 +201,7 @@ def sweep_stale() -> list[str]:
     swept = []
     try:
         for run_id, owner in runs_on_engine(client).items():
-            if owner and _owner_gone(owner):
+            if owner and owner_gone(owner):
                 remove_run(run_id, client)
                 swept.append(run_id)
     except docker.errors.DockerException:

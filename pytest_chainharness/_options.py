@@ -7,6 +7,7 @@ naming the option and what is allowed, before anything is started.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ class Settings:
     signers: int | None
     start_timeout: float
     chain_id: int
-    #: Node image for the docker backend (a local build or a registry reference).
+    #: Node image for the docker and kubernetes backends (a local build or a registry
+    #: reference).
     image: str
     #: State file of a network started by ``chainharness up`` to use instead of starting one.
     attach: Path | None = None
@@ -60,6 +62,10 @@ class Settings:
     repair: bool = True
     #: Where the run report goes (--chain-report); None: no report.
     report: Path | None = None
+    #: The kubernetes backend's kubeconfig; None: the usual lookup.
+    kubeconfig: Path | None = None
+    #: The kubernetes backend's namespace; None: one per run.
+    namespace: str | None = None
 
 
 # (dest/ini name, flag, help, ini type, default)
@@ -96,8 +102,24 @@ _OPTIONS: list[tuple[str, str, str, str, Any]] = [
     (
         "chain_image",
         "--chain-image",
-        "node image for the docker backend (default: the local chainharness/<client> image; "
-        "e.g. ethereum/client-go:v1.13.15)",
+        "node image for the docker and kubernetes backends (default: the local "
+        "chainharness/<client> image; e.g. ethereum/client-go:v1.13.15)",
+        "string",
+        None,
+    ),
+    (
+        "chain_kubeconfig",
+        "--chain-kubeconfig",
+        "kubeconfig of the cluster the kubernetes backend runs on (default: $KUBECONFIG, "
+        "else ~/.kube/config)",
+        "string",
+        None,
+    ),
+    (
+        "chain_namespace",
+        "--chain-namespace",
+        "namespace of the kubernetes backend's pods (default: one per run, made and removed "
+        "by the run)",
         "string",
         None,
     ),
@@ -337,6 +359,8 @@ def read_settings(config: pytest.Config) -> Settings:
         keep_logs=_flag(config, "chain_keep_logs"),
         repair=_on_off(config, "chain_repair", default=True),
         report=_report_dir(config),
+        kubeconfig=_path(config, "chain_kubeconfig", must_exist=True),
+        namespace=_namespace(config),
     )
 
 
@@ -428,6 +452,22 @@ def _attached_shape(path: Path) -> tuple[int, str]:
 
 def _attaching(config: pytest.Config) -> bool:
     return _raw(config, "chain_attach")[0] is not None
+
+
+#: A Kubernetes namespace name (an RFC 1123 label).
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _namespace(config: pytest.Config) -> str | None:
+    value, where = _raw(config, "chain_namespace")
+    if value is None:
+        return None
+    if not _NAMESPACE.match(str(value)):
+        raise pytest.UsageError(
+            f"{where}={value!r}: not a namespace name (lower-case letters, digits and '-', "
+            "at most 63, starting and ending with a letter or digit)"
+        )
+    return str(value)
 
 
 def _path(config: pytest.Config, name: str, *, must_exist: bool) -> Path | None:

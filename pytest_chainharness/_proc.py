@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import time
 import warnings
@@ -17,9 +18,13 @@ __all__ = [
     "RUN_MARKER",
     "become_subreaper",
     "every_step",
+    "find_by_env",
     "find_marked",
     "hand_over",
+    "inner_pid",
     "kill_pids",
+    "owner_gone",
+    "owner_tag",
     "pid_state",
     "run_bounded",
 ]
@@ -79,6 +84,47 @@ def find_marked(run_id: str) -> list[int]:
     """Pids of live processes whose environment carries ``RUN_MARKER=run_id``."""
     needle = f"{RUN_MARKER}={run_id}".encode()
     return [pid for pid, env in _read_each("environ") if needle in env.split(b"\0") and alive(pid)]
+
+
+def owner_tag(pid: int | None = None) -> str:
+    """``host:pid`` of the process that owns a run, as its containers' labels and its
+    namespace's annotation carry it."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def owner_gone(owner: str) -> bool:
+    """Whether the owner in an ``owner_tag`` is a process of this host that is gone."""
+    host, _, pid = owner.rpartition(":")
+    # Another host's run (a shared remote engine or cluster) is never judged from here.
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    return not alive(int(pid))
+
+
+def find_by_env(name: str, prefix: str) -> dict[int, str]:
+    """Live processes whose environment sets ``name`` to a value that starts with
+    ``prefix``: pid → that value."""
+    key, want = f"{name}=".encode(), prefix.encode()
+    found = {}
+    for pid, env in _read_each("environ"):
+        for entry in env.split(b"\0"):
+            if entry.startswith(key) and entry[len(key) :].startswith(want):
+                if alive(pid):
+                    found[pid] = entry[len(key) :].decode(errors="replace")
+                break
+    return found
+
+
+def inner_pid(pid: int) -> int | None:
+    """``pid``'s number in its innermost pid namespace (1: a container's init)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return None
 
 
 def _read_each(name: str) -> Iterator[tuple[int, bytes]]:

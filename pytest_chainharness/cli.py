@@ -69,7 +69,16 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--chain-backend", choices=BACKENDS, default="auto")
     up.add_argument("--chain-period", type=_bounded(1, 3600), default=1)
     up.add_argument("--chain-seed", type=_bounded(0, 2**63 - 1), default=None)
-    up.add_argument("--chain-image", default=None, help="node image for the docker backend")
+    up.add_argument(
+        "--chain-image", default=None, help="node image for the docker and kubernetes backends"
+    )
+    up.add_argument(
+        "--chain-kubeconfig",
+        type=Path,
+        default=None,
+        help="the kubernetes backend's kubeconfig (default: $KUBECONFIG, else ~/.kube/config)",
+    )
+    up.add_argument("--chain-namespace", default=None, help="the kubernetes backend's namespace")
     up.add_argument(
         "--chain-binary",
         "--chain-geth",
@@ -256,6 +265,10 @@ def _up(args: argparse.Namespace) -> int:
     if services is not None and not services.is_file():
         print(f"chainharness: --chain-services={args.chain_services}: no such file")
         return 2
+    kubeconfig = args.chain_kubeconfig.resolve() if args.chain_kubeconfig else None
+    if kubeconfig is not None and not kubeconfig.is_file():
+        print(f"chainharness: --chain-kubeconfig={args.chain_kubeconfig}: no such file")
+        return 2
     settings = Settings(
         nodes=args.chain_nodes,
         max_nodes=DEFAULT_MAX_NODES,
@@ -271,6 +284,8 @@ def _up(args: argparse.Namespace) -> int:
         chain_id=1337,
         image=args.chain_image or default_image(client, Path.cwd()),
         services=services,
+        kubeconfig=kubeconfig,
+        namespace=args.chain_namespace,
     )
     run_id = f"ch-{secrets.token_hex(4)}"
     run_dir = runs_root() / run_id

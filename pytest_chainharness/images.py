@@ -58,6 +58,7 @@ __all__ = [
     "build_images",
     "geth_image",
     "geth_pos_image",
+    "image_for_version",
 ]
 
 BUILD_COMMAND = "chainharness images build"
@@ -330,3 +331,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(f"{len(built)} image(s) built" if built else "every image is already present")
     return 0
+
+
+def image_for_version(image: str, version: str) -> str:
+    """``version`` as an image: a full reference is kept; a bare version retags ``image``.
+
+    ``1.13.14`` with ``chainharness/geth:v1.13.15`` gives ``chainharness/geth:v1.13.14``,
+    and with ``ethereum/client-go:v1.13.15`` gives ``ethereum/client-go:v1.13.14``. What
+    follows the version in the tag stays: ``1.17.9`` with
+    ``chainharness/geth-pos:v1.17.10-prysm-v7.0.0`` gives
+    ``chainharness/geth-pos:v1.17.9-prysm-v7.0.0`` (geth swapped, prysm kept).
+    """
+    if ":" in version or "/" in version:
+        return version
+    repository, tag = image, ""
+    if ":" in image.rsplit("/", 1)[-1]:
+        repository, tag = image.rsplit(":", 1)
+    rest = _TAG_VERSION.sub("", tag, count=1) if _TAG_VERSION.match(tag) else ""
+    return f"{repository}:v{version.lstrip('v')}{rest}"
+
+
+#: The version a tag starts with (``v1.17.10`` of ``v1.17.10-prysm-v7.0.0``).
+_TAG_VERSION = re.compile(r"^v?\d+(?:\.\d+)*")

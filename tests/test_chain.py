@@ -5,6 +5,7 @@ the tests marked ``geth_only`` are skipped saying so."""
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import subprocess
@@ -102,14 +103,19 @@ def test_node_endpoints(chain: Chain) -> None:
     node = chain.nodes[2]
     assert node.name == "node2"
     assert node.index == 2
-    assert node.rpc_url.startswith("http://127.0.0.1:")
+    # Loopback on processes and docker (published there); a pod's own address on kubernetes.
+    host = "127.0.0.1"
+    if chain.backend == "kubernetes":
+        host = chain.testnet.nodes[2].host
+        assert not ipaddress.ip_address(host).is_loopback
+    assert node.rpc_url.startswith(f"http://{host}:")
     assert node.ports["rpc"] == int(node.rpc_url.rsplit(":", 1)[1])
     assert node.url() == node.rpc_url
     roles = ", ".join(node.ports)
     with pytest.raises(ValueError, match=f"node2 has no port named 'grpc'; its ports are {roles}"):
         node.url("grpc")
     if chain.adapter.evm:
-        assert node.ws_url.startswith("ws://127.0.0.1:")
+        assert node.ws_url.startswith(f"ws://{host}:")
         assert node.w3.eth.chain_id == chain.chain_id
         assert node.url("ws", "ws") == node.ws_url
     # The whole log starts with the client's banner; a tail is just that many lines (the
@@ -189,8 +195,10 @@ def test_partition_heals_even_when_the_body_fails(chain: Chain) -> None:
         body()
     if not chain.adapter.admin_peering:
         assert seen["how"] == "proxies"  # every peer link goes through a proxy
-    elif chain.backend == "docker":
-        assert seen["how"] == "netfilter"  # packets dropped; open connections just stall
+    elif chain.backend != "process":
+        # Each container or pod has its own namespace: packets dropped there; open
+        # connections just stall.
+        assert seen["how"] == "netfilter"
     else:
         assert seen == {"how": "peers", "peers": 0}
     assert chain.provider.shared.load()["partition"] is None  # type: ignore[attr-defined]
@@ -382,7 +390,7 @@ def _output_rules(pid: str) -> str:
 
 @pytest.mark.disruptive
 def test_packet_loss(chain: Chain, request: pytest.FixtureRequest) -> None:
-    if chain.backend != "docker":
+    if chain.backend == "process":
         # Nodes that share 127.0.0.1 cannot lose packets one by one; said before anything.
         with pytest.raises(UnsupportedAction, match="packet loss needs a network namespace"):
             chain.add_latency(3, 0, loss=0.2)
@@ -612,12 +620,14 @@ class TestExposure:
         listening = _listening_tcp()
         for spec in chain.testnet.nodes:
             # On docker only the API ports are published on the host (p2p and authrpc stay
-            # in the run's own network); on processes every listener is the host's.
+            # in the run's own network); on processes every listener is the host's; on
+            # kubernetes none is: each pod listens in its own namespace, on the pods' bridge.
             ports = [spec.ports["rpc"], spec.ports["ws"], spec.ports["metrics"]]
             if chain.backend == "process":
                 ports += [spec.ports["p2p"], spec.ports["authrpc"]]
+            expected = None if chain.backend == "kubernetes" else {"127.0.0.1"}
             for port in ports:
-                assert listening.get(port) == {"127.0.0.1"}, (spec.name, port, listening.get(port))
+                assert listening.get(port) == expected, (spec.name, port, listening.get(port))
 
     def test_state_files_are_private(self, chain: Chain) -> None:
         import stat

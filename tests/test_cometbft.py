@@ -109,10 +109,13 @@ def test_ethereum_calls_name_the_client(chain):
 """
 
 
-@pytest.fixture(params=["process", "docker"])
-def backend(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=["process", "docker", "kubernetes"])
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "docker":
         request.getfixturevalue("docker_required")
+    if request.param == "kubernetes":
+        # The inner session finds the test cluster by the usual lookup.
+        monkeypatch.setenv("KUBECONFIG", str(request.getfixturevalue("kube_cluster")))
     return str(request.param)
 
 
@@ -123,7 +126,7 @@ def test_a_four_node_cometbft_network(inner: pytest.Pytester, runs_dir: Path, ba
     )
     # Before the start the header names what runs: the host binary's version, and on
     # docker the image it is mounted into.
-    on = " on image chainharness/base:bookworm)" if backend == "docker" else ")"
+    on = " on image chainharness/base:bookworm)" if backend != "process" else ")"
     result.stdout.fnmatch_lines([f"chainharness: 4 node(s), client cometbft 0.38.26 (/*{on}"])
     result.assert_outcomes(passed=len(RUN.split("def test_")) - 1)
     assert_nothing_left(runs_dir)

@@ -129,7 +129,7 @@ class GethAdapter(GethEndpoints):
     admin_peering = True
     peer_roles: tuple[str, ...] = ("p2p",)
     own_host_roles: tuple[str, ...] = ()
-    backends: tuple[str, ...] = ("docker", "process")
+    backends: tuple[str, ...] = ("docker", "kubernetes", "process")
     event_kinds: tuple[str, ...] = ()
     max_nodes = 64
     poa = True

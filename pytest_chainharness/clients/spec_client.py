@@ -67,7 +67,7 @@ class SpecAdapter(NoAdminPeers):
     evm = False
     admin_peering = False
     own_host_roles: tuple[str, ...] = ()
-    backends: tuple[str, ...] = ("docker", "process")
+    backends: tuple[str, ...] = ("docker", "kubernetes", "process")
     parts: tuple[str, ...] = ()
     main_part: str | None = None
     event_kinds: tuple[str, ...] = ()

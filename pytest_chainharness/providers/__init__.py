@@ -51,8 +51,10 @@ def resolve_backend(
     turn (a client whose binary is the host's runs on processes:
     ``ClientAdapter.host_binary``) and falls back to processes."""
     if requested != "auto":
+        backend = get_backend(requested)
         how = f"requested with --chain-backend={requested}"
-        return requested, f"{how}, image {image}" if get_backend(requested).runs_images else how
+        how = f"{how}, image {image}" if backend.runs_images else how
+        return requested, f"{how}, {backend.reach}" if backend.reach else how
     candidates = [n for n in backend_names() if get_backend(n).auto_candidate]
     if adapter is not None:
         candidates = [n for n in candidates if n in adapter.backends]

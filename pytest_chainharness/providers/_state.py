@@ -58,10 +58,11 @@ class RunState:
         return entry
 
     def refresh(self) -> dict[str, Any]:
-        """Take over ports another process changed (after a port retry); returns the state."""
+        """Take over the addresses and ports another process changed (after a port retry,
+        a pod's address); returns the state."""
         data = self.load()
         if "testnet" in data:
             fresh = Testnet.from_dict(data["testnet"])
             for mine, theirs in zip(self.testnet.nodes, fresh.nodes, strict=True):
-                mine.ports = dict(theirs.ports)
+                mine.host, mine.ports = theirs.host, dict(theirs.ports)
         return data

@@ -21,8 +21,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import re
-import shlex
 import shutil
 import subprocess
 import zlib
@@ -51,17 +49,20 @@ from .._docker import (
     remove_run,
     sweep_stale,
 )
-from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound, UnsupportedAction
+from .._errors import ChainHarnessError, NetworkStartError, ToolNotFound
 from .._ports import PortAllocator
 from .._proc import every_step
 from .._testnet import Testnet
-from ..clients.base import ClientAdapter, Placement, Route
+from ..clients.base import ClientAdapter
+from ..images import image_for_version
 from ._helpers import HelperHost
 from ._latency import ToxiproxyLatency
 from ._links import ProxiedLinks
-from ._netfilter import netfilter_missing, rules_for, set_rules
+from ._netfilter import PacketFilters
+from ._nodes import ImageNodes
 from ._parts import NodeParts
 from ._peering import AdminPeering
+from ._script import node_script
 from ._state import RunState
 from .base import NodeState, admin_dir, make_admin_dir, remove_admin_dir
 from .registry import Backend, NewRun
@@ -87,28 +88,6 @@ if testcontainers_config.connection_mode_override is None:
 PORT_RETRIES = 3
 
 
-def image_for_version(image: str, version: str) -> str:
-    """``version`` as an image: a full reference is kept; a bare version retags ``image``.
-
-    ``1.13.14`` with ``chainharness/geth:v1.13.15`` gives ``chainharness/geth:v1.13.14``,
-    and with ``ethereum/client-go:v1.13.15`` gives ``ethereum/client-go:v1.13.14``. What
-    follows the version in the tag stays: ``1.17.9`` with
-    ``chainharness/geth-pos:v1.17.10-prysm-v7.0.0`` gives
-    ``chainharness/geth-pos:v1.17.9-prysm-v7.0.0`` (geth swapped, prysm kept).
-    """
-    if ":" in version or "/" in version:
-        return version
-    repository, tag = image, ""
-    if ":" in image.rsplit("/", 1)[-1]:
-        repository, tag = image.rsplit(":", 1)
-    rest = _TAG_VERSION.sub("", tag, count=1) if _TAG_VERSION.match(tag) else ""
-    return f"{repository}:v{version.lstrip('v')}{rest}"
-
-
-#: The version a tag starts with (``v1.17.10`` of ``v1.17.10-prysm-v7.0.0``).
-_TAG_VERSION = re.compile(r"^v?\d+(?:\.\d+)*")
-
-
 def missing_image_error(image: str, option: str) -> ToolNotFound:
     return ToolNotFound(
         f"image {image} is not on this Docker engine and could not be pulled. "
@@ -130,7 +109,9 @@ def ensure_image(client: docker.DockerClient, image: str, option: str) -> None:
         raise missing_image_error(image, option) from exc
 
 
-class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost):
+class DockerProvider(
+    ImageNodes, PacketFilters, NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, HelperHost
+):
     """Runs a ``Testnet`` as containers."""
 
     name = "docker"
@@ -168,21 +149,6 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
     def labels(self, role: str) -> dict[str, str]:
         return {LABEL_RUN: self.run_id, LABEL_OWNER: self.owner, LABEL_ROLE: role}
 
-    def datadir(self, index: int) -> Path:
-        return self.run_dir / "nodes" / self.testnet.nodes[index].name
-
-    def put_file(self, index: int, name: str, data: bytes) -> str:
-        path = self.datadir(index) / name
-        path.write_bytes(data)
-        return str(path)  # the container mounts the datadir at its host path
-
-    def log_path(self, index: int) -> Path:
-        return self.run_dir / "logs" / f"{self.testnet.nodes[index].name}.log"
-
-    @property
-    def artifacts_dir(self) -> Path:
-        return self.run_dir / "logs"
-
     def node_image(self, index: int) -> str:
         return str(self.shared.entry(index).get("image") or self.image)
 
@@ -198,44 +164,6 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
         assert self.subnet is not None, "setup() picks the subnet"
         net = ipaddress.ip_network(self.subnet)
         return str(net.network_address + 10 + index)
-
-    def enode(self, index: int) -> str:
-        node = self.testnet.nodes[index]
-        return self.adapter.peer_address(node, self.ip(index), self.adapter.container_ports())
-
-    def _place(self, index: int) -> Placement:
-        ports = self.adapter.container_ports()
-        node = self.testnet.nodes[index]
-        if self.proxied_links():
-            routes = self.link_routes(index)
-        else:
-            routes = {n.index: Route(self.ip(n.index), ports) for n in self.testnet.nodes}
-        return Placement(
-            datadir=str(self.datadir(index)),
-            binary=self.adapter.container_binary(self._host_binary(index)),
-            listen="0.0.0.0",
-            ports=ports,
-            netrestrict=str(self.subnet),
-            peers=tuple(self.enode(n.index) for n in self.testnet.nodes if n.index != index),
-            ipc_path=str(admin_dir(self.run_id) / f"{node.name}.ipc"),
-            peer_routes=routes,
-            runner=lambda argv, cwd, env, timeout: self._run_once(index, argv, cwd, env, timeout),
-            own_host=self.ip(index),
-            refuse=tuple(
-                f"{self.ip(other.index)}/32"
-                for other in self.testnet.nodes
-                if self.adapter.own_host_roles and other.index != index
-            ),
-        )
-
-    def ports(self, index: int) -> dict[str, int]:
-        # Only the API ports are published on the host; p2p stays in the run's network.
-        node = self.testnet.nodes[index]
-        return {role: node.ports[role] for role in self.adapter.api_ports}
-
-    def admin_url(self, index: int) -> str:
-        # The node's socket appears in the host's admin folder through the bind mount.
-        return f"ipc://{admin_dir(self.run_id) / self.testnet.nodes[index].name}.ipc"
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -295,18 +223,8 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
             list(pool.map(self.start, chosen))
 
     def _script(self, index: int) -> list[str]:
-        place = self._place(index)
         node = self.testnet.nodes[index]
-        run = shlex.join(self.adapter.command(self.testnet, node, place, seal=False))
-        init = self.adapter.init_command(place)
-        if not init:
-            return ["-c", f"exec {run}"]
-        # Initialise once per datadir, then replace the shell so signals reach the node.
-        marker = f"{place.datadir}/.chainharness-initialised"
-        return [
-            "-c",
-            f"[ -e {marker} ] || {{ {shlex.join(init)} && touch {marker}; }} && exec {run}",
-        ]
+        return ["-c", node_script(self.adapter, self.testnet, node, self._place(index))]
 
     def start(self, index: int) -> None:
         was = self.state(index)
@@ -382,7 +300,7 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
         return {
             datadir: "rw",
             admin_dir(self.run_id): "rw",
-            **self.adapter.container_mounts(datadir, self._host_binary(index)),
+            **self.adapter.container_mounts(datadir, self._binary_in_node(index)),
         }
 
     def _environment(self, index: int) -> dict[str, str]:
@@ -469,10 +387,6 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
             with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True, v=True)
 
-    def start_sealing(self, indexes: Sequence[int] | None = None) -> None:
-        for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
-            self.adapter.start_sealing(self.testnet.nodes[index], self.admin_url(index))
-
     def state(self, index: int) -> NodeState:
         container = self._container(index)
         if container is None:
@@ -540,7 +454,7 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
         self._remove_container(index)
         self._take_ports(index)
 
-    def _host_binary(self, index: int) -> Path | None:
+    def _binary_in_node(self, index: int) -> Path | None:
         """The host binary node ``index`` was upgraded to (a client that runs the host's
         binary in its container); None: the client's own."""
         found = self.shared.entry(index).get("binary")
@@ -568,13 +482,13 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
 
     def version_ref(self, index: int) -> str:
         if self.adapter.host_binary:
-            return str(self._host_binary(index) or self.adapter.find_binary())
+            return str(self._binary_in_node(index) or self.adapter.find_binary())
         return self.node_image(index)
 
     def default_version_ref(self) -> str:
         return str(self.adapter.find_binary()) if self.adapter.host_binary else self.image
 
-    # -- partitions: packet filters in each container's namespace ----------------------
+    # -- the container's process, for packet filters in its namespace -----------------
 
     def _pid(self, index: int) -> int | None:
         container = self._container(index)
@@ -582,75 +496,6 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
             return None
         pid = int(container.attrs.get("State", {}).get("Pid") or 0)
         return pid or None
-
-    def _ips(self) -> dict[int, str]:
-        return {n.index: self.ip(n.index) for n in self.testnet.nodes}
-
-    def _table(self, index: int, data: dict[str, Any]) -> str:
-        loss = float((data.get("loss") or {}).get(str(index), 0.0))
-        ports = self.adapter.container_ports()
-        return rules_for(
-            index,
-            data.get("partition") or [],
-            self._ips(),
-            loss=loss,
-            subnet=self.subnet,
-            keep_ports=sorted({ports[role] for role in self.adapter.api_ports}),
-        )
-
-    def _apply_filters(self, indexes: Sequence[int] | None = None) -> None:
-        data = self.shared.load()
-        for index in range(len(self.testnet.nodes)) if indexes is None else indexes:
-            pid = self._pid(index)
-            if pid is not None:
-                set_rules(pid, self._table(index, data))
-
-    def partition(self, groups: Sequence[Sequence[int]]) -> str:
-        if self.proxied_links():
-            # The peers' traffic comes from the proxies on the gateway, not from their
-            # addresses: a packet filter cannot tell the links apart.
-            self._save_partition([list(g) for g in groups])
-            self.cut_links(groups)
-            return "proxies"
-        missing = netfilter_missing()
-        if missing is not None:
-            # Client-level instead (admin peer removal); the caller is told which ran.
-            how = AdminPeering.partition(self, groups)
-            return f"{how} (packet filters unavailable: {missing})"
-        self._save_partition([list(g) for g in groups])
-        self._apply_filters()
-        return "netfilter"
-
-    def _reapply_partition(self, index: int) -> None:
-        if self.proxied_links():
-            return  # the links keep their state across restarts
-        data = self.shared.load()
-        if (data.get("partition") or data.get("loss")) and netfilter_missing() is None:
-            self._apply_filters([index])
-
-    def heal(self) -> None:
-        if self.proxied_links():
-            self._save_partition(None)
-            self.cut_links(None)
-            return
-        if netfilter_missing() is None:
-            self._save_partition(None)
-            self._apply_filters()  # loss, if any, stays until the latency is cleared
-        # Re-adding every peer also restores links a client-level partition dropped, and
-        # prompts nodes whose connections timed out during the partition to redial now.
-        AdminPeering.heal(self)
-
-    def _set_loss(self, index: int, loss: float) -> None:
-        missing = netfilter_missing()
-        if missing is not None:
-            raise UnsupportedAction(f"packet loss needs packet filters: {missing}")
-        with self.shared.edit() as data:
-            table = data.setdefault("loss", {})
-            if loss > 0:
-                table[str(index)] = loss
-            else:
-                table.pop(str(index), None)
-        self._apply_filters([index])
 
     # -- latency: toxiproxy on the run network's gateway ---------------------------------
 
@@ -662,12 +507,6 @@ class DockerProvider(NodeParts, AdminPeering, ToxiproxyLatency, ProxiedLinks, He
             assert self.subnet is not None
             gateway = str(ipaddress.ip_network(self.subnet).network_address + 1)
         return str(gateway)
-
-    def _upstream(self, index: int, role: str) -> str:
-        return f"{self.ip(index)}:{self.adapter.container_ports()[role]}"
-
-    def client_version(self, index: int) -> str:
-        return self.adapter.node_version(self.testnet.nodes[index], self._place(index))
 
     def refresh(self) -> None:
         """Reload what another process may have changed (ports after a retry, subnet)."""

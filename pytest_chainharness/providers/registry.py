@@ -29,6 +29,7 @@ __all__ = ["Backend", "NewRun", "backend_names", "get_backend"]
 _REGISTERED: dict[str, str] = {
     "docker": "docker",
     "process": "process",
+    "kubernetes": "kubernetes",
 }
 
 
@@ -60,6 +61,8 @@ class Backend:
     #: Its runs leave objects outside this host's processes and the run folder (containers,
     #: networks), which ``sweep_run`` removes: the watchdog of a run calls it.
     leaves_objects: bool = False
+    #: How tests reach the nodes, for the header when it is not 127.0.0.1 ("" there).
+    reach: str = ""
 
     def unusable(self) -> str | None:
         """Why this backend cannot run anything here now (a usage error that says what to
