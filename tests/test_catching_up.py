@@ -96,6 +96,11 @@ class AllRunning:
     def act_on_part(self, index: int, part: str, action: str) -> None:
         self.actions.append((index, part, action))
 
+    def partitioned(self) -> list[list[int]] | None:
+        return self.partition
+
+    partition: list[list[int]] | None = None
+
 
 @pytest.fixture
 def scripts() -> list[Script]:
@@ -208,3 +213,33 @@ def test_a_synced_network_is_left_alone(chain: Chain, monkeypatch: pytest.Monkey
     repair = geth_pos.StuckSync(chain, chain.adapter)  # type: ignore[arg-type]
     assert repair.tick() is None
     assert chain.provider.actions == []  # type: ignore[attr-defined]
+
+
+def test_a_node_in_sync_on_a_branch_of_its_own_far_behind_is_started_again(
+    chain: Chain, scripts: list[Script], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen in CI: a restarted beacon node ended its sync and then took only its own
+    proposals; its geth stood at #77 with three beacon peers while the others passed #93."""
+    monkeypatch.setattr(geth_pos, "STUCK_SYNC_AFTER", 1.0)
+    provider: AllRunning = chain.provider  # type: ignore[assignment]
+    scripts[3].height = 141 - geth_pos.OWN_BRANCH_LAG  # far behind, in sync, with peers
+    scripts[2].height = 140  # a block behind: slow, not stuck
+    repair = geth_pos.StuckSync(chain, chain.adapter)  # type: ignore[arg-type]
+    # While a partition is in force a node behind is expected: nothing is done.
+    provider.partition = [[0, 1, 2], [3]]
+    deadline = time.monotonic() + 2.5
+    while time.monotonic() < deadline:
+        assert repair.tick() is None
+        time.sleep(0.3)
+    provider.partition = None
+    done: list[str] = []
+    deadline = time.monotonic() + 20.0
+    while time.monotonic() < deadline and not done:
+        what = repair.tick()
+        if what is not None:
+            done.append(what)
+        time.sleep(0.3)
+    assert provider.actions == [(3, "beacon", "stop"), (3, "beacon", "start")]
+    assert done == [done[0]]
+    assert done[0].startswith("node3: its head stood 8 blocks behind the highest (#133 against")
+    assert re.findall(r"node\d", done[0]) == ["node3"]

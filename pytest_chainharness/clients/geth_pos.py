@@ -78,6 +78,10 @@ _STATE_FLAGS = ("--state.scheme", "hash")
 #: repairer starts it again (StuckSync): a sound one waits 5 to 16 s at a time (its
 #: peer look every 5 s, a 15 s refresh when no peer has blocks for it).
 STUCK_SYNC_AFTER = 40.0
+#: How far (blocks) a node's head may stay behind the highest running head, its beacon
+#: node in sync with peers and nothing cutting it off, before it counts as stuck on a
+#: branch of its own (StuckSync): a node sound but slow (latency) is a block or two behind.
+OWN_BRANCH_LAG = 8
 #: prysm's default is 2, which leaves its sync fetcher one batch per peer (see command).
 _BURST_FACTOR = 10
 #: The node supervisor, as this package has it (a container mounts it at the same path).
@@ -536,15 +540,24 @@ class GethPosAdapter(GethEndpoints):
 
 
 class StuckSync:
-    """Restart a beacon node whose initial sync stands still while it has peers.
+    """Restart a beacon node that stands still while it has peers: its initial sync stands
+    at one slot, or it is in sync and follows a branch of its own far behind the others.
 
     Seen on docker (a rolling upgrade, 2026-12-07): node2's beacon node, started again,
     synced to slot 110 from the one peer it chose, then had that peer's next block refused
     ("not descendant of finalized checkpoint": a branch the restart before it had made)
     and stood at slot 110 with three peers for 110 s, is_syncing the whole time. Started
-    again, it chose its peers afresh and was past the finalized epoch within 30 s. A node
-    that is alone (a partition) or has no peer ahead is not helped by a restart and is
-    left alone: it has no peer, or its head moves again once one is ahead.
+    again, it chose its peers afresh and was past the finalized epoch within 30 s.
+
+    Seen in CI (a rolling upgrade on docker, 2026-12-07): node3's beacon node, started
+    again last, ended its initial sync at slot 101 with three peers and then received no
+    block of theirs: it took only its own proposals (one slot in four), its geth stood at
+    #77 while the others went past #93, and its finalized epoch stood. Not syncing, so
+    the first look never caught it.
+
+    A node that is alone (a partition) or has no peer ahead is not helped by a restart and
+    is left alone: it has no peer, the partition is in force, or its head moves again
+    once one is ahead.
     """
 
     name = "beacon-resync"
@@ -554,6 +567,8 @@ class StuckSync:
         self.adapter = adapter
         #: Node name → (head slot, since when it stands there) while its beacon syncs.
         self._standing: dict[str, tuple[str, float]] = {}
+        #: Node name → since when its head is OWN_BRANCH_LAG behind, in sync.
+        self._behind: dict[str, float] = {}
         #: Node name → when it was last restarted here.
         self._restarted: dict[str, float] = {}
         self._checked = 0.0
@@ -565,22 +580,44 @@ class StuckSync:
         self._checked = now
         done: list[str] = []
         standing: dict[str, tuple[str, float]] = {}
-        for node in self.chain.running_nodes():
-            if node.parts.get("beacon") != "running":
-                continue
+        behind: dict[str, float] = {}
+        nodes = [n for n in self.chain.running_nodes() if n.parts.get("beacon") == "running"]
+        heights = {name: head.number for name, head in self.chain.heads().items()}
+        cut_off = self.chain.provider.partitioned() is not None
+        for node in nodes:
             try:
                 syncing = self.adapter._syncing(node._spec)
-                if not syncing.get("is_syncing"):
-                    continue
                 peers = self.adapter._beacon(node._spec, "/eth/v1/node/peer_count")
                 if int(peers["data"]["connected"]) == 0:
                     continue
             except (RPCError, KeyError, TypeError, ValueError):
                 continue
-            slot = str(syncing.get("head_slot"))
-            seen, since = self._standing.get(node.name, (slot, now))
-            since = since if seen == slot else now
-            standing[node.name] = (slot, since)
+            why: str | None = None
+            if syncing.get("is_syncing"):
+                slot = str(syncing.get("head_slot"))
+                seen, since = self._standing.get(node.name, (slot, now))
+                since = since if seen == slot else now
+                standing[node.name] = (slot, since)
+                why = (
+                    f"its beacon node's initial sync stood at slot {slot} for "
+                    f"{now - since:.0f}s with peers"
+                )
+            elif (
+                not cut_off
+                and not syncing.get("is_optimistic")  # its geth catching up: not stuck
+                and not syncing.get("el_offline")
+                and node.name in heights
+                and max(heights.values()) - heights[node.name] >= OWN_BRANCH_LAG
+            ):
+                since = behind[node.name] = self._behind.get(node.name, now)
+                why = (
+                    f"its head stood {max(heights.values()) - heights[node.name]} blocks "
+                    f"behind the highest (#{heights[node.name]} against "
+                    f"#{max(heights.values())}) for {now - since:.0f}s, its beacon node in "
+                    "sync with peers: a branch of its own"
+                )
+            else:
+                continue
             if (
                 now - since < STUCK_SYNC_AFTER
                 or now - self._restarted.get(node.name, -1e9) < STUCK_SYNC_AFTER * 3
@@ -588,12 +625,10 @@ class StuckSync:
                 continue
             node.restart(part="beacon")
             self._restarted[node.name] = now
-            del standing[node.name]
-            done.append(
-                f"{node.name}: its beacon node's initial sync stood at slot {slot} for "
-                f"{now - since:.0f}s with peers; started it again"
-            )
-        self._standing = standing
+            standing.pop(node.name, None)
+            behind.pop(node.name, None)
+            done.append(f"{node.name}: {why}; started it again")
+        self._standing, self._behind = standing, behind
         return "; ".join(done) or None
 
 
