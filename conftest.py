@@ -146,8 +146,8 @@ def kube_cluster(docker_required: None, tmp_path_factory: pytest.TempPathFactory
     """The kubeconfig of a single-node cluster on this machine (``scripts/k8s.sh``'s).
 
     A cluster already started with ``scripts/k8s.sh start`` is used as it is. Otherwise
-    the first xdist worker that needs one starts it (in the session's shared temp folder)
-    and the last one done with it stops it; that stop must put the host back as it was
+    the first xdist worker that needs one starts it (where ``k8s.sh`` keeps it) and the
+    last one done with it stops it; that stop must put the host back as it was
     (no process, bridge, mount or cgroup left, the kubelet's sysctls restored), or the
     session fails at its end with what was left.
     """
@@ -162,22 +162,26 @@ def kube_cluster(docker_required: None, tmp_path_factory: pytest.TempPathFactory
     missing = _k8s_missing()
     if missing:
         pytest.skip(missing)
-    existing = KubeCluster(tools=tools_dir(ROOT))
-    if existing.answers():
-        yield existing.kubeconfig
-        return
+    # Where scripts/k8s.sh keeps it: `k8s.sh stop` (.ci/run's exit trap) removes it
+    # whatever became of this session.
+    cluster = KubeCluster(tools=tools_dir(ROOT))
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     users = shared / "k8s-users.json"
-    cluster = KubeCluster(root=shared / "k8s", tools=tools_dir(ROOT))
     with FileLock(str(shared / "k8s.lock")):
         count = json.loads(users.read_text())["users"] if users.exists() else 0
-        if count == 0:
+        borrowed = count == 0 and cluster.answers()
+        if borrowed:
+            pass  # one `k8s.sh start` left running: used, not ours to stop
+        elif count == 0:
             before = _kubelet_sysctls()
             cluster.start(_k8s_images())
             users.write_text(json.dumps({"users": 1, "sysctls": before}))
         else:
             users.write_text(json.dumps({**json.loads(users.read_text()), "users": count + 1}))
+    if borrowed:
+        yield cluster.kubeconfig
+        return
     try:
         yield cluster.kubeconfig
     finally:

@@ -54,6 +54,11 @@ NEEDED_RIGHTS: tuple[tuple[str, str, str], ...] = (
     ("get", "pods", "log"),
 )
 
+#: The images a node's status lists at the most (the kubelet's nodeStatusMaxImages).
+MAX_LISTED = 50
+#: The harness's own images (``chainharness images build``): in no registry.
+LOCAL_REPOSITORY = "chainharness/"
+
 #: Seconds a call may take before the cluster counts as not answering.
 CALL_TIMEOUT = 10.0
 #: How long a run's namespace may take to go once deleted.
@@ -169,19 +174,25 @@ class Cluster:
                 )
 
     def check_image(self, image: str, what: str) -> None:
-        """``ToolNotFound`` unless a node of the cluster has ``image`` (the harness's pods
-        never pull: a missing image would only show as a pod that never starts)."""
+        """``ToolNotFound`` when ``image`` is one of the harness's local images and no node
+        of the cluster has it: such an image is in no registry, so a pod of it would never
+        start. Any other image a node lacks is pulled by the kubelet when its pod starts
+        (a failed pull is an error naming it then). A node lists at most ``MAX_LISTED``
+        images: past that, its list says nothing about the others."""
         wanted = image_names(image)
+        complete = True
         for node in self.core.list_node(_request_timeout=CALL_TIMEOUT).items:
-            for held in (node.status.images if node.status else None) or []:
-                if wanted & set(held.names or []):
-                    return
-        raise ToolNotFound(
-            f"{what} {image} is not on any node of the cluster at {self.host}. "
-            "`bash scripts/k8s.sh start` imports the harness's images from the docker "
-            f"engine (build them first: chainharness images build); `bash scripts/k8s.sh "
-            f"start {image}` imports one more"
-        )
+            held = (node.status.images if node.status else None) or []
+            if any(wanted & set(entry.names or []) for entry in held):
+                return
+            complete = complete and len(held) < MAX_LISTED
+        if complete and image.startswith(LOCAL_REPOSITORY):
+            raise ToolNotFound(
+                f"{what} {image} is not on any node of the cluster at {self.host}, and no "
+                "registry has it (a local image). `bash scripts/k8s.sh start` imports the "
+                "harness's images from the docker engine (build them first: chainharness "
+                f"images build); `bash scripts/k8s.sh start {image}` imports one more"
+            )
 
     def namespace(self, name: str) -> k8s.V1Namespace | None:
         try:

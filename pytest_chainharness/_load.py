@@ -25,6 +25,8 @@ from typing import Any
 
 from eth_account.signers.local import LocalAccount
 
+from ._ports import PortAllocator
+
 __all__ = [
     "PROFILES",
     "LoadResult",
@@ -380,7 +382,15 @@ def run_load(
             *PROFILES[spec.profile],
         ]  # fmt: skip
         if spec.processes > 1:
-            argv += ["--processes", str(spec.processes)]
+            # A port of its own for the master and its workers: locust's default (5557)
+            # is one per machine, and a second distributed run beside this one (another
+            # xdist worker's) failed with "Address already in use" (CI, 2026-12-07).
+            (port,) = PortAllocator().take(1)
+            argv += [
+                "--processes", str(spec.processes),
+                "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port),
+                "--master-host", "127.0.0.1", "--master-port", str(port),
+            ]  # fmt: skip
         log_path = folder / "locust.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(

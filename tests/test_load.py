@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -195,7 +197,12 @@ class TestAgainstANetwork:
                 assert r.tx_included >= 0.9 * r.tx_sent > 0
             """
         )
-        inner.runpytest_subprocess("--chain-nodes=2").assert_outcomes(passed=1)
+        # Locust's default master port held by someone else (in CI: another xdist
+        # worker's distributed run): this run's master and workers use a port of their own.
+        with contextlib.ExitStack() as held:
+            with contextlib.suppress(OSError):
+                held.enter_context(socket.create_server(("0.0.0.0", 5557)))
+            inner.runpytest_subprocess("--chain-nodes=2").assert_outcomes(passed=1)
 
     def test_chain_stopping_mid_run_is_reported_and_nothing_hangs(
         self, inner: pytest.Pytester

@@ -341,7 +341,14 @@ class KubernetesProvider(
         for status in (pod.status.container_statuses or []) if pod.status else []:
             waiting = status.state.waiting if status.state else None
             if waiting is not None and waiting.reason in _STUCK:
-                return f"{waiting.reason}: {waiting.message or ''}".strip()
+                why = f"{waiting.reason}: {waiting.message or ''}".strip()
+                if "Pull" in waiting.reason:
+                    why = (
+                        f"image {status.image} is not in the cluster and could not be "
+                        f"pulled ({why}); `bash scripts/k8s.sh start {status.image}` imports "
+                        "a local one"
+                    )
+                return why
         if pod.status is not None and pod.status.phase == "Failed":
             return f"pod failed: {pod.status.reason or ''} {pod.status.message or ''}".strip()
         return None
@@ -553,7 +560,7 @@ class KubernetesProvider(
             self.start(index)
             return
         name = self.pod_name(index)
-        before = self._pid(index)
+        before, previous = self._pid(index), self.node_image(index)
         self.shared.record(index, image=target)
         # The kubelet replaces the container in the same pod: same address, same volumes.
         patch = {"spec": {"containers": [{"name": "main", "image": target}]}}
@@ -572,6 +579,12 @@ class KubernetesProvider(
                 break
             why = self._stuck(pod) if pod is not None else "the pod is gone"
             if why is not None or time.monotonic() > deadline:
+                if pod is not None and target != previous:
+                    # Back to the image it ran: the node stays stopped, as a failed
+                    # upgrade leaves it, and the caller may start it again.
+                    self.shared.record(index, image=previous)
+                    back = {"spec": {"containers": [{"name": "main", "image": previous}]}}
+                    self.cluster.core.patch_namespaced_pod(name, self.namespace, back)
                 raise ChainHarnessError(
                     f"{name}: the upgrade to {target} did not run: "
                     f"{why or f'not running after {POD_START_TIMEOUT:g}s'}"

@@ -174,6 +174,9 @@ class KubeCluster:
             ready = time.monotonic() - started
             for image in images:
                 self.import_image(image)
+            # The node's status lists them once the kubelet next reports (up to 10 s):
+            # the backend's image check reads that list.
+            self._wait(lambda: self._node_lists(images), "the node to list the images", 60)
             print(
                 f"k8s: node Ready in {ready:.1f}s; {len(images)} image(s) imported; "
                 f"kubeconfig {self.kubeconfig}"
@@ -490,6 +493,18 @@ class KubeCluster:
                 if condition.get("type") == "Ready" and condition.get("status") == "True":
                     return True
         return False
+
+    def _node_lists(self, images: Sequence[str]) -> bool:
+        from .._kube import image_names
+
+        nodes = json.loads(self._api("/api/v1/nodes") or b"{}")
+        held = {
+            name
+            for node in nodes.get("items", [])
+            for image in node.get("status", {}).get("images", [])
+            for name in image.get("names", [])
+        }
+        return all(image_names(image) & held for image in images)
 
     def _import_pause(self) -> None:
         """The sandbox image: a static program that sleeps until it is signalled."""
