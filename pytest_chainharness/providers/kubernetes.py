@@ -336,10 +336,26 @@ class KubernetesProvider(
             raise
 
     @staticmethod
-    def _stuck(pod: Any) -> str | None:
-        """Why a pod's container cannot run (a missing image, a crash loop), or None."""
+    def _stuck(pod: Any, *, replaced: bool = False) -> str | None:
+        """Why a pod's container cannot run (a missing image, a crash loop), or None.
+
+        ``replaced``: the harness just had the container replaced (an image patch). The
+        kubelet then holds back a restart to an image the pod ran minutes ago (its back-off
+        is per container spec, and the image is all that differs): seen in CI as
+        "CrashLoopBackOff: back-off 10s" on the fourth image change of a rolling upgrade
+        and its rollback. A container that ended as the harness ended it (0, or by
+        SIGTERM/SIGKILL) is only waiting then."""
         for status in (pod.status.container_statuses or []) if pod.status else []:
             waiting = status.state.waiting if status.state else None
+            last = status.last_state.terminated if status.last_state else None
+            if (
+                replaced
+                and waiting is not None
+                and waiting.reason == "CrashLoopBackOff"
+                and last is not None
+                and last.exit_code in (0, 128 + signal.SIGTERM, 128 + signal.SIGKILL)
+            ):
+                continue
             if waiting is not None and waiting.reason in _STUCK:
                 why = f"{waiting.reason}: {waiting.message or ''}".strip()
                 if "Pull" in waiting.reason:
@@ -577,7 +593,7 @@ class KubernetesProvider(
                 and self._image_matches(running[0].image, target)
             ):
                 break
-            why = self._stuck(pod) if pod is not None else "the pod is gone"
+            why = self._stuck(pod, replaced=True) if pod is not None else "the pod is gone"
             if why is not None or time.monotonic() > deadline:
                 if pod is not None and target != previous:
                     # Back to the image it ran: the node stays stopped, as a failed
