@@ -86,10 +86,11 @@ def find_marked(run_id: str) -> list[int]:
     return [pid for pid, env in _read_each("environ") if needle in env.split(b"\0") and alive(pid)]
 
 
-def owner_tag(pid: int | None = None) -> str:
+def owner_tag(pid: int | None = None, *, kept: bool = False) -> str:
     """``host:pid`` of the process that owns a run, as its containers' labels and its
-    namespace's annotation carry it."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
+    namespace's annotation carry it; ``host:kept`` for a network meant to outlive its
+    starter (``chainharness up``), which no sweep takes for stale."""
+    return f"{socket.gethostname()}:{'kept' if kept else pid or os.getpid()}"
 
 
 def owner_gone(owner: str) -> bool:

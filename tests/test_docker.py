@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from typing import Any
 import pytest
 
 from pytest_chainharness import build_testnet
-from pytest_chainharness._docker import LABEL_RUN, docker_client, owner_label
+from pytest_chainharness._docker import LABEL_OWNER, LABEL_RUN, docker_client, owner_label
 from pytest_chainharness._start import launch
 from pytest_chainharness.chain import Chain
 from pytest_chainharness.clients import GethAdapter
@@ -399,6 +400,18 @@ def _use_and_take_down(cli: Any, up_out: str, inner: pytest.Pytester, runs_dir: 
     record = json.loads(state.read_text())
     assert record["backend"] == "docker"
     assert len(run_objects(runs_dir)) == 4  # two nodes, the bus broker and the network
+    # A kept network: no owner whose death lets another run's stale sweep take it (CI:
+    # the label named `up`'s own pid, and a run in the other xdist worker swept it).
+    client = docker_client()
+    try:
+        owners = {
+            (c.attrs.get("Labels") or {}).get(LABEL_OWNER, "")
+            for c in client.containers.list(all=True, filters={"label": LABEL_RUN}, sparse=True)
+            if (c.attrs.get("Labels") or {}).get(LABEL_RUN) == record["provider"]["run_id"]
+        }
+    finally:
+        client.close()
+    assert owners == {f"{socket.gethostname()}:kept"}
 
     again = cli("up", "--chain-backend=docker")
     assert again.returncode == 1

@@ -591,7 +591,7 @@ class DockerBackend(Backend):
         return True, f"auto: {why} and image {image} present"
 
     def create(self, run: NewRun) -> tuple[DockerProvider, str | None]:
-        owner = owner_label(run.owner) if run.owner else owner_label(0).replace(":0", ":kept")
+        owner = owner_label(run.owner) if run.owner else owner_label(kept=True)
         provider = DockerProvider(
             run.testnet,
             run.adapter,

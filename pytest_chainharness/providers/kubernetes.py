@@ -838,7 +838,7 @@ class KubernetesBackend(Backend):
         finally:
             cluster.close()
         # A kept run (chainharness up) has no owner whose death makes it stale.
-        owner = owner_annotation(run.owner) if run.owner else f"{socket.gethostname()}:kept"
+        owner = owner_annotation(run.owner) if run.owner else owner_annotation(kept=True)
         binary, version = None, None
         if run.adapter.host_binary:
             # Mounted into the client's image (a spec without an image of its own).
